@@ -1,0 +1,342 @@
+//! Agents: registration details, lifecycle, reported state and its history.
+
+use crate::ids::{AgentId, DispatchId};
+use crate::time::{self, Timestamp};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// The details AgentKit sends in a REGISTER webhook (camelCase on the wire, as AgentKit sends them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentDetails {
+    #[schema(value_type = String)]
+    pub agent_id: AgentId,
+    pub agent_name: String,
+    pub version: String,
+    pub capabilities: Vec<String>,
+    pub contact_endpoint: String,
+    /// Always an object once stored: AgentKit's `null` and `{}` mean the same thing.
+    #[schema(value_type = Object)]
+    pub metadata: Map<String, Value>,
+    /// AgentKit's own registration time, when it sends one (`registration_time` or `registrationTime`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::rfc3339::option"
+    )]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub registration_time: Option<Timestamp>,
+}
+
+impl AgentDetails {
+    /// What decides whether a redelivered REGISTER changes anything. AgentKit's
+    /// `registration_time` is excluded: a restart of AgentKit re-sends the same agent with a new one.
+    pub fn same_registration(&self, other: &AgentDetails) -> bool {
+        self.agent_id == other.agent_id
+            && self.agent_name == other.agent_name
+            && self.version == other.version
+            && self.capabilities == other.capabilities
+            && self.contact_endpoint == other.contact_endpoint
+            && self.metadata == other.metadata
+    }
+
+    /// A short stable fingerprint of [`Self::same_registration`]'s fields, used as the
+    /// condition of a details update (FNV-1a over canonical JSON: stable across Rust versions).
+    pub fn digest(&self) -> String {
+        let canonical = serde_json::json!([
+            self.agent_id.as_str(),
+            self.agent_name,
+            self.version,
+            self.capabilities,
+            self.contact_endpoint,
+            Value::Object(self.metadata.clone()),
+        ]);
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in canonical.to_string().bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{h:016x}")
+    }
+}
+
+/// The states Ops-Core understands. Anything else an agent reports is kept verbatim as a
+/// [`StateName`] and treated as "busy, not failed": it never counts as idle, never completes
+/// and never fails a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KnownState {
+    /// Registered, never reported (stored upper-case, as the original did).
+    Unknown,
+    Initializing,
+    Idle,
+    Active,
+    Error,
+    Finished,
+}
+
+impl KnownState {
+    pub const ALL: [KnownState; 6] = [
+        KnownState::Unknown,
+        KnownState::Initializing,
+        KnownState::Idle,
+        KnownState::Active,
+        KnownState::Error,
+        KnownState::Finished,
+    ];
+    pub fn canonical(self) -> &'static str {
+        match self {
+            KnownState::Unknown => "UNKNOWN",
+            KnownState::Initializing => "initializing",
+            KnownState::Idle => "idle",
+            KnownState::Active => "active",
+            KnownState::Error => "error",
+            KnownState::Finished => "finished",
+        }
+    }
+    /// Case-insensitive: `IDLE`, `Idle` and `idle` are all idle.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.canonical().eq_ignore_ascii_case(s))
+    }
+}
+
+/// A reported state: a known state in canonical spelling, or a custom one verbatim.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct StateName(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateNameError {
+    #[error("must not be empty")]
+    Empty,
+    #[error("must be at most {max} characters (got {got})")]
+    TooLong { max: usize, got: usize },
+    #[error("must not contain control characters or surrounding white space")]
+    BadChars,
+}
+
+impl StateName {
+    pub const MAX_LEN: usize = 64;
+
+    pub fn parse(s: &str) -> Result<Self, StateNameError> {
+        if s.is_empty() {
+            return Err(StateNameError::Empty);
+        }
+        let n = s.chars().count();
+        if n > Self::MAX_LEN {
+            return Err(StateNameError::TooLong {
+                max: Self::MAX_LEN,
+                got: n,
+            });
+        }
+        if s.chars().any(char::is_control) || s.trim() != s {
+            return Err(StateNameError::BadChars);
+        }
+        Ok(match KnownState::parse(s) {
+            Some(k) => Self(k.canonical().to_owned()),
+            None => Self(s.to_owned()),
+        })
+    }
+    pub fn known(k: KnownState) -> Self {
+        Self(k.canonical().to_owned())
+    }
+    pub fn as_known(&self) -> Option<KnownState> {
+        KnownState::parse(&self.0)
+    }
+    pub fn is(&self, k: KnownState) -> bool {
+        self.as_known() == Some(k)
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for StateName {
+    type Error = StateNameError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+impl From<StateName> for String {
+    fn from(s: StateName) -> String {
+        s.0
+    }
+}
+impl fmt::Display for StateName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The agent's current state. `timestamp` is the reporter's clock; `version` counts applied reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CurrentState {
+    pub state: StateName,
+    pub details: Option<Map<String, Value>>,
+    #[serde(with = "time::rfc3339")]
+    pub timestamp: Timestamp,
+    /// `None` for the state set by registration: it has no reporter clock, so the first real
+    /// report always wins, however far behind the agent's clock is.
+    pub ordering_nanos: Option<i64>,
+    pub version: u64,
+}
+
+impl CurrentState {
+    pub fn registered(now: Timestamp) -> Self {
+        let mut details = Map::new();
+        details.insert(
+            "reason".into(),
+            Value::String("Initial registration".into()),
+        );
+        Self {
+            state: StateName::known(KnownState::Unknown),
+            details: Some(details),
+            timestamp: now,
+            ordering_nanos: None,
+            version: 0,
+        }
+    }
+
+    /// Whether a report with this timestamp replaces this state (strictly newer only).
+    pub fn is_superseded_by(&self, report_ts: Timestamp) -> bool {
+        match self.ordering_nanos {
+            None => true,
+            Some(n) => time::to_nanos(report_ts) > n,
+        }
+    }
+
+    /// `details.opscore_task_id`, when the agent names the task it reports about.
+    pub fn reported_task_id(&self) -> Option<&str> {
+        self.details.as_ref()?.get("opscore_task_id")?.as_str()
+    }
+}
+
+/// The task an agent is busy with, as far as Ops-Core is concerned (at most one per agent).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Inflight {
+    pub dispatch: DispatchId,
+    #[serde(with = "time::rfc3339")]
+    pub since: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Agent {
+    pub details: AgentDetails,
+    #[serde(with = "time::rfc3339")]
+    pub registered_at: Timestamp,
+    #[serde(with = "time::rfc3339")]
+    pub updated_at: Timestamp,
+    #[serde(with = "time::rfc3339::option")]
+    pub deregistered_at: Option<Timestamp>,
+    pub current: CurrentState,
+    pub inflight: Option<Inflight>,
+}
+
+impl Agent {
+    pub fn new(details: AgentDetails, now: Timestamp) -> Self {
+        Self {
+            details,
+            registered_at: now,
+            updated_at: now,
+            deregistered_at: None,
+            current: CurrentState::registered(now),
+            inflight: None,
+        }
+    }
+    pub fn id(&self) -> &AgentId {
+        &self.details.agent_id
+    }
+    pub fn is_deregistered(&self) -> bool {
+        self.deregistered_at.is_some()
+    }
+    /// Whether the runner may hand this agent a task now.
+    pub fn is_available(&self) -> bool {
+        !self.is_deregistered()
+            && self.inflight.is_none()
+            && self.current.state.is(KnownState::Idle)
+    }
+}
+
+/// A validated state report (the body of `POST /v1/opscore/agent/{id}/state`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateReport {
+    pub agent_id: AgentId,
+    pub state: StateName,
+    pub details: Option<Map<String, Value>>,
+    pub timestamp: Timestamp,
+}
+
+/// One report as kept in history (stale ones too: `applied` says whether it became current).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub agent_id: AgentId,
+    pub state: StateName,
+    pub details: Option<Map<String, Value>>,
+    #[serde(with = "time::rfc3339")]
+    pub timestamp: Timestamp,
+    #[serde(with = "time::rfc3339")]
+    pub received_at: Timestamp,
+    pub applied: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_states_parse_case_insensitively_custom_ones_verbatim() {
+        assert_eq!(StateName::parse("IDLE").unwrap().as_str(), "idle");
+        assert_eq!(
+            StateName::parse("Idle").unwrap(),
+            StateName::known(KnownState::Idle)
+        );
+        assert_eq!(StateName::parse("unknown").unwrap().as_str(), "UNKNOWN");
+        let busy = StateName::parse("BUSY").unwrap();
+        assert_eq!(busy.as_str(), "BUSY");
+        assert_eq!(busy.as_known(), None);
+        assert!(!busy.is(KnownState::Idle));
+        assert_eq!(StateName::parse(""), Err(StateNameError::Empty));
+        assert!(matches!(
+            StateName::parse(&"x".repeat(65)),
+            Err(StateNameError::TooLong { .. })
+        ));
+        assert_eq!(StateName::parse(" idle"), Err(StateNameError::BadChars));
+        assert_eq!(StateName::parse("id\u{0}le"), Err(StateNameError::BadChars));
+        assert!(StateName::parse(&"é".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn registration_state_is_superseded_by_any_report() {
+        let now = time::parse_rfc3339("2026-11-23T22:00:00Z").unwrap();
+        let s = CurrentState::registered(now);
+        assert!(s.is_superseded_by(now - chrono::Duration::days(365)));
+        let applied = CurrentState {
+            ordering_nanos: Some(time::to_nanos(now)),
+            ..s
+        };
+        assert!(!applied.is_superseded_by(now));
+        assert!(applied.is_superseded_by(now + chrono::Duration::nanoseconds(1)));
+    }
+
+    #[test]
+    fn digest_ignores_registration_time_only() {
+        let d = AgentDetails {
+            agent_id: AgentId::parse("a1").unwrap(),
+            agent_name: "n".into(),
+            version: "1".into(),
+            capabilities: vec!["x".into()],
+            contact_endpoint: "http://127.0.0.1/task".into(),
+            metadata: Map::new(),
+            registration_time: None,
+        };
+        let mut e = d.clone();
+        e.registration_time = Some(chrono::Utc::now());
+        assert_eq!(d.digest(), e.digest());
+        assert!(d.same_registration(&e));
+        e.version = "2".into();
+        assert_ne!(d.digest(), e.digest());
+        assert!(!d.same_registration(&e));
+    }
+}

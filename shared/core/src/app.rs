@@ -1,0 +1,346 @@
+//! The use cases behind the HTTP routes: agent lifecycle, definitions, triggers, sessions.
+
+use crate::agent::{Agent, AgentDetails, CurrentState, HistoryEntry, StateName, StateReport};
+use crate::error::AppError;
+use crate::ids::{AgentId, IdempotencyKey, SessionId, WorkflowId, WorkflowVersion};
+use crate::session::{FailureCause, Session, SessionStatus};
+use crate::store::*;
+use crate::task::{TaskInstance, TaskStatus};
+use crate::time::{Clock, Timestamp};
+use crate::workflow::{TaskDefinition, WorkflowDefinition};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How many times a use case re-reads and retries after losing a conditional write.
+pub(crate) const CONFLICT_RETRIES: usize = 8;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub history_retention: Duration,
+    pub idempotency_ttl: Duration,
+    /// A fresh task is looked at again by the sweep after this long if no change event got it
+    /// dispatched (a safety net for a lost stream record).
+    pub recheck_after: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            history_retention: Duration::from_secs(30 * 86_400),
+            idempotency_ttl: Duration::from_secs(86_400),
+            recheck_after: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct App {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub settings: Settings,
+}
+
+/// Where a trigger's definition comes from.
+#[derive(Debug, Clone)]
+pub enum DefinitionSource {
+    Stored {
+        id: WorkflowId,
+        version: Option<WorkflowVersion>,
+    },
+    Inline(Box<WorkflowDefinition>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Triggered {
+    pub session_id: SessionId,
+    pub workflow_id: WorkflowId,
+    /// False when an `Idempotency-Key` matched an earlier trigger.
+    pub created: bool,
+}
+
+pub(crate) fn after(t: Timestamp, d: Duration) -> Timestamp {
+    t + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// A new pending task instance for `def` in `session`.
+pub(crate) fn new_task(
+    session: &Session,
+    def: &TaskDefinition,
+    payload: Value,
+    now: Timestamp,
+    recheck: Duration,
+) -> TaskInstance {
+    let deadline = after(now, session.definition.dispatch_timeout());
+    TaskInstance {
+        session_id: session.session_id,
+        task_id: def.task_id.clone(),
+        agent_id: session.agent_id.clone(),
+        name: def.name.clone(),
+        payload,
+        next_task_id: def.next_task_id.clone(),
+        status: TaskStatus::Pending,
+        attempt: 0,
+        max_retries: session.definition.max_retries_for(def),
+        created_at: now,
+        updated_at: now,
+        due_at: now,
+        dispatch_deadline: Some(deadline),
+        lease_expires_at: None,
+        run_deadline: None,
+        timer_at: Some(after(now, recheck).min(deadline)),
+        attempts: Vec::new(),
+        result: None,
+        last_error: None,
+        rev: 0,
+    }
+}
+
+impl App {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, settings: Settings) -> Self {
+        Self {
+            store,
+            clock,
+            settings,
+        }
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    // ----- agents -----
+
+    pub async fn register_agent(&self, details: AgentDetails) -> Result<RegisterOutcome, AppError> {
+        Ok(self.store.register_agent(details, self.now()).await?)
+    }
+
+    pub async fn deregister_agent(&self, id: &AgentId) -> Result<Agent, AppError> {
+        Ok(self.store.deregister_agent(id, self.now()).await?)
+    }
+
+    pub async fn report_state(&self, report: &StateReport) -> Result<ReportOutcome, AppError> {
+        self.store
+            .report_state(report, self.now(), self.settings.history_retention)
+            .await
+            .map_err(|e| match e {
+                AgentWriteError::NotFound => {
+                    AppError::NotFound(format!("Agent not found: {}", report.agent_id))
+                }
+                AgentWriteError::Deregistered => {
+                    AppError::Conflict(format!("Agent is deregistered: {}", report.agent_id))
+                }
+                AgentWriteError::Store(s) => s.into(),
+            })
+    }
+
+    pub async fn agent(&self, id: &AgentId) -> Result<Agent, AppError> {
+        self.store
+            .get_agent(id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("Agent not found: {id}")))
+    }
+
+    pub async fn agent_state(&self, id: &AgentId) -> Result<CurrentState, AppError> {
+        Ok(self.agent(id).await?.current)
+    }
+
+    pub async fn list_agents(
+        &self,
+        state: Option<&StateName>,
+        page: PageRequest,
+    ) -> Result<Page<Agent>, AppError> {
+        Ok(self.store.list_agents(state, page).await?)
+    }
+
+    pub async fn history(
+        &self,
+        id: &AgentId,
+        page: PageRequest,
+    ) -> Result<Page<HistoryEntry>, AppError> {
+        // An unknown agent is a 404, not an empty page.
+        self.agent(id).await?;
+        Ok(self.store.state_history(id, page).await?)
+    }
+
+    // ----- workflow definitions -----
+
+    pub async fn create_workflow(
+        &self,
+        def: WorkflowDefinition,
+    ) -> Result<(StoredWorkflow, bool), AppError> {
+        match self.store.put_workflow(&def, self.now()).await? {
+            PutWorkflowOutcome::Created(w) => Ok((w, true)),
+            PutWorkflowOutcome::Identical(w) => Ok((w, false)),
+            PutWorkflowOutcome::Conflict(_) => Err(AppError::Conflict(format!(
+                "workflow {} version {} exists with different content; definitions are immutable, give the change a new version",
+                def.id, def.version
+            ))),
+        }
+    }
+
+    pub async fn workflow(
+        &self,
+        id: &WorkflowId,
+        version: Option<&WorkflowVersion>,
+    ) -> Result<StoredWorkflow, AppError> {
+        self.store
+            .get_workflow(id, version)
+            .await?
+            .ok_or_else(|| match version {
+                Some(v) => {
+                    AppError::NotFound(format!("Workflow definition not found: {id} version {v}"))
+                }
+                None => AppError::NotFound(format!("Workflow definition not found: {id}")),
+            })
+    }
+
+    pub async fn list_workflows(
+        &self,
+        page: PageRequest,
+    ) -> Result<Page<StoredWorkflow>, AppError> {
+        Ok(self.store.list_workflows(page).await?)
+    }
+
+    // ----- triggers and sessions -----
+
+    /// Starts a session: the session, its entry task and the idempotency key in one transaction,
+    /// guarded by "the agent is registered".
+    pub async fn trigger(
+        &self,
+        agent_id: &AgentId,
+        source: DefinitionSource,
+        initial_payload: Option<Value>,
+        idempotency_key: Option<IdempotencyKey>,
+    ) -> Result<Triggered, AppError> {
+        let agent = self.agent(agent_id).await?;
+        if agent.is_deregistered() {
+            return Err(AppError::Conflict(format!(
+                "Agent is deregistered: {agent_id}"
+            )));
+        }
+        let definition = match source {
+            DefinitionSource::Inline(d) => *d,
+            DefinitionSource::Stored { id, version } => {
+                self.workflow(&id, version.as_ref()).await?.definition
+            }
+        };
+        let now = self.now();
+        let workflow_id = definition.id.clone();
+        let entry = definition.entry().clone();
+        let payload = match &initial_payload {
+            Some(p) => p.clone(),
+            None => Value::Object(entry.parameters.clone()),
+        };
+        let session = Session::start(
+            agent_id.clone(),
+            definition,
+            initial_payload,
+            idempotency_key.clone(),
+            now,
+        );
+        let task = new_task(&session, &entry, payload, now, self.settings.recheck_after);
+        let session_id = session.session_id;
+        let mut writes = Vec::new();
+        if let Some(key) = idempotency_key {
+            writes.push(Write::CreateIdempotencyKey {
+                agent_id: agent_id.clone(),
+                key,
+                session_id,
+                ttl: self.settings.idempotency_ttl,
+            });
+        }
+        writes.push(Write::CreateSession(session));
+        writes.push(Write::CreateTask(task));
+        match self.store.commit(writes).await {
+            Ok(()) => Ok(Triggered {
+                session_id,
+                workflow_id,
+                created: true,
+            }),
+            Err(CommitError::Conflict {
+                existing: Some(Existing::IdempotencyKey(existing)),
+                ..
+            }) => {
+                let view = self.session(&existing).await?;
+                Ok(Triggered {
+                    session_id: existing,
+                    workflow_id: view.session.definition.id,
+                    created: false,
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn session(&self, id: &SessionId) -> Result<SessionView, AppError> {
+        self.store
+            .get_session(id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("Session not found: {id}")))
+    }
+
+    pub async fn list_sessions(
+        &self,
+        agent: &AgentId,
+        page: PageRequest,
+    ) -> Result<Page<Session>, AppError> {
+        self.agent(agent).await?;
+        Ok(self.store.list_sessions(agent, page).await?)
+    }
+
+    /// Cancels a session that has not ended: the session, its open task and the agent's
+    /// in-flight marker change together. An ended session answers 409 with its status.
+    pub async fn cancel_session(&self, id: &SessionId) -> Result<SessionView, AppError> {
+        for _ in 0..CONFLICT_RETRIES {
+            let view = self.session(id).await?;
+            if view.session.status.is_terminal() {
+                return Err(AppError::Conflict(format!(
+                    "Session {id} has already ended: {}",
+                    view.session.status.as_str()
+                )));
+            }
+            let now = self.now();
+            let mut next = view
+                .session
+                .transition(SessionStatus::Cancelled, now)
+                .map_err(|e| AppError::Conflict(e.to_string()))?;
+            next.error = Some(FailureCause {
+                code: "cancelled".into(),
+                message: "Session cancelled by request".into(),
+                task_id: None,
+                attempts: None,
+                last_error: None,
+            });
+            let mut writes = vec![Write::TransitionSession {
+                from: view.session.status,
+                next,
+            }];
+            for t in view.tasks.iter().filter(|t| !t.status.is_terminal()) {
+                if let Some(dispatch) = t.current_dispatch() {
+                    writes.push(Write::ReleaseAgent {
+                        agent_id: t.agent_id.clone(),
+                        dispatch,
+                    });
+                }
+                writes.push(Write::TransitionTask {
+                    from: t.status,
+                    next: crate::runner::end_task(
+                        t,
+                        TaskStatus::Cancelled,
+                        now,
+                        Some("session cancelled"),
+                    ),
+                });
+            }
+            match self.store.commit(writes).await {
+                Ok(()) => return self.session(id).await,
+                Err(CommitError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(AppError::Unavailable(
+            "the session kept changing while it was being cancelled; retry".into(),
+        ))
+    }
+}

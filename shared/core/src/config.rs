@@ -1,0 +1,210 @@
+//! Settings, and the one place that reads the environment.
+
+use std::fmt;
+use std::time::Duration;
+
+/// A secret value that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Names shared by template.yaml, the local stack and the tests.
+pub mod names {
+    pub const API_KEY: &str = "OPSCORE_API_KEY";
+    pub const WEBHOOK_SECRET: &str = "OPSCORE_WEBHOOK_SECRET";
+    pub const AGENTKIT_API_URL: &str = "AGENTKIT_API_URL";
+    pub const TABLE_NAME: &str = "OPSCORE_TABLE_NAME";
+    /// An explicit DynamoDB endpoint (DynamoDB Local); empty means "the AWS default".
+    pub const DDB_ENDPOINT: &str = "OPSCORE_DDB_ENDPOINT";
+    pub const WEBHOOK_TOLERANCE: &str = "OPSCORE_WEBHOOK_TOLERANCE_SECONDS";
+    pub const HISTORY_RETENTION_DAYS: &str = "OPSCORE_HISTORY_RETENTION_DAYS";
+    pub const LEASE_SECONDS: &str = "OPSCORE_LEASE_SECONDS";
+    pub const LOG_FORMAT: &str = "OPSCORE_LOG_FORMAT";
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{name}: {message}")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Bearer keys of the state API (comma-separated in the environment, for rotation). Empty:
+    /// every authenticated route refuses (fail closed).
+    pub api_keys: Vec<Secret>,
+    /// HMAC secrets of the notify webhook (comma-separated). Empty: the webhook refuses.
+    pub webhook_secrets: Vec<Secret>,
+    pub agentkit_api_url: Option<String>,
+    pub table_name: Option<String>,
+    pub ddb_endpoint: Option<String>,
+    pub webhook_tolerance: Duration,
+    pub history_retention: Duration,
+    pub lease: Duration,
+    pub json_logs: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            api_keys: Vec::new(),
+            webhook_secrets: Vec::new(),
+            agentkit_api_url: None,
+            table_name: None,
+            ddb_endpoint: None,
+            webhook_tolerance: Duration::from_secs(300),
+            history_retention: Duration::from_secs(30 * 86_400),
+            lease: Duration::from_secs(30),
+            json_logs: true,
+        }
+    }
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads settings through `get`, so tests need not touch the process environment.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let non_empty = |k: &str| {
+            get(k)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let list = |k: &str| -> Vec<Secret> {
+            non_empty(k)
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(Secret::new)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let seconds = |k: &'static str, default: Duration| -> Result<Duration, ConfigError> {
+            match non_empty(k) {
+                None => Ok(default),
+                Some(v) => v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && *s > 0.0)
+                    .map(Duration::from_secs_f64)
+                    .ok_or(ConfigError {
+                        name: k,
+                        message: format!("expected a positive number, got {v:?}"),
+                    }),
+            }
+        };
+        let d = Self::default();
+        let retention_days = match non_empty(names::HISTORY_RETENTION_DAYS) {
+            None => d.history_retention,
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (1..=3650).contains(n))
+                .map(|n| Duration::from_secs(n * 86_400))
+                .ok_or(ConfigError {
+                    name: names::HISTORY_RETENTION_DAYS,
+                    message: format!("expected whole days 1..=3650, got {v:?}"),
+                })?,
+        };
+        let agentkit_api_url =
+            non_empty(names::AGENTKIT_API_URL).map(|u| u.trim_end_matches('/').to_owned());
+        if let Some(u) = &agentkit_api_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(ConfigError {
+                name: names::AGENTKIT_API_URL,
+                message: format!("expected an http(s) URL, got {u:?}"),
+            });
+        }
+        Ok(Self {
+            api_keys: list(names::API_KEY),
+            webhook_secrets: list(names::WEBHOOK_SECRET),
+            agentkit_api_url,
+            table_name: non_empty(names::TABLE_NAME),
+            ddb_endpoint: non_empty(names::DDB_ENDPOINT),
+            webhook_tolerance: seconds(names::WEBHOOK_TOLERANCE, d.webhook_tolerance)?,
+            history_retention: retention_days,
+            lease: seconds(names::LEASE_SECONDS, d.lease)?,
+            json_logs: non_empty(names::LOG_FORMAT).is_none_or(|v| v != "text"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn unset_means_no_keys_and_lists_split_on_commas() {
+        let c = cfg(&[]).unwrap();
+        assert!(c.api_keys.is_empty() && c.webhook_secrets.is_empty());
+        let c = cfg(&[
+            (names::API_KEY, " k1, k2 ,,"),
+            (names::WEBHOOK_SECRET, "s1"),
+            (names::DDB_ENDPOINT, ""),
+        ])
+        .unwrap();
+        assert_eq!(c.api_keys, vec![Secret::new("k1"), Secret::new("k2")]);
+        assert_eq!(c.webhook_secrets.len(), 1);
+        assert_eq!(
+            c.ddb_endpoint, None,
+            "an empty endpoint must mean 'unset' (the SDK panics on an empty one)"
+        );
+        assert_eq!(format!("{:?}", c.api_keys[0]), "Secret(***)");
+    }
+
+    #[test]
+    fn bad_values_are_refused_by_name() {
+        assert_eq!(
+            cfg(&[(names::WEBHOOK_TOLERANCE, "abc")]).unwrap_err().name,
+            names::WEBHOOK_TOLERANCE
+        );
+        assert_eq!(
+            cfg(&[(names::AGENTKIT_API_URL, "ftp://x")])
+                .unwrap_err()
+                .name,
+            names::AGENTKIT_API_URL
+        );
+        assert_eq!(
+            cfg(&[(names::HISTORY_RETENTION_DAYS, "0")])
+                .unwrap_err()
+                .name,
+            names::HISTORY_RETENTION_DAYS
+        );
+        assert_eq!(
+            cfg(&[(names::AGENTKIT_API_URL, "http://x/")])
+                .unwrap()
+                .agentkit_api_url
+                .as_deref(),
+            Some("http://x")
+        );
+    }
+}

@@ -1,0 +1,20 @@
+//! Ops-Core's core: the domain, the storage port, an in-memory store, and the use cases.
+//! No AWS types live here; the DynamoDB adapter and the Lambda entrypoints depend on this crate.
+
+pub mod agent;
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod ids;
+pub mod memory;
+pub mod runner;
+pub mod session;
+pub mod store;
+pub mod task;
+pub mod time;
+pub mod workflow;
+
+pub use app::{App, DefinitionSource, Settings, Triggered};
+pub use error::AppError;
+pub use runner::{Claim, DispatchOutcome, DispatchRequest, Dispatcher, Runner, RunnerError, Step};
+pub use store::{Change, Store};

@@ -1,0 +1,511 @@
+//! The in-memory adapter of the storage port: the reference semantics for the contract suite,
+//! and the store of the fastest tests and benches. One mutex makes every batch atomic.
+
+use crate::agent::{Agent, AgentDetails, HistoryEntry, StateName, StateReport};
+use crate::ids::{AgentId, IdempotencyKey, SessionId, TaskId, WorkflowId, WorkflowVersion};
+use crate::session::Session;
+use crate::store::*;
+use crate::task::{TaskInstance, TaskKey, TaskStatus};
+use crate::time::{self, Timestamp};
+use crate::workflow::WorkflowDefinition;
+use async_trait::async_trait;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+#[derive(Default)]
+struct State {
+    agents: BTreeMap<AgentId, Agent>,
+    /// Per agent, keyed by (report timestamp, arrival sequence).
+    history: HashMap<AgentId, BTreeMap<(i64, u64), HistoryEntry>>,
+    seq: u64,
+    workflows: BTreeMap<(WorkflowId, WorkflowVersion), StoredWorkflow>,
+    sessions: HashMap<SessionId, Session>,
+    tasks: BTreeMap<(SessionId, TaskId), TaskInstance>,
+    idempotency: HashMap<(AgentId, IdempotencyKey), SessionId>,
+}
+
+#[derive(Default)]
+pub struct InMemoryStore {
+    state: Mutex<State>,
+    changes: Option<UnboundedSender<Change>>,
+}
+
+impl InMemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A store that also emits every change, like a table stream with new and old images.
+    pub fn with_changes() -> (Self, UnboundedReceiver<Change>) {
+        let (tx, rx) = unbounded_channel();
+        (
+            Self {
+                state: Mutex::default(),
+                changes: Some(tx),
+            },
+            rx,
+        )
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave a half-applied batch (batches are checked
+        // before any mutation), so a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn emit(&self, change: Change) {
+        if let Some(tx) = &self.changes {
+            let _ = tx.send(change);
+        }
+    }
+}
+
+fn page_of<T: Clone>(items: Vec<(String, T)>, page: &PageRequest) -> Page<T> {
+    let start = match &page.cursor {
+        None => 0,
+        Some(c) => items.iter().position(|(k, _)| k > c).unwrap_or(items.len()),
+    };
+    let limit = page.limit.max(1) as usize;
+    let slice: Vec<_> = items[start..].iter().take(limit).cloned().collect();
+    let next_cursor = if start + slice.len() < items.len() {
+        slice.last().map(|(k, _)| k.clone())
+    } else {
+        None
+    };
+    Page {
+        items: slice.into_iter().map(|(_, v)| v).collect(),
+        next_cursor,
+    }
+}
+
+/// Cursors are the last key of the page; refuse anything that is not one of our key shapes.
+fn check_cursor(page: &PageRequest) -> Result<(), StoreError> {
+    match &page.cursor {
+        Some(c) if c.is_empty() || c.len() > 512 => Err(StoreError::InvalidCursor),
+        _ => Ok(()),
+    }
+}
+
+#[async_trait]
+impl Store for InMemoryStore {
+    async fn register_agent(
+        &self,
+        details: AgentDetails,
+        now: Timestamp,
+    ) -> Result<RegisterOutcome, StoreError> {
+        let (outcome, change) = {
+            let mut s = self.lock();
+            match s.agents.get(&details.agent_id).cloned() {
+                None => {
+                    let agent = Agent::new(details, now);
+                    s.agents.insert(agent.id().clone(), agent.clone());
+                    (
+                        RegisterOutcome::Created(agent.clone()),
+                        Some(Change::Agent {
+                            old: None,
+                            new: Some(Box::new(agent)),
+                        }),
+                    )
+                }
+                Some(old) if old.details.same_registration(&details) && !old.is_deregistered() => {
+                    (RegisterOutcome::Unchanged(old), None)
+                }
+                Some(old) => {
+                    let mut agent = old.clone();
+                    agent.details = details;
+                    agent.deregistered_at = None;
+                    agent.updated_at = now;
+                    s.agents.insert(agent.id().clone(), agent.clone());
+                    (
+                        RegisterOutcome::Updated(agent.clone()),
+                        Some(Change::Agent {
+                            old: Some(Box::new(old)),
+                            new: Some(Box::new(agent)),
+                        }),
+                    )
+                }
+            }
+        };
+        if let Some(c) = change {
+            self.emit(c);
+        }
+        Ok(outcome)
+    }
+
+    async fn deregister_agent(
+        &self,
+        id: &AgentId,
+        now: Timestamp,
+    ) -> Result<Agent, AgentWriteError> {
+        let (agent, change) = {
+            let mut s = self.lock();
+            let old = s.agents.get(id).cloned().ok_or(AgentWriteError::NotFound)?;
+            if old.is_deregistered() {
+                return Ok(old);
+            }
+            let mut agent = old.clone();
+            agent.deregistered_at = Some(now);
+            agent.updated_at = now;
+            s.agents.insert(id.clone(), agent.clone());
+            (
+                agent.clone(),
+                Change::Agent {
+                    old: Some(Box::new(old)),
+                    new: Some(Box::new(agent)),
+                },
+            )
+        };
+        self.emit(change);
+        Ok(agent)
+    }
+
+    async fn report_state(
+        &self,
+        report: &StateReport,
+        received_at: Timestamp,
+        _ttl: Duration,
+    ) -> Result<ReportOutcome, AgentWriteError> {
+        let (outcome, change) = {
+            let mut s = self.lock();
+            let old = s
+                .agents
+                .get(&report.agent_id)
+                .cloned()
+                .ok_or(AgentWriteError::NotFound)?;
+            if old.is_deregistered() {
+                return Err(AgentWriteError::Deregistered);
+            }
+            let applied = old.current.is_superseded_by(report.timestamp);
+            s.seq += 1;
+            let seq = s.seq;
+            s.history
+                .entry(report.agent_id.clone())
+                .or_default()
+                .insert(
+                    (time::to_nanos(report.timestamp), seq),
+                    HistoryEntry {
+                        agent_id: report.agent_id.clone(),
+                        state: report.state.clone(),
+                        details: report.details.clone(),
+                        timestamp: report.timestamp,
+                        received_at,
+                        applied,
+                    },
+                );
+            if applied {
+                let mut agent = old.clone();
+                agent.current = crate::agent::CurrentState {
+                    state: report.state.clone(),
+                    details: report.details.clone(),
+                    timestamp: report.timestamp,
+                    ordering_nanos: Some(time::to_nanos(report.timestamp)),
+                    version: old.current.version + 1,
+                };
+                agent.updated_at = received_at;
+                s.agents.insert(agent.id().clone(), agent.clone());
+                (
+                    ReportOutcome::Applied(agent.current.clone()),
+                    Some(Change::Agent {
+                        old: Some(Box::new(old)),
+                        new: Some(Box::new(agent)),
+                    }),
+                )
+            } else {
+                (
+                    ReportOutcome::Stale {
+                        current: old.current,
+                    },
+                    None,
+                )
+            }
+        };
+        if let Some(c) = change {
+            self.emit(c);
+        }
+        Ok(outcome)
+    }
+
+    async fn get_agent(&self, id: &AgentId) -> Result<Option<Agent>, StoreError> {
+        Ok(self.lock().agents.get(id).cloned())
+    }
+
+    async fn list_agents(
+        &self,
+        state: Option<&StateName>,
+        page: PageRequest,
+    ) -> Result<Page<Agent>, StoreError> {
+        check_cursor(&page)?;
+        let s = self.lock();
+        let items = s
+            .agents
+            .values()
+            .filter(|a| state.is_none_or(|st| &a.current.state == st))
+            .map(|a| (a.id().to_string(), a.clone()))
+            .collect();
+        Ok(page_of(items, &page))
+    }
+
+    async fn state_history(
+        &self,
+        id: &AgentId,
+        page: PageRequest,
+    ) -> Result<Page<HistoryEntry>, StoreError> {
+        check_cursor(&page)?;
+        let s = self.lock();
+        // Newest first: invert the key so that ascending cursor order is newest-first.
+        let items = s
+            .history
+            .get(id)
+            .map(|h| {
+                h.iter()
+                    .rev()
+                    .map(|((ts, seq), e)| {
+                        (
+                            format!("{:020}#{:020}", i64::MAX - ts, u64::MAX - seq),
+                            e.clone(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(page_of(items, &page))
+    }
+
+    async fn put_workflow(
+        &self,
+        def: &WorkflowDefinition,
+        now: Timestamp,
+    ) -> Result<PutWorkflowOutcome, StoreError> {
+        let mut s = self.lock();
+        let key = (def.id.clone(), def.version.clone());
+        Ok(match s.workflows.get(&key) {
+            Some(existing) if existing.definition.same_content(def) => {
+                PutWorkflowOutcome::Identical(existing.clone())
+            }
+            Some(existing) => PutWorkflowOutcome::Conflict(existing.clone()),
+            None => {
+                let stored = StoredWorkflow {
+                    definition: def.clone(),
+                    created_at: now,
+                };
+                s.workflows.insert(key, stored.clone());
+                PutWorkflowOutcome::Created(stored)
+            }
+        })
+    }
+
+    async fn get_workflow(
+        &self,
+        id: &WorkflowId,
+        version: Option<&WorkflowVersion>,
+    ) -> Result<Option<StoredWorkflow>, StoreError> {
+        let s = self.lock();
+        Ok(match version {
+            Some(v) => s.workflows.get(&(id.clone(), v.clone())).cloned(),
+            None => s
+                .workflows
+                .iter()
+                .filter(|((wid, _), _)| wid == id)
+                .map(|(_, w)| w)
+                .max_by_key(|w| w.created_at)
+                .cloned(),
+        })
+    }
+
+    async fn list_workflows(&self, page: PageRequest) -> Result<Page<StoredWorkflow>, StoreError> {
+        check_cursor(&page)?;
+        let s = self.lock();
+        let items = s
+            .workflows
+            .iter()
+            .map(|((id, v), w)| (format!("{id}#{v}"), w.clone()))
+            .collect();
+        Ok(page_of(items, &page))
+    }
+
+    async fn commit(&self, writes: Vec<Write>) -> Result<(), CommitError> {
+        let mut changes = Vec::new();
+        {
+            let mut s = self.lock();
+            // Check every condition first, then apply: all or nothing.
+            for (index, w) in writes.iter().enumerate() {
+                let conflict = |existing| Err(CommitError::Conflict { index, existing });
+                match w {
+                    Write::CreateSession(x) if s.sessions.contains_key(&x.session_id) => {
+                        return conflict(None);
+                    }
+                    Write::TransitionSession { from, next } => {
+                        match s.sessions.get(&next.session_id) {
+                            Some(cur) if cur.status == *from && cur.rev + 1 == next.rev => {}
+                            _ => return conflict(None),
+                        }
+                    }
+                    Write::CheckSessionOpen(id) => match s.sessions.get(id) {
+                        Some(cur) if !cur.status.is_terminal() => {}
+                        _ => return conflict(None),
+                    },
+                    Write::CreateTask(t)
+                        if s.tasks.contains_key(&(t.session_id, t.task_id.clone())) =>
+                    {
+                        return conflict(None);
+                    }
+                    Write::TransitionTask { from, next } => {
+                        match s.tasks.get(&(next.session_id, next.task_id.clone())) {
+                            Some(cur) if cur.status == *from && cur.rev + 1 == next.rev => {}
+                            _ => return conflict(None),
+                        }
+                    }
+                    Write::CreateIdempotencyKey { agent_id, key, .. } => {
+                        if let Some(existing) = s.idempotency.get(&(agent_id.clone(), key.clone()))
+                        {
+                            return conflict(Some(Existing::IdempotencyKey(*existing)));
+                        }
+                    }
+                    Write::ClaimAgent { agent_id, .. } => match s.agents.get(agent_id) {
+                        Some(a) if a.is_available() => {}
+                        _ => return conflict(None),
+                    },
+                    Write::ReleaseAgent { agent_id, dispatch } => match s.agents.get(agent_id) {
+                        Some(a) if a.inflight.as_ref().is_some_and(|i| &i.dispatch == dispatch) => {
+                        }
+                        _ => return conflict(None),
+                    },
+                    _ => {}
+                }
+            }
+            for w in writes {
+                match w {
+                    Write::CreateSession(x) | Write::TransitionSession { next: x, .. } => {
+                        let old = s.sessions.insert(x.session_id, x.clone());
+                        changes.push(Change::Session {
+                            old: old.map(Box::new),
+                            new: Some(Box::new(x)),
+                        });
+                    }
+                    Write::CreateTask(t) | Write::TransitionTask { next: t, .. } => {
+                        let old = s.tasks.insert((t.session_id, t.task_id.clone()), t.clone());
+                        changes.push(Change::Task {
+                            old: old.map(Box::new),
+                            new: Some(Box::new(t)),
+                        });
+                    }
+                    Write::CreateIdempotencyKey {
+                        agent_id,
+                        key,
+                        session_id,
+                        ..
+                    } => {
+                        s.idempotency.insert((agent_id, key), session_id);
+                    }
+                    Write::ClaimAgent { agent_id, inflight } => {
+                        let a = s.agents.get_mut(&agent_id).expect("checked above");
+                        let old = a.clone();
+                        a.inflight = Some(inflight);
+                        changes.push(Change::Agent {
+                            old: Some(Box::new(old)),
+                            new: Some(Box::new(a.clone())),
+                        });
+                    }
+                    Write::ReleaseAgent { agent_id, .. } => {
+                        let a = s.agents.get_mut(&agent_id).expect("checked above");
+                        let old = a.clone();
+                        a.inflight = None;
+                        changes.push(Change::Agent {
+                            old: Some(Box::new(old)),
+                            new: Some(Box::new(a.clone())),
+                        });
+                    }
+                    Write::CheckSessionOpen(_) => {}
+                }
+            }
+        }
+        for c in changes {
+            self.emit(c);
+        }
+        Ok(())
+    }
+
+    async fn get_session(&self, id: &SessionId) -> Result<Option<SessionView>, StoreError> {
+        let s = self.lock();
+        Ok(s.sessions.get(id).map(|session| SessionView {
+            session: session.clone(),
+            tasks: s
+                .tasks
+                .range((*id, TaskId::parse("0").expect("valid"))..)
+                .take_while(|((sid, _), _)| sid == id)
+                .map(|(_, t)| t.clone())
+                .collect(),
+        }))
+    }
+
+    async fn list_sessions(
+        &self,
+        agent: &AgentId,
+        page: PageRequest,
+    ) -> Result<Page<Session>, StoreError> {
+        check_cursor(&page)?;
+        let s = self.lock();
+        let mut items: Vec<(String, Session)> = s
+            .sessions
+            .values()
+            .filter(|x| &x.agent_id == agent)
+            .map(|x| {
+                (
+                    format!(
+                        "{:020}#{}",
+                        i64::MAX - time::to_nanos(x.start_time),
+                        x.session_id
+                    ),
+                    x.clone(),
+                )
+            })
+            .collect();
+        items.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(page_of(items, &page))
+    }
+
+    async fn get_task(&self, key: &TaskKey) -> Result<Option<TaskInstance>, StoreError> {
+        Ok(self
+            .lock()
+            .tasks
+            .get(&(key.session_id, key.task_id.clone()))
+            .cloned())
+    }
+
+    async fn runnable_tasks(
+        &self,
+        agent: &AgentId,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<TaskKey>, StoreError> {
+        let s = self.lock();
+        let mut due: Vec<_> = s
+            .tasks
+            .values()
+            .filter(|t| &t.agent_id == agent && t.status == TaskStatus::Pending && t.due_at <= now)
+            .collect();
+        due.sort_by_key(|t| t.due_at);
+        Ok(due
+            .into_iter()
+            .take(limit as usize)
+            .map(TaskInstance::key)
+            .collect())
+    }
+
+    async fn due_timers(&self, now: Timestamp, limit: u32) -> Result<Vec<TaskKey>, StoreError> {
+        let s = self.lock();
+        let mut due: Vec<_> = s
+            .tasks
+            .values()
+            .filter(|t| t.timer_at.is_some_and(|at| at <= now))
+            .collect();
+        due.sort_by_key(|t| t.timer_at);
+        Ok(due
+            .into_iter()
+            .take(limit as usize)
+            .map(TaskInstance::key)
+            .collect())
+    }
+}

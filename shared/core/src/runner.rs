@@ -1,0 +1,720 @@
+//! The workflow runner: reacts to table changes and to timers, dispatches tasks to idle agents
+//! through AgentKit, reads completion from state reports, retries with backoff, and ends every
+//! session `completed` or `failed` with its cause.
+//!
+//! Every step is a conditional write against the state it read, so two runners (or one stream
+//! batch delivered twice) can race freely: one wins, the other re-reads and finds nothing to do.
+
+use crate::agent::{Agent, Inflight, KnownState};
+use crate::app::{CONFLICT_RETRIES, Settings, after, new_task};
+use crate::ids::{AgentId, DispatchId, SessionId};
+use crate::session::{FailureCause, Session, SessionStatus};
+use crate::store::*;
+use crate::task::{Attempt, TaskInstance, TaskKey, TaskStatus};
+use crate::time::{Clock, Timestamp, render};
+use async_trait::async_trait;
+use serde_json::{Map, Value, json};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What the runner sends to AgentKit (`POST /v1/agents/{agentId}/run`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DispatchRequest {
+    pub agent_id: AgentId,
+    pub session_id: SessionId,
+    /// `opscore_task_id`: names this attempt.
+    pub dispatch_id: String,
+    pub task_name: String,
+    pub payload: Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum DispatchOutcome {
+    /// AgentKit accepted (2xx): scheduled, not done.
+    Accepted,
+    /// Not accepted. `retryable`: 5xx, 429, timeouts, connection errors, 404 (AgentKit may learn
+    /// the agent again); not retryable: other 4xx (our request is wrong and will stay wrong).
+    Failed { retryable: bool, reason: String },
+}
+
+/// The port to AgentKit.
+#[async_trait]
+pub trait Dispatcher: Send + Sync + 'static {
+    async fn dispatch(&self, req: &DispatchRequest) -> DispatchOutcome;
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RunnerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("still conflicting after {CONFLICT_RETRIES} re-reads")]
+    Contended,
+    /// A fault injected by a test: the runner "died" at this step.
+    #[error("aborted at {0:?} (fault injection)")]
+    Aborted(Step),
+}
+
+/// The points between the runner's steps where a test can make it die.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Step {
+    AfterClaim,
+    AfterDispatch,
+    AfterConfirm,
+    BeforeComplete,
+    BeforeFailAttempt,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SweepReport {
+    pub examined: usize,
+    pub dispatched: usize,
+    pub failed_attempts: usize,
+    pub parked: usize,
+}
+
+pub struct Runner {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    dispatcher: Arc<dyn Dispatcher>,
+    settings: Settings,
+    lease: Duration,
+    faults: Mutex<HashSet<Step>>,
+}
+
+/// A task and the session it belongs to, read together (one query of the session's partition).
+struct Loaded {
+    session: Session,
+    task: TaskInstance,
+}
+
+impl Runner {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        dispatcher: Arc<dyn Dispatcher>,
+        settings: Settings,
+        lease: Duration,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            dispatcher,
+            settings,
+            lease,
+            faults: Mutex::default(),
+        }
+    }
+
+    /// Makes the runner stop right after `step`, once (tests of crash recovery).
+    pub fn inject_fault(&self, step: Step) {
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(step);
+    }
+
+    fn fault(&self, step: Step) -> Result<(), RunnerError> {
+        if self
+            .faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&step)
+        {
+            return Err(RunnerError::Aborted(step));
+        }
+        Ok(())
+    }
+
+    async fn load(&self, key: &TaskKey) -> Result<Option<Loaded>, RunnerError> {
+        let Some(view) = self.store.get_session(&key.session_id).await? else {
+            return Ok(None);
+        };
+        let task = view.tasks.into_iter().find(|t| t.task_id == key.task_id);
+        Ok(task.map(|task| Loaded {
+            session: view.session,
+            task,
+        }))
+    }
+
+    /// Handles one change record. Safe to call twice with the same record.
+    pub async fn on_change(&self, change: &Change) -> Result<(), RunnerError> {
+        match change {
+            Change::Task { new: Some(t), .. }
+                if t.status == TaskStatus::Pending && t.due_at <= self.clock.now() =>
+            {
+                self.try_dispatch(&t.key()).await.map(drop)
+            }
+            Change::Agent { old, new: Some(a) } => {
+                let old = old.as_deref();
+                if a.is_deregistered() {
+                    if old.is_none_or(|o| !o.is_deregistered()) {
+                        self.fail_agent_tasks(a).await?;
+                    }
+                    return Ok(());
+                }
+                if old.is_none_or(|o| o.current.version < a.current.version) {
+                    self.on_report(a).await?;
+                }
+                if a.is_available()
+                    && old
+                        .is_none_or(|o| !o.is_available() || o.current.version < a.current.version)
+                {
+                    self.dispatch_next_for(a.id()).await?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A new state report was applied to `agent` (the image right after it).
+    async fn on_report(&self, agent: &Agent) -> Result<(), RunnerError> {
+        let Some(Inflight { dispatch, .. }) = &agent.inflight else {
+            return Ok(());
+        };
+        let reported = agent.current.reported_task_id();
+        let names_this_attempt = reported == Some(dispatch.render().as_str());
+        match agent.current.state.as_known() {
+            Some(KnownState::Idle) => {
+                // Idle naming this attempt completes it. Idle naming nothing completes it only if
+                // the agent was seen `active` for it (documented: agents that report no task id).
+                let Some(l) = self.load_attempt(dispatch).await? else {
+                    return Ok(());
+                };
+                if names_this_attempt
+                    || (reported.is_none() && l.task.status == TaskStatus::Running)
+                {
+                    self.complete(dispatch, agent.current.details.clone())
+                        .await?;
+                }
+            }
+            Some(KnownState::Active) if reported.is_none() || names_this_attempt => {
+                self.mark_running(dispatch).await?
+            }
+            Some(KnownState::Error) if reported.is_none() || names_this_attempt => {
+                let why = agent
+                    .current
+                    .details
+                    .as_ref()
+                    .and_then(|d| d.get("error").or_else(|| d.get("message")))
+                    .map(|v| {
+                        v.as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| v.to_string())
+                    })
+                    .unwrap_or_else(|| "no details".into());
+                self.fail_attempt_of(dispatch, format!("agent reported error: {why}"), true)
+                    .await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn load_attempt(&self, dispatch: &DispatchId) -> Result<Option<Loaded>, RunnerError> {
+        let key = TaskKey {
+            session_id: dispatch.session_id,
+            task_id: dispatch.task_id.clone(),
+        };
+        Ok(self
+            .load(&key)
+            .await?
+            .filter(|l| l.task.current_dispatch().as_ref() == Some(dispatch)))
+    }
+
+    /// Tries the agent's oldest due tasks until one is claimed or the agent is taken.
+    pub async fn dispatch_next_for(&self, agent: &AgentId) -> Result<(), RunnerError> {
+        for key in self
+            .store
+            .runnable_tasks(agent, self.clock.now(), 10)
+            .await?
+        {
+            match self.try_dispatch(&key).await? {
+                Claim::Dispatched | Claim::AgentBusy => return Ok(()),
+                Claim::NotRunnable => continue,
+            }
+        }
+        Ok(())
+    }
+
+    /// Claims a pending task for one attempt (agent marker + task + session in one transaction),
+    /// then sends it to AgentKit and records the answer.
+    pub async fn try_dispatch(&self, key: &TaskKey) -> Result<Claim, RunnerError> {
+        for _ in 0..CONFLICT_RETRIES {
+            let Some(Loaded { session, task }) = self.load(key).await? else {
+                return Ok(Claim::NotRunnable);
+            };
+            let now = self.clock.now();
+            if task.status != TaskStatus::Pending
+                || task.due_at > now
+                || session.status.is_terminal()
+            {
+                return Ok(Claim::NotRunnable);
+            }
+            let mut next = task.clone();
+            next.status = TaskStatus::Dispatched;
+            next.attempt += 1;
+            next.rev += 1;
+            next.updated_at = now;
+            next.dispatch_deadline = None;
+            next.lease_expires_at = Some(after(now, self.lease));
+            next.timer_at = next.lease_expires_at;
+            let dispatch = next.current_dispatch().expect("dispatched holds the agent");
+            next.attempts.push(Attempt {
+                attempt: next.attempt,
+                dispatch_id: dispatch.render(),
+                claimed_at: now,
+                accepted_at: None,
+                started_at: None,
+                ended_at: None,
+                outcome: None,
+                error: None,
+            });
+            let session_write = if session.status == SessionStatus::Started {
+                Write::TransitionSession {
+                    from: session.status,
+                    next: session
+                        .transition(SessionStatus::Running, now)
+                        .expect("started → running"),
+                }
+            } else {
+                Write::CheckSessionOpen(session.session_id)
+            };
+            let writes = vec![
+                Write::ClaimAgent {
+                    agent_id: task.agent_id.clone(),
+                    inflight: Inflight {
+                        dispatch: dispatch.clone(),
+                        since: now,
+                    },
+                },
+                Write::TransitionTask {
+                    from: TaskStatus::Pending,
+                    next: next.clone(),
+                },
+                session_write,
+            ];
+            match self.store.commit(writes).await {
+                Ok(()) => {}
+                // The agent is not available (busy, not idle, deregistered): it stays pending
+                // and is picked up when the agent frees up.
+                Err(CommitError::Conflict { index: 0, .. }) => return Ok(Claim::AgentBusy),
+                Err(CommitError::Conflict { .. }) => continue,
+                Err(CommitError::Store(e)) => return Err(e.into()),
+            }
+            self.fault(Step::AfterClaim)?;
+            let outcome = self
+                .dispatcher
+                .dispatch(&DispatchRequest {
+                    agent_id: task.agent_id.clone(),
+                    session_id: task.session_id,
+                    dispatch_id: dispatch.render(),
+                    task_name: task.name.clone(),
+                    payload: task.payload.clone(),
+                })
+                .await;
+            self.fault(Step::AfterDispatch)?;
+            match outcome {
+                DispatchOutcome::Accepted => self.confirm(&dispatch).await?,
+                DispatchOutcome::Failed { retryable, reason } => {
+                    self.fail_attempt_of(&dispatch, format!("dispatch failed: {reason}"), retryable)
+                        .await?
+                }
+            }
+            return Ok(Claim::Dispatched);
+        }
+        Err(RunnerError::Contended)
+    }
+
+    /// AgentKit accepted: the lease becomes a run deadline.
+    async fn confirm(&self, dispatch: &DispatchId) -> Result<(), RunnerError> {
+        self.update_attempt(dispatch, |l, now| {
+            let mut next = l.task.clone();
+            if let Some(a) = next.current_attempt_mut() {
+                a.accepted_at.get_or_insert(now);
+            }
+            next.lease_expires_at = None;
+            let run_deadline = *next
+                .run_deadline
+                .get_or_insert_with(|| after(now, run_timeout(l)));
+            next.timer_at = Some(run_deadline);
+            Some(vec![touch(&l.task, next, now)])
+        })
+        .await?;
+        self.fault(Step::AfterConfirm)
+    }
+
+    async fn mark_running(&self, dispatch: &DispatchId) -> Result<(), RunnerError> {
+        self.update_attempt(dispatch, |l, now| {
+            if l.task.status != TaskStatus::Dispatched {
+                return None;
+            }
+            let mut next = l.task.clone();
+            next.status = TaskStatus::Running;
+            if let Some(a) = next.current_attempt_mut() {
+                a.started_at.get_or_insert(now);
+            }
+            next.lease_expires_at = None;
+            let run_deadline = *next
+                .run_deadline
+                .get_or_insert_with(|| after(now, run_timeout(l)));
+            next.timer_at = Some(run_deadline);
+            Some(vec![touch(&l.task, next, now)])
+        })
+        .await
+    }
+
+    /// The attempt succeeded: task done, agent released, and the next task created or the
+    /// session completed — one transaction.
+    async fn complete(
+        &self,
+        dispatch: &DispatchId,
+        details: Option<Map<String, Value>>,
+    ) -> Result<(), RunnerError> {
+        self.fault(Step::BeforeComplete)?;
+        let recheck = self.settings.recheck_after;
+        self.update_attempt(dispatch, |l, now| {
+            let mut done = end_task(&l.task, TaskStatus::Succeeded, now, None);
+            done.result = details.clone();
+            let mut writes = vec![
+                Write::ReleaseAgent {
+                    agent_id: l.task.agent_id.clone(),
+                    dispatch: dispatch.clone(),
+                },
+                Write::TransitionTask {
+                    from: l.task.status,
+                    next: done,
+                },
+            ];
+            let next_def = l
+                .task
+                .next_task_id
+                .as_ref()
+                .and_then(|id| l.session.definition.task(id));
+            match next_def {
+                Some(def) => {
+                    writes.push(Write::CreateTask(new_task(
+                        &l.session,
+                        def,
+                        Value::Object(def.parameters.clone()),
+                        now,
+                        recheck,
+                    )));
+                    writes.push(Write::CheckSessionOpen(l.session.session_id));
+                }
+                None => {
+                    let mut s = l.session.transition(SessionStatus::Completed, now).ok()?;
+                    s.result = Some(json!({
+                        "message": "Workflow completed",
+                        "finalTaskId": l.task.task_id,
+                        "output": details.clone().map(Value::Object).unwrap_or(Value::Null),
+                    }));
+                    writes.push(Write::TransitionSession {
+                        from: l.session.status,
+                        next: s,
+                    });
+                }
+            }
+            Some(writes)
+        })
+        .await
+    }
+
+    /// Ends the current attempt as failed: a retry after backoff while retries remain (and the
+    /// failure is retryable), otherwise the task and its session fail with the cause.
+    async fn fail_attempt_of(
+        &self,
+        dispatch: &DispatchId,
+        error: String,
+        retryable: bool,
+    ) -> Result<(), RunnerError> {
+        self.fault(Step::BeforeFailAttempt)?;
+        self.update_attempt(dispatch, |l, now| {
+            let mut writes = vec![Write::ReleaseAgent {
+                agent_id: l.task.agent_id.clone(),
+                dispatch: dispatch.clone(),
+            }];
+            writes.extend(self.fail_writes(l, now, &error, retryable, "retries_exhausted"));
+            Some(writes)
+        })
+        .await
+    }
+
+    fn fail_writes(
+        &self,
+        l: &Loaded,
+        now: Timestamp,
+        error: &str,
+        retryable: bool,
+        code: &str,
+    ) -> Vec<Write> {
+        let t = &l.task;
+        if retryable && t.retries_left() {
+            let policy = l.session.definition.retry_policy();
+            let delay = policy.backoff(t.attempt, fastrand::f64());
+            let mut next = t.clone();
+            if let Some(a) = next.current_attempt_mut() {
+                a.ended_at = Some(now);
+                a.outcome = Some("failed".into());
+                a.error = Some(error.to_owned());
+            }
+            next.status = TaskStatus::Pending;
+            next.rev += 1;
+            next.updated_at = now;
+            next.last_error = Some(error.to_owned());
+            next.due_at = after(now, delay);
+            next.dispatch_deadline =
+                Some(after(next.due_at, l.session.definition.dispatch_timeout()));
+            next.lease_expires_at = None;
+            next.run_deadline = None;
+            next.timer_at = Some(next.due_at);
+            return vec![Write::TransitionTask {
+                from: t.status,
+                next,
+            }];
+        }
+        let mut failed = end_task(t, TaskStatus::Failed, now, Some(error));
+        failed.last_error = Some(error.to_owned());
+        let attempts = t.attempt;
+        let message = match code {
+            "retries_exhausted" if attempts > 0 => format!(
+                "task {} ({}) failed after {attempts} attempt{}: {error}",
+                t.task_id,
+                t.name,
+                if attempts == 1 { "" } else { "s" }
+            ),
+            _ => format!("task {} ({}) failed: {error}", t.task_id, t.name),
+        };
+        let code = if !retryable && code == "retries_exhausted" {
+            "dispatch_rejected"
+        } else {
+            code
+        };
+        let mut writes = vec![Write::TransitionTask {
+            from: t.status,
+            next: failed,
+        }];
+        if let Ok(mut s) = l.session.transition(SessionStatus::Failed, now) {
+            s.error = Some(FailureCause {
+                code: code.into(),
+                message,
+                task_id: Some(t.task_id.clone()),
+                attempts: Some(attempts),
+                last_error: Some(error.to_owned()),
+            });
+            writes.push(Write::TransitionSession {
+                from: l.session.status,
+                next: s,
+            });
+        }
+        writes
+    }
+
+    /// Re-reads the attempt, builds writes from it, commits; repeats on conflict. Stops quietly
+    /// when the attempt is no longer current (someone else finished it).
+    async fn update_attempt(
+        &self,
+        dispatch: &DispatchId,
+        build: impl Fn(&Loaded, Timestamp) -> Option<Vec<Write>>,
+    ) -> Result<(), RunnerError> {
+        for _ in 0..CONFLICT_RETRIES {
+            let Some(l) = self.load_attempt(dispatch).await? else {
+                return Ok(());
+            };
+            let Some(writes) = build(&l, self.clock.now()) else {
+                return Ok(());
+            };
+            match self.store.commit(writes).await {
+                Ok(()) => return Ok(()),
+                Err(CommitError::Conflict { .. }) => continue,
+                Err(CommitError::Store(e)) => return Err(e.into()),
+            }
+        }
+        Err(RunnerError::Contended)
+    }
+
+    /// The agent was deregistered: every task it holds or waits for fails with that cause.
+    async fn fail_agent_tasks(&self, agent: &Agent) -> Result<(), RunnerError> {
+        let why = "agent was deregistered";
+        if let Some(i) = &agent.inflight {
+            self.update_attempt(&i.dispatch, |l, now| {
+                let mut w = vec![Write::ReleaseAgent {
+                    agent_id: l.task.agent_id.clone(),
+                    dispatch: i.dispatch.clone(),
+                }];
+                w.extend(self.fail_writes(l, now, why, false, "agent_deregistered"));
+                Some(w)
+            })
+            .await?;
+        }
+        let far_future = after(self.clock.now(), Duration::from_secs(100 * 365 * 86_400));
+        for key in self
+            .store
+            .runnable_tasks(agent.id(), far_future, 1000)
+            .await?
+        {
+            self.fail_pending(&key, why, "agent_deregistered").await?;
+        }
+        Ok(())
+    }
+
+    async fn fail_pending(&self, key: &TaskKey, why: &str, code: &str) -> Result<(), RunnerError> {
+        for _ in 0..CONFLICT_RETRIES {
+            let Some(l) = self.load(key).await? else {
+                return Ok(());
+            };
+            if l.task.status != TaskStatus::Pending {
+                return Ok(());
+            }
+            match self
+                .store
+                .commit(self.fail_writes(&l, self.clock.now(), why, false, code))
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(CommitError::Conflict { .. }) => continue,
+                Err(CommitError::Store(e)) => return Err(e.into()),
+            }
+        }
+        Err(RunnerError::Contended)
+    }
+
+    /// Handles every task whose timer has fired: due retries, expired leases, deadlines.
+    pub async fn sweep(&self) -> Result<SweepReport, RunnerError> {
+        let mut report = SweepReport::default();
+        for key in self.store.due_timers(self.clock.now(), 100).await? {
+            report.examined += 1;
+            if let Err(e) = self.on_timer(&key, &mut report).await {
+                // One bad task must not stop the sweep of the others; it stays due and comes back.
+                tracing::warn!(session_id = %key.session_id, task_id = %key.task_id, error = %e, "timer handling failed");
+                if matches!(e, RunnerError::Aborted(_)) {
+                    return Err(e);
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    async fn on_timer(&self, key: &TaskKey, report: &mut SweepReport) -> Result<(), RunnerError> {
+        let Some(l) = self.load(key).await? else {
+            return Ok(());
+        };
+        let now = self.clock.now();
+        if l.task.timer_at.is_none_or(|t| t > now) {
+            return Ok(());
+        }
+        match l.task.status {
+            TaskStatus::Pending => {
+                if l.task.dispatch_deadline.is_some_and(|d| d <= now) {
+                    let agent = self.store.get_agent(&l.task.agent_id).await?;
+                    let state = agent
+                        .map(|a| a.current.state.to_string())
+                        .unwrap_or_else(|| "unknown agent".into());
+                    let waited = l.session.definition.dispatch_timeout().as_secs_f64();
+                    let why = format!(
+                        "not dispatched within {waited} s: the agent never became available (last state: {state})"
+                    );
+                    self.fail_pending(key, &why, "dispatch_timeout").await?;
+                    report.failed_attempts += 1;
+                    return Ok(());
+                }
+                match self.try_dispatch(key).await? {
+                    Claim::Dispatched => report.dispatched += 1,
+                    Claim::AgentBusy | Claim::NotRunnable => {
+                        // Not dispatchable now: wait for the agent's next change, and look again
+                        // at the dispatch deadline.
+                        let mut next = l.task.clone();
+                        next.timer_at = next.dispatch_deadline;
+                        if self
+                            .store
+                            .commit(vec![touch(&l.task, next, now)])
+                            .await
+                            .is_ok()
+                        {
+                            report.parked += 1;
+                        }
+                    }
+                }
+            }
+            TaskStatus::Dispatched | TaskStatus::Running => {
+                let dispatch = l.task.current_dispatch().expect("holds the agent");
+                let why = if l.task.lease_expires_at.is_some_and(|t| t <= now) {
+                    "the runner that claimed it stopped before AgentKit's answer was recorded (lease expired)".to_owned()
+                } else if l.task.run_deadline.is_some_and(|t| t <= now) {
+                    format!("timed out after {} s", run_timeout(&l).as_secs_f64())
+                } else {
+                    return Ok(());
+                };
+                self.fail_attempt_of(&dispatch, why, true).await?;
+                report.failed_attempts += 1;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// What a dispatch attempt came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    Dispatched,
+    AgentBusy,
+    NotRunnable,
+}
+
+fn run_timeout(l: &Loaded) -> Duration {
+    let def = l.session.definition.task(&l.task.task_id);
+    def.map(|d| l.session.definition.task_timeout(d))
+        .unwrap_or(Duration::from_secs_f64(
+            crate::workflow::DEFAULT_TASK_TIMEOUT,
+        ))
+}
+
+/// A same-status update (timers, acceptance), conditioned like a transition.
+fn touch(cur: &TaskInstance, mut next: TaskInstance, now: Timestamp) -> Write {
+    next.rev = cur.rev + 1;
+    next.updated_at = now;
+    Write::TransitionTask {
+        from: cur.status,
+        next,
+    }
+}
+
+/// The task in a terminal status, its current attempt closed.
+pub(crate) fn end_task(
+    t: &TaskInstance,
+    to: TaskStatus,
+    now: Timestamp,
+    error: Option<&str>,
+) -> TaskInstance {
+    debug_assert!(t.status.can_become(to), "{:?} -> {to:?}", t.status);
+    let mut next = t.clone();
+    next.status = to;
+    next.rev += 1;
+    next.updated_at = now;
+    next.lease_expires_at = None;
+    next.run_deadline = None;
+    next.dispatch_deadline = None;
+    next.timer_at = None;
+    if t.status.holds_agent()
+        && let Some(a) = next.current_attempt_mut()
+    {
+        a.ended_at = Some(now);
+        a.outcome = Some(to.as_str().to_owned());
+        a.error = error.map(str::to_owned);
+    }
+    next
+}
+
+/// For log lines and error bodies.
+pub fn describe(t: &TaskInstance) -> String {
+    format!(
+        "{}:{} {} attempt {} (updated {})",
+        t.session_id,
+        t.task_id,
+        t.status.as_str(),
+        t.attempt,
+        render(t.updated_at)
+    )
+}

@@ -1,0 +1,170 @@
+//! Workflow sessions: `started → running → completed | failed | cancelled`.
+
+use crate::ids::{AgentId, IdempotencyKey, SessionId, TaskId};
+use crate::time::{self, Timestamp};
+use crate::workflow::WorkflowDefinition;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionStatus {
+    Started,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl SessionStatus {
+    pub const ALL: [SessionStatus; 5] = [
+        Self::Started,
+        Self::Running,
+        Self::Completed,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+    /// The transition table. A terminal status is final; nothing goes back to `started`.
+    pub fn can_become(self, to: SessionStatus) -> bool {
+        use SessionStatus::*;
+        matches!(
+            (self, to),
+            (Started, Running) | (Started | Running, Completed | Failed | Cancelled)
+        )
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Started => "started",
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Why a session failed: names the task, its attempts and the last error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailureCause {
+    /// Machine-readable: `retries_exhausted`, `dispatch_timeout`, `task_timeout`, `dispatch_rejected`,
+    /// `agent_deregistered`, `cancelled`.
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub task_id: Option<TaskId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    pub session_id: SessionId,
+    pub agent_id: AgentId,
+    /// A snapshot: later versions of the definition do not change a running session.
+    pub definition: WorkflowDefinition,
+    pub initial_payload: Option<Value>,
+    pub idempotency_key: Option<IdempotencyKey>,
+    pub status: SessionStatus,
+    #[serde(with = "time::rfc3339")]
+    pub start_time: Timestamp,
+    #[serde(with = "time::rfc3339::option")]
+    pub end_time: Option<Timestamp>,
+    #[serde(with = "time::rfc3339")]
+    pub updated_at: Timestamp,
+    pub result: Option<Value>,
+    pub error: Option<FailureCause>,
+    /// Bumped by every write; transitions are conditioned on it.
+    pub rev: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("session cannot go from {from} to {to}")]
+pub struct TransitionError {
+    pub from: &'static str,
+    pub to: &'static str,
+}
+
+impl Session {
+    pub fn start(
+        agent_id: AgentId,
+        definition: WorkflowDefinition,
+        initial_payload: Option<Value>,
+        idempotency_key: Option<IdempotencyKey>,
+        now: Timestamp,
+    ) -> Self {
+        Self {
+            session_id: SessionId::new(),
+            agent_id,
+            definition,
+            initial_payload,
+            idempotency_key,
+            status: SessionStatus::Started,
+            start_time: now,
+            end_time: None,
+            updated_at: now,
+            result: None,
+            error: None,
+            rev: 0,
+        }
+    }
+
+    /// The next version of this session in `to`; terminal statuses set `endTime`.
+    pub fn transition(
+        &self,
+        to: SessionStatus,
+        now: Timestamp,
+    ) -> Result<Session, TransitionError> {
+        if !self.status.can_become(to) {
+            return Err(TransitionError {
+                from: self.status.as_str(),
+                to: to.as_str(),
+            });
+        }
+        let mut next = self.clone();
+        next.status = to;
+        next.updated_at = now;
+        next.rev += 1;
+        if to.is_terminal() {
+            next.end_time = Some(now);
+        }
+        Ok(next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_is_final_and_sets_end_time() {
+        use SessionStatus::*;
+        for from in SessionStatus::ALL {
+            for to in SessionStatus::ALL {
+                if from.is_terminal() {
+                    assert!(!from.can_become(to), "{from:?} -> {to:?}");
+                }
+            }
+        }
+        assert!(!Running.can_become(Started));
+        assert!(Started.can_become(Cancelled));
+        let def = crate::workflow::WorkflowDefinition::from_value(serde_json::json!(
+            {"id":"w","name":"n","tasks":[{"taskId":"a","name":"A"}]}))
+        .unwrap();
+        let now = chrono::Utc::now();
+        let s = Session::start(AgentId::parse("a").unwrap(), def, None, None, now);
+        let r = s.transition(Running, now).unwrap();
+        assert_eq!(r.end_time, None);
+        let c = r.transition(Completed, now).unwrap();
+        assert_eq!(c.end_time, Some(now));
+        assert_eq!(c.rev, 2);
+        assert!(c.transition(Failed, now).is_err());
+    }
+}

@@ -1,0 +1,238 @@
+//! The storage port. Every state change is one conditional write or one atomic group of them;
+//! adapters never read and then write unconditionally.
+
+use crate::agent::{
+    Agent, AgentDetails, CurrentState, HistoryEntry, Inflight, StateName, StateReport,
+};
+use crate::ids::{AgentId, DispatchId, IdempotencyKey, SessionId, WorkflowId, WorkflowVersion};
+use crate::session::{Session, SessionStatus};
+use crate::task::{TaskInstance, TaskKey, TaskStatus};
+use crate::time::Timestamp;
+use crate::workflow::WorkflowDefinition;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached or throttled us: the caller may retry later (→ 503).
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// A pagination cursor that this store did not issue (→ 400).
+    #[error("invalid pagination cursor")]
+    InvalidCursor,
+    /// An item in the store that cannot be read back (a bug or a hand edit).
+    #[error("corrupt item: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRequest {
+    pub limit: u32,
+    pub cursor: Option<String>,
+}
+
+impl PageRequest {
+    pub fn first(limit: u32) -> Self {
+        Self {
+            limit,
+            cursor: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Opaque; pass back to get the next page. `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RegisterOutcome {
+    Created(Agent),
+    /// A redelivery with the same details: nothing written.
+    Unchanged(Agent),
+    /// Details changed (or a deregistered agent came back); state and history kept.
+    Updated(Agent),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReportOutcome {
+    /// The report is newer than the stored state and is now current.
+    Applied(CurrentState),
+    /// Older than (or as old as) the stored state: kept in history only.
+    Stale { current: CurrentState },
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AgentWriteError {
+    #[error("agent not found")]
+    NotFound,
+    #[error("agent is deregistered")]
+    Deregistered,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PutWorkflowOutcome {
+    Created(StoredWorkflow),
+    /// The same id and version with the same content: an idempotent retry.
+    Identical(StoredWorkflow),
+    /// The same id and version with other content: definitions are immutable.
+    Conflict(StoredWorkflow),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredWorkflow {
+    pub definition: WorkflowDefinition,
+    #[serde(with = "crate::time::rfc3339")]
+    pub created_at: Timestamp,
+}
+
+/// A write intent, named for its condition. A batch of them commits atomically or not at all.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// Must not exist.
+    CreateSession(Session),
+    /// Must be in `from` at revision `next.rev - 1`.
+    TransitionSession { from: SessionStatus, next: Session },
+    /// The session must exist and not be terminal (guards a task write against a concurrent cancel).
+    CheckSessionOpen(SessionId),
+    /// Must not exist.
+    CreateTask(TaskInstance),
+    /// Must be in `from` at revision `next.rev - 1`.
+    TransitionTask {
+        from: TaskStatus,
+        next: TaskInstance,
+    },
+    /// Must not exist; on conflict the existing session id comes back in [`Conflict::Existing`].
+    CreateIdempotencyKey {
+        agent_id: AgentId,
+        key: IdempotencyKey,
+        session_id: SessionId,
+        ttl: Duration,
+    },
+    /// The agent must exist, not be deregistered, be idle, and hold no task.
+    ClaimAgent {
+        agent_id: AgentId,
+        inflight: Inflight,
+    },
+    /// The agent's in-flight task must be exactly this one.
+    ReleaseAgent {
+        agent_id: AgentId,
+        dispatch: DispatchId,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CommitError {
+    /// The condition of `writes[index]` did not hold; nothing was written.
+    #[error("condition of write {index} failed")]
+    Conflict {
+        index: usize,
+        existing: Option<Existing>,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What stood in the way, where the store can say without a second read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Existing {
+    IdempotencyKey(SessionId),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionView {
+    pub session: Session,
+    /// The task instances created so far (one per task reached), in no particular order.
+    pub tasks: Vec<TaskInstance>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // Agents
+    async fn register_agent(
+        &self,
+        details: AgentDetails,
+        now: Timestamp,
+    ) -> Result<RegisterOutcome, StoreError>;
+    /// Marks the agent deregistered (kept, with its history). Idempotent.
+    async fn deregister_agent(
+        &self,
+        id: &AgentId,
+        now: Timestamp,
+    ) -> Result<Agent, AgentWriteError>;
+    async fn report_state(
+        &self,
+        report: &StateReport,
+        received_at: Timestamp,
+        history_ttl: Duration,
+    ) -> Result<ReportOutcome, AgentWriteError>;
+    async fn get_agent(&self, id: &AgentId) -> Result<Option<Agent>, StoreError>;
+    /// By agent id; with `state`, only agents currently in that state.
+    async fn list_agents(
+        &self,
+        state: Option<&StateName>,
+        page: PageRequest,
+    ) -> Result<Page<Agent>, StoreError>;
+    /// Newest report timestamp first.
+    async fn state_history(
+        &self,
+        id: &AgentId,
+        page: PageRequest,
+    ) -> Result<Page<HistoryEntry>, StoreError>;
+
+    // Workflow definitions
+    async fn put_workflow(
+        &self,
+        def: &WorkflowDefinition,
+        now: Timestamp,
+    ) -> Result<PutWorkflowOutcome, StoreError>;
+    /// A given version, or the most recently created one.
+    async fn get_workflow(
+        &self,
+        id: &WorkflowId,
+        version: Option<&WorkflowVersion>,
+    ) -> Result<Option<StoredWorkflow>, StoreError>;
+    async fn list_workflows(&self, page: PageRequest) -> Result<Page<StoredWorkflow>, StoreError>;
+
+    // Sessions and tasks
+    async fn commit(&self, writes: Vec<Write>) -> Result<(), CommitError>;
+    async fn get_session(&self, id: &SessionId) -> Result<Option<SessionView>, StoreError>;
+    /// Newest first.
+    async fn list_sessions(
+        &self,
+        agent: &AgentId,
+        page: PageRequest,
+    ) -> Result<Page<Session>, StoreError>;
+    async fn get_task(&self, key: &TaskKey) -> Result<Option<TaskInstance>, StoreError>;
+    /// Pending tasks of this agent that are due by `now`, oldest due first.
+    async fn runnable_tasks(
+        &self,
+        agent: &AgentId,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<TaskKey>, StoreError>;
+    /// Tasks whose timer has fired by `now` (retry due, lease expired, deadline passed).
+    async fn due_timers(&self, now: Timestamp, limit: u32) -> Result<Vec<TaskKey>, StoreError>;
+}
+
+/// One change to a stored item, as a table stream reports it: the image before and after.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Agent {
+        old: Option<Box<Agent>>,
+        new: Option<Box<Agent>>,
+    },
+    Session {
+        old: Option<Box<Session>>,
+        new: Option<Box<Session>>,
+    },
+    Task {
+        old: Option<Box<TaskInstance>>,
+        new: Option<Box<TaskInstance>>,
+    },
+}
