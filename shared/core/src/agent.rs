@@ -20,11 +20,7 @@ pub struct AgentDetails {
     #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
     /// AgentKit's own registration time, when it sends one (`registration_time` or `registrationTime`).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "time::rfc3339::option"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::rfc3339::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub registration_time: Option<Timestamp>,
 }
@@ -96,9 +92,7 @@ impl KnownState {
     }
     /// Case-insensitive: `IDLE`, `Idle` and `idle` are all idle.
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.canonical().eq_ignore_ascii_case(s))
+        Self::ALL.into_iter().find(|k| k.canonical().eq_ignore_ascii_case(s))
     }
 }
 
@@ -186,10 +180,7 @@ pub struct CurrentState {
 impl CurrentState {
     pub fn registered(now: Timestamp) -> Self {
         let mut details = Map::new();
-        details.insert(
-            "reason".into(),
-            Value::String("Initial registration".into()),
-        );
+        details.insert("reason".into(), Value::String("Initial registration".into()));
         Self {
             state: StateName::known(KnownState::Unknown),
             details: Some(details),
@@ -253,9 +244,7 @@ impl Agent {
     }
     /// Whether the runner may hand this agent a task now.
     pub fn is_available(&self) -> bool {
-        !self.is_deregistered()
-            && self.inflight.is_none()
-            && self.current.state.is(KnownState::Idle)
+        !self.is_deregistered() && self.inflight.is_none() && self.current.state.is(KnownState::Idle)
     }
 }
 
@@ -288,10 +277,7 @@ mod tests {
     #[test]
     fn known_states_parse_case_insensitively_custom_ones_verbatim() {
         assert_eq!(StateName::parse("IDLE").unwrap().as_str(), "idle");
-        assert_eq!(
-            StateName::parse("Idle").unwrap(),
-            StateName::known(KnownState::Idle)
-        );
+        assert_eq!(StateName::parse("Idle").unwrap(), StateName::known(KnownState::Idle));
         assert_eq!(StateName::parse("unknown").unwrap().as_str(), "UNKNOWN");
         let busy = StateName::parse("BUSY").unwrap();
         assert_eq!(busy.as_str(), "BUSY");

@@ -59,7 +59,7 @@ pub struct Triggered {
     pub created: bool,
 }
 
-pub(crate) fn after(t: Timestamp, d: Duration) -> Timestamp {
+pub fn after(t: Timestamp, d: Duration) -> Timestamp {
     t + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
@@ -98,11 +98,7 @@ pub(crate) fn new_task(
 
 impl App {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, settings: Settings) -> Self {
-        Self {
-            store,
-            clock,
-            settings,
-        }
+        Self { store, clock, settings }
     }
 
     pub fn now(&self) -> Timestamp {
@@ -124,9 +120,7 @@ impl App {
             .report_state(report, self.now(), self.settings.history_retention)
             .await
             .map_err(|e| match e {
-                AgentWriteError::NotFound => {
-                    AppError::NotFound(format!("Agent not found: {}", report.agent_id))
-                }
+                AgentWriteError::NotFound => AppError::NotFound(format!("Agent not found: {}", report.agent_id)),
                 AgentWriteError::Deregistered => {
                     AppError::Conflict(format!("Agent is deregistered: {}", report.agent_id))
                 }
@@ -145,19 +139,11 @@ impl App {
         Ok(self.agent(id).await?.current)
     }
 
-    pub async fn list_agents(
-        &self,
-        state: Option<&StateName>,
-        page: PageRequest,
-    ) -> Result<Page<Agent>, AppError> {
+    pub async fn list_agents(&self, state: Option<&StateName>, page: PageRequest) -> Result<Page<Agent>, AppError> {
         Ok(self.store.list_agents(state, page).await?)
     }
 
-    pub async fn history(
-        &self,
-        id: &AgentId,
-        page: PageRequest,
-    ) -> Result<Page<HistoryEntry>, AppError> {
+    pub async fn history(&self, id: &AgentId, page: PageRequest) -> Result<Page<HistoryEntry>, AppError> {
         // An unknown agent is a 404, not an empty page.
         self.agent(id).await?;
         Ok(self.store.state_history(id, page).await?)
@@ -165,10 +151,7 @@ impl App {
 
     // ----- workflow definitions -----
 
-    pub async fn create_workflow(
-        &self,
-        def: WorkflowDefinition,
-    ) -> Result<(StoredWorkflow, bool), AppError> {
+    pub async fn create_workflow(&self, def: WorkflowDefinition) -> Result<(StoredWorkflow, bool), AppError> {
         match self.store.put_workflow(&def, self.now()).await? {
             PutWorkflowOutcome::Created(w) => Ok((w, true)),
             PutWorkflowOutcome::Identical(w) => Ok((w, false)),
@@ -188,17 +171,12 @@ impl App {
             .get_workflow(id, version)
             .await?
             .ok_or_else(|| match version {
-                Some(v) => {
-                    AppError::NotFound(format!("Workflow definition not found: {id} version {v}"))
-                }
+                Some(v) => AppError::NotFound(format!("Workflow definition not found: {id} version {v}")),
                 None => AppError::NotFound(format!("Workflow definition not found: {id}")),
             })
     }
 
-    pub async fn list_workflows(
-        &self,
-        page: PageRequest,
-    ) -> Result<Page<StoredWorkflow>, AppError> {
+    pub async fn list_workflows(&self, page: PageRequest) -> Result<Page<StoredWorkflow>, AppError> {
         Ok(self.store.list_workflows(page).await?)
     }
 
@@ -215,15 +193,11 @@ impl App {
     ) -> Result<Triggered, AppError> {
         let agent = self.agent(agent_id).await?;
         if agent.is_deregistered() {
-            return Err(AppError::Conflict(format!(
-                "Agent is deregistered: {agent_id}"
-            )));
+            return Err(AppError::Conflict(format!("Agent is deregistered: {agent_id}")));
         }
         let definition = match source {
             DefinitionSource::Inline(d) => *d,
-            DefinitionSource::Stored { id, version } => {
-                self.workflow(&id, version.as_ref()).await?.definition
-            }
+            DefinitionSource::Stored { id, version } => self.workflow(&id, version.as_ref()).await?.definition,
         };
         let now = self.now();
         let workflow_id = definition.id.clone();
@@ -280,11 +254,7 @@ impl App {
             .ok_or_else(|| AppError::NotFound(format!("Session not found: {id}")))
     }
 
-    pub async fn list_sessions(
-        &self,
-        agent: &AgentId,
-        page: PageRequest,
-    ) -> Result<Page<Session>, AppError> {
+    pub async fn list_sessions(&self, agent: &AgentId, page: PageRequest) -> Result<Page<Session>, AppError> {
         self.agent(agent).await?;
         Ok(self.store.list_sessions(agent, page).await?)
     }
@@ -325,12 +295,7 @@ impl App {
                 }
                 writes.push(Write::TransitionTask {
                     from: t.status,
-                    next: crate::runner::end_task(
-                        t,
-                        TaskStatus::Cancelled,
-                        now,
-                        Some("session cancelled"),
-                    ),
+                    next: crate::runner::end_task(t, TaskStatus::Cancelled, now, Some("session cancelled")),
                 });
             }
             match self.store.commit(writes).await {

@@ -82,11 +82,7 @@ impl Config {
 
     /// Reads settings through `get`, so tests need not touch the process environment.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let non_empty = |k: &str| {
-            get(k)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
+        let non_empty = |k: &str| get(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
         let list = |k: &str| -> Vec<Secret> {
             non_empty(k)
                 .map(|v| {
@@ -125,8 +121,7 @@ impl Config {
                     message: format!("expected whole days 1..=3650, got {v:?}"),
                 })?,
         };
-        let agentkit_api_url =
-            non_empty(names::AGENTKIT_API_URL).map(|u| u.trim_end_matches('/').to_owned());
+        let agentkit_api_url = non_empty(names::AGENTKIT_API_URL).map(|u| u.trim_end_matches('/').to_owned());
         if let Some(u) = &agentkit_api_url
             && !(u.starts_with("http://") || u.starts_with("https://"))
         {
@@ -155,10 +150,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let m: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(|k| m.get(k).cloned())
     }
 
@@ -188,15 +180,11 @@ mod tests {
             names::WEBHOOK_TOLERANCE
         );
         assert_eq!(
-            cfg(&[(names::AGENTKIT_API_URL, "ftp://x")])
-                .unwrap_err()
-                .name,
+            cfg(&[(names::AGENTKIT_API_URL, "ftp://x")]).unwrap_err().name,
             names::AGENTKIT_API_URL
         );
         assert_eq!(
-            cfg(&[(names::HISTORY_RETENTION_DAYS, "0")])
-                .unwrap_err()
-                .name,
+            cfg(&[(names::HISTORY_RETENTION_DAYS, "0")]).unwrap_err().name,
             names::HISTORY_RETENTION_DAYS
         );
         assert_eq!(

@@ -11,10 +11,7 @@ pub enum AppError {
     BadRequest(String),
     /// The request is well-formed but its content is invalid; lists every problem (422).
     #[error("{message}")]
-    Invalid {
-        message: String,
-        problems: Vec<Problem>,
-    },
+    Invalid { message: String, problems: Vec<Problem> },
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -39,9 +36,7 @@ impl AppError {
 impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(m) => {
-                AppError::Unavailable(format!("storage unavailable, retry later: {m}"))
-            }
+            StoreError::Unavailable(m) => AppError::Unavailable(format!("storage unavailable, retry later: {m}")),
             StoreError::InvalidCursor => AppError::BadRequest("invalid pagination cursor".into()),
             StoreError::Corrupt(m) => AppError::Internal(format!("corrupt stored item: {m}")),
         }
@@ -52,9 +47,7 @@ impl From<CommitError> for AppError {
     fn from(e: CommitError) -> Self {
         match e {
             CommitError::Store(s) => s.into(),
-            CommitError::Conflict { .. } => {
-                AppError::Conflict("a concurrent change won; retry the request".into())
-            }
+            CommitError::Conflict { .. } => AppError::Conflict("a concurrent change won; retry the request".into()),
         }
     }
 }

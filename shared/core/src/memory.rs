@@ -24,6 +24,7 @@ struct State {
     sessions: HashMap<SessionId, Session>,
     tasks: BTreeMap<(SessionId, TaskId), TaskInstance>,
     idempotency: HashMap<(AgentId, IdempotencyKey), SessionId>,
+    deliveries: HashMap<String, Timestamp>,
 }
 
 #[derive(Default)]
@@ -90,11 +91,7 @@ fn check_cursor(page: &PageRequest) -> Result<(), StoreError> {
 
 #[async_trait]
 impl Store for InMemoryStore {
-    async fn register_agent(
-        &self,
-        details: AgentDetails,
-        now: Timestamp,
-    ) -> Result<RegisterOutcome, StoreError> {
+    async fn register_agent(&self, details: AgentDetails, now: Timestamp) -> Result<RegisterOutcome, StoreError> {
         let (outcome, change) = {
             let mut s = self.lock();
             match s.agents.get(&details.agent_id).cloned() {
@@ -134,11 +131,7 @@ impl Store for InMemoryStore {
         Ok(outcome)
     }
 
-    async fn deregister_agent(
-        &self,
-        id: &AgentId,
-        now: Timestamp,
-    ) -> Result<Agent, AgentWriteError> {
+    async fn deregister_agent(&self, id: &AgentId, now: Timestamp) -> Result<Agent, AgentWriteError> {
         let (agent, change) = {
             let mut s = self.lock();
             let old = s.agents.get(id).cloned().ok_or(AgentWriteError::NotFound)?;
@@ -180,20 +173,17 @@ impl Store for InMemoryStore {
             let applied = old.current.is_superseded_by(report.timestamp);
             s.seq += 1;
             let seq = s.seq;
-            s.history
-                .entry(report.agent_id.clone())
-                .or_default()
-                .insert(
-                    (time::to_nanos(report.timestamp), seq),
-                    HistoryEntry {
-                        agent_id: report.agent_id.clone(),
-                        state: report.state.clone(),
-                        details: report.details.clone(),
-                        timestamp: report.timestamp,
-                        received_at,
-                        applied,
-                    },
-                );
+            s.history.entry(report.agent_id.clone()).or_default().insert(
+                (time::to_nanos(report.timestamp), seq),
+                HistoryEntry {
+                    agent_id: report.agent_id.clone(),
+                    state: report.state.clone(),
+                    details: report.details.clone(),
+                    timestamp: report.timestamp,
+                    received_at,
+                    applied,
+                },
+            );
             if applied {
                 let mut agent = old.clone();
                 agent.current = crate::agent::CurrentState {
@@ -213,12 +203,7 @@ impl Store for InMemoryStore {
                     }),
                 )
             } else {
-                (
-                    ReportOutcome::Stale {
-                        current: old.current,
-                    },
-                    None,
-                )
+                (ReportOutcome::Stale { current: old.current }, None)
             }
         };
         if let Some(c) = change {
@@ -231,11 +216,7 @@ impl Store for InMemoryStore {
         Ok(self.lock().agents.get(id).cloned())
     }
 
-    async fn list_agents(
-        &self,
-        state: Option<&StateName>,
-        page: PageRequest,
-    ) -> Result<Page<Agent>, StoreError> {
+    async fn list_agents(&self, state: Option<&StateName>, page: PageRequest) -> Result<Page<Agent>, StoreError> {
         check_cursor(&page)?;
         let s = self.lock();
         let items = s
@@ -247,11 +228,7 @@ impl Store for InMemoryStore {
         Ok(page_of(items, &page))
     }
 
-    async fn state_history(
-        &self,
-        id: &AgentId,
-        page: PageRequest,
-    ) -> Result<Page<HistoryEntry>, StoreError> {
+    async fn state_history(&self, id: &AgentId, page: PageRequest) -> Result<Page<HistoryEntry>, StoreError> {
         check_cursor(&page)?;
         let s = self.lock();
         // Newest first: invert the key so that ascending cursor order is newest-first.
@@ -261,29 +238,18 @@ impl Store for InMemoryStore {
             .map(|h| {
                 h.iter()
                     .rev()
-                    .map(|((ts, seq), e)| {
-                        (
-                            format!("{:020}#{:020}", i64::MAX - ts, u64::MAX - seq),
-                            e.clone(),
-                        )
-                    })
+                    .map(|((ts, seq), e)| (format!("{:020}#{:020}", i64::MAX - ts, u64::MAX - seq), e.clone()))
                     .collect()
             })
             .unwrap_or_default();
         Ok(page_of(items, &page))
     }
 
-    async fn put_workflow(
-        &self,
-        def: &WorkflowDefinition,
-        now: Timestamp,
-    ) -> Result<PutWorkflowOutcome, StoreError> {
+    async fn put_workflow(&self, def: &WorkflowDefinition, now: Timestamp) -> Result<PutWorkflowOutcome, StoreError> {
         let mut s = self.lock();
         let key = (def.id.clone(), def.version.clone());
         Ok(match s.workflows.get(&key) {
-            Some(existing) if existing.definition.same_content(def) => {
-                PutWorkflowOutcome::Identical(existing.clone())
-            }
+            Some(existing) if existing.definition.same_content(def) => PutWorkflowOutcome::Identical(existing.clone()),
             Some(existing) => PutWorkflowOutcome::Conflict(existing.clone()),
             None => {
                 let stored = StoredWorkflow {
@@ -336,19 +302,15 @@ impl Store for InMemoryStore {
                     Write::CreateSession(x) if s.sessions.contains_key(&x.session_id) => {
                         return conflict(None);
                     }
-                    Write::TransitionSession { from, next } => {
-                        match s.sessions.get(&next.session_id) {
-                            Some(cur) if cur.status == *from && cur.rev + 1 == next.rev => {}
-                            _ => return conflict(None),
-                        }
-                    }
+                    Write::TransitionSession { from, next } => match s.sessions.get(&next.session_id) {
+                        Some(cur) if cur.status == *from && cur.rev + 1 == next.rev => {}
+                        _ => return conflict(None),
+                    },
                     Write::CheckSessionOpen(id) => match s.sessions.get(id) {
                         Some(cur) if !cur.status.is_terminal() => {}
                         _ => return conflict(None),
                     },
-                    Write::CreateTask(t)
-                        if s.tasks.contains_key(&(t.session_id, t.task_id.clone())) =>
-                    {
+                    Write::CreateTask(t) if s.tasks.contains_key(&(t.session_id, t.task_id.clone())) => {
                         return conflict(None);
                     }
                     Write::TransitionTask { from, next } => {
@@ -358,8 +320,7 @@ impl Store for InMemoryStore {
                         }
                     }
                     Write::CreateIdempotencyKey { agent_id, key, .. } => {
-                        if let Some(existing) = s.idempotency.get(&(agent_id.clone(), key.clone()))
-                        {
+                        if let Some(existing) = s.idempotency.get(&(agent_id.clone(), key.clone())) {
                             return conflict(Some(Existing::IdempotencyKey(*existing)));
                         }
                     }
@@ -368,10 +329,10 @@ impl Store for InMemoryStore {
                         _ => return conflict(None),
                     },
                     Write::ReleaseAgent { agent_id, dispatch } => match s.agents.get(agent_id) {
-                        Some(a) if a.inflight.as_ref().is_some_and(|i| &i.dispatch == dispatch) => {
-                        }
+                        Some(a) if a.inflight.as_ref().is_some_and(|i| &i.dispatch == dispatch) => {}
                         _ => return conflict(None),
                     },
+                    Write::CreateDeliveryRecord { id, .. } if s.deliveries.contains_key(id) => return conflict(None),
                     _ => {}
                 }
             }
@@ -417,6 +378,9 @@ impl Store for InMemoryStore {
                             new: Some(Box::new(a.clone())),
                         });
                     }
+                    Write::CreateDeliveryRecord { id, expires_at } => {
+                        s.deliveries.insert(id, expires_at);
+                    }
                     Write::CheckSessionOpen(_) => {}
                 }
             }
@@ -440,11 +404,7 @@ impl Store for InMemoryStore {
         }))
     }
 
-    async fn list_sessions(
-        &self,
-        agent: &AgentId,
-        page: PageRequest,
-    ) -> Result<Page<Session>, StoreError> {
+    async fn list_sessions(&self, agent: &AgentId, page: PageRequest) -> Result<Page<Session>, StoreError> {
         check_cursor(&page)?;
         let s = self.lock();
         let mut items: Vec<(String, Session)> = s
@@ -453,11 +413,7 @@ impl Store for InMemoryStore {
             .filter(|x| &x.agent_id == agent)
             .map(|x| {
                 (
-                    format!(
-                        "{:020}#{}",
-                        i64::MAX - time::to_nanos(x.start_time),
-                        x.session_id
-                    ),
+                    format!("{:020}#{}", i64::MAX - time::to_nanos(x.start_time), x.session_id),
                     x.clone(),
                 )
             })
@@ -467,19 +423,10 @@ impl Store for InMemoryStore {
     }
 
     async fn get_task(&self, key: &TaskKey) -> Result<Option<TaskInstance>, StoreError> {
-        Ok(self
-            .lock()
-            .tasks
-            .get(&(key.session_id, key.task_id.clone()))
-            .cloned())
+        Ok(self.lock().tasks.get(&(key.session_id, key.task_id.clone())).cloned())
     }
 
-    async fn runnable_tasks(
-        &self,
-        agent: &AgentId,
-        now: Timestamp,
-        limit: u32,
-    ) -> Result<Vec<TaskKey>, StoreError> {
+    async fn runnable_tasks(&self, agent: &AgentId, now: Timestamp, limit: u32) -> Result<Vec<TaskKey>, StoreError> {
         let s = self.lock();
         let mut due: Vec<_> = s
             .tasks
@@ -487,11 +434,7 @@ impl Store for InMemoryStore {
             .filter(|t| &t.agent_id == agent && t.status == TaskStatus::Pending && t.due_at <= now)
             .collect();
         due.sort_by_key(|t| t.due_at);
-        Ok(due
-            .into_iter()
-            .take(limit as usize)
-            .map(TaskInstance::key)
-            .collect())
+        Ok(due.into_iter().take(limit as usize).map(TaskInstance::key).collect())
     }
 
     async fn due_timers(&self, now: Timestamp, limit: u32) -> Result<Vec<TaskKey>, StoreError> {
@@ -502,10 +445,6 @@ impl Store for InMemoryStore {
             .filter(|t| t.timer_at.is_some_and(|at| at <= now))
             .collect();
         due.sort_by_key(|t| t.timer_at);
-        Ok(due
-            .into_iter()
-            .take(limit as usize)
-            .map(TaskInstance::key)
-            .collect())
+        Ok(due.into_iter().take(limit as usize).map(TaskInstance::key).collect())
     }
 }

@@ -108,19 +108,11 @@ impl Runner {
 
     /// Makes the runner stop right after `step`, once (tests of crash recovery).
     pub fn inject_fault(&self, step: Step) {
-        self.faults
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(step);
+        self.faults.lock().unwrap_or_else(|e| e.into_inner()).insert(step);
     }
 
     fn fault(&self, step: Step) -> Result<(), RunnerError> {
-        if self
-            .faults
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&step)
-        {
+        if self.faults.lock().unwrap_or_else(|e| e.into_inner()).remove(&step) {
             return Err(RunnerError::Aborted(step));
         }
         Ok(())
@@ -140,9 +132,7 @@ impl Runner {
     /// Handles one change record. Safe to call twice with the same record.
     pub async fn on_change(&self, change: &Change) -> Result<(), RunnerError> {
         match change {
-            Change::Task { new: Some(t), .. }
-                if t.status == TaskStatus::Pending && t.due_at <= self.clock.now() =>
-            {
+            Change::Task { new: Some(t), .. } if t.status == TaskStatus::Pending && t.due_at <= self.clock.now() => {
                 self.try_dispatch(&t.key()).await.map(drop)
             }
             Change::Agent { old, new: Some(a) } => {
@@ -156,10 +146,7 @@ impl Runner {
                 if old.is_none_or(|o| o.current.version < a.current.version) {
                     self.on_report(a).await?;
                 }
-                if a.is_available()
-                    && old
-                        .is_none_or(|o| !o.is_available() || o.current.version < a.current.version)
-                {
+                if a.is_available() && old.is_none_or(|o| !o.is_available() || o.current.version < a.current.version) {
                     self.dispatch_next_for(a.id()).await?;
                 }
                 Ok(())
@@ -182,27 +169,18 @@ impl Runner {
                 let Some(l) = self.load_attempt(dispatch).await? else {
                     return Ok(());
                 };
-                if names_this_attempt
-                    || (reported.is_none() && l.task.status == TaskStatus::Running)
-                {
-                    self.complete(dispatch, agent.current.details.clone())
-                        .await?;
+                if names_this_attempt || (reported.is_none() && l.task.status == TaskStatus::Running) {
+                    self.complete(dispatch, agent.current.details.clone()).await?;
                 }
             }
-            Some(KnownState::Active) if reported.is_none() || names_this_attempt => {
-                self.mark_running(dispatch).await?
-            }
+            Some(KnownState::Active) if reported.is_none() || names_this_attempt => self.mark_running(dispatch).await?,
             Some(KnownState::Error) if reported.is_none() || names_this_attempt => {
                 let why = agent
                     .current
                     .details
                     .as_ref()
                     .and_then(|d| d.get("error").or_else(|| d.get("message")))
-                    .map(|v| {
-                        v.as_str()
-                            .map(str::to_owned)
-                            .unwrap_or_else(|| v.to_string())
-                    })
+                    .map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))
                     .unwrap_or_else(|| "no details".into());
                 self.fail_attempt_of(dispatch, format!("agent reported error: {why}"), true)
                     .await?;
@@ -225,11 +203,7 @@ impl Runner {
 
     /// Tries the agent's oldest due tasks until one is claimed or the agent is taken.
     pub async fn dispatch_next_for(&self, agent: &AgentId) -> Result<(), RunnerError> {
-        for key in self
-            .store
-            .runnable_tasks(agent, self.clock.now(), 10)
-            .await?
-        {
+        for key in self.store.runnable_tasks(agent, self.clock.now(), 10).await? {
             match self.try_dispatch(&key).await? {
                 Claim::Dispatched | Claim::AgentBusy => return Ok(()),
                 Claim::NotRunnable => continue,
@@ -246,10 +220,7 @@ impl Runner {
                 return Ok(Claim::NotRunnable);
             };
             let now = self.clock.now();
-            if task.status != TaskStatus::Pending
-                || task.due_at > now
-                || session.status.is_terminal()
-            {
+            if task.status != TaskStatus::Pending || task.due_at > now || session.status.is_terminal() {
                 return Ok(Claim::NotRunnable);
             }
             let mut next = task.clone();
@@ -335,9 +306,7 @@ impl Runner {
                 a.accepted_at.get_or_insert(now);
             }
             next.lease_expires_at = None;
-            let run_deadline = *next
-                .run_deadline
-                .get_or_insert_with(|| after(now, run_timeout(l)));
+            let run_deadline = *next.run_deadline.get_or_insert_with(|| after(now, run_timeout(l)));
             next.timer_at = Some(run_deadline);
             Some(vec![touch(&l.task, next, now)])
         })
@@ -356,9 +325,7 @@ impl Runner {
                 a.started_at.get_or_insert(now);
             }
             next.lease_expires_at = None;
-            let run_deadline = *next
-                .run_deadline
-                .get_or_insert_with(|| after(now, run_timeout(l)));
+            let run_deadline = *next.run_deadline.get_or_insert_with(|| after(now, run_timeout(l)));
             next.timer_at = Some(run_deadline);
             Some(vec![touch(&l.task, next, now)])
         })
@@ -367,11 +334,7 @@ impl Runner {
 
     /// The attempt succeeded: task done, agent released, and the next task created or the
     /// session completed — one transaction.
-    async fn complete(
-        &self,
-        dispatch: &DispatchId,
-        details: Option<Map<String, Value>>,
-    ) -> Result<(), RunnerError> {
+    async fn complete(&self, dispatch: &DispatchId, details: Option<Map<String, Value>>) -> Result<(), RunnerError> {
         self.fault(Step::BeforeComplete)?;
         let recheck = self.settings.recheck_after;
         self.update_attempt(dispatch, |l, now| {
@@ -423,12 +386,7 @@ impl Runner {
 
     /// Ends the current attempt as failed: a retry after backoff while retries remain (and the
     /// failure is retryable), otherwise the task and its session fail with the cause.
-    async fn fail_attempt_of(
-        &self,
-        dispatch: &DispatchId,
-        error: String,
-        retryable: bool,
-    ) -> Result<(), RunnerError> {
+    async fn fail_attempt_of(&self, dispatch: &DispatchId, error: String, retryable: bool) -> Result<(), RunnerError> {
         self.fault(Step::BeforeFailAttempt)?;
         self.update_attempt(dispatch, |l, now| {
             let mut writes = vec![Write::ReleaseAgent {
@@ -441,14 +399,7 @@ impl Runner {
         .await
     }
 
-    fn fail_writes(
-        &self,
-        l: &Loaded,
-        now: Timestamp,
-        error: &str,
-        retryable: bool,
-        code: &str,
-    ) -> Vec<Write> {
+    fn fail_writes(&self, l: &Loaded, now: Timestamp, error: &str, retryable: bool, code: &str) -> Vec<Write> {
         let t = &l.task;
         if retryable && t.retries_left() {
             let policy = l.session.definition.retry_policy();
@@ -464,15 +415,11 @@ impl Runner {
             next.updated_at = now;
             next.last_error = Some(error.to_owned());
             next.due_at = after(now, delay);
-            next.dispatch_deadline =
-                Some(after(next.due_at, l.session.definition.dispatch_timeout()));
+            next.dispatch_deadline = Some(after(next.due_at, l.session.definition.dispatch_timeout()));
             next.lease_expires_at = None;
             next.run_deadline = None;
             next.timer_at = Some(next.due_at);
-            return vec![Write::TransitionTask {
-                from: t.status,
-                next,
-            }];
+            return vec![Write::TransitionTask { from: t.status, next }];
         }
         let mut failed = end_task(t, TaskStatus::Failed, now, Some(error));
         failed.last_error = Some(error.to_owned());
@@ -549,11 +496,7 @@ impl Runner {
             .await?;
         }
         let far_future = after(self.clock.now(), Duration::from_secs(100 * 365 * 86_400));
-        for key in self
-            .store
-            .runnable_tasks(agent.id(), far_future, 1000)
-            .await?
-        {
+        for key in self.store.runnable_tasks(agent.id(), far_future, 1000).await? {
             self.fail_pending(&key, why, "agent_deregistered").await?;
         }
         Ok(())
@@ -626,12 +569,7 @@ impl Runner {
                         // at the dispatch deadline.
                         let mut next = l.task.clone();
                         next.timer_at = next.dispatch_deadline;
-                        if self
-                            .store
-                            .commit(vec![touch(&l.task, next, now)])
-                            .await
-                            .is_ok()
-                        {
+                        if self.store.commit(vec![touch(&l.task, next, now)]).await.is_ok() {
                             report.parked += 1;
                         }
                     }
@@ -640,7 +578,8 @@ impl Runner {
             TaskStatus::Dispatched | TaskStatus::Running => {
                 let dispatch = l.task.current_dispatch().expect("holds the agent");
                 let why = if l.task.lease_expires_at.is_some_and(|t| t <= now) {
-                    "the runner that claimed it stopped before AgentKit's answer was recorded (lease expired)".to_owned()
+                    "the runner that claimed it stopped before AgentKit's answer was recorded (lease expired)"
+                        .to_owned()
                 } else if l.task.run_deadline.is_some_and(|t| t <= now) {
                     format!("timed out after {} s", run_timeout(&l).as_secs_f64())
                 } else {
@@ -666,28 +605,18 @@ pub enum Claim {
 fn run_timeout(l: &Loaded) -> Duration {
     let def = l.session.definition.task(&l.task.task_id);
     def.map(|d| l.session.definition.task_timeout(d))
-        .unwrap_or(Duration::from_secs_f64(
-            crate::workflow::DEFAULT_TASK_TIMEOUT,
-        ))
+        .unwrap_or(Duration::from_secs_f64(crate::workflow::DEFAULT_TASK_TIMEOUT))
 }
 
 /// A same-status update (timers, acceptance), conditioned like a transition.
 fn touch(cur: &TaskInstance, mut next: TaskInstance, now: Timestamp) -> Write {
     next.rev = cur.rev + 1;
     next.updated_at = now;
-    Write::TransitionTask {
-        from: cur.status,
-        next,
-    }
+    Write::TransitionTask { from: cur.status, next }
 }
 
 /// The task in a terminal status, its current attempt closed.
-pub(crate) fn end_task(
-    t: &TaskInstance,
-    to: TaskStatus,
-    now: Timestamp,
-    error: Option<&str>,
-) -> TaskInstance {
+pub(crate) fn end_task(t: &TaskInstance, to: TaskStatus, now: Timestamp, error: Option<&str>) -> TaskInstance {
     debug_assert!(t.status.can_become(to), "{:?} -> {to:?}", t.status);
     let mut next = t.clone();
     next.status = to;

@@ -117,11 +117,7 @@ impl Session {
     }
 
     /// The next version of this session in `to`; terminal statuses set `endTime`.
-    pub fn transition(
-        &self,
-        to: SessionStatus,
-        now: Timestamp,
-    ) -> Result<Session, TransitionError> {
+    pub fn transition(&self, to: SessionStatus, now: Timestamp) -> Result<Session, TransitionError> {
         if !self.status.can_become(to) {
             return Err(TransitionError {
                 from: self.status.as_str(),

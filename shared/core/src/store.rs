@@ -1,9 +1,7 @@
 //! The storage port. Every state change is one conditional write or one atomic group of them;
 //! adapters never read and then write unconditionally.
 
-use crate::agent::{
-    Agent, AgentDetails, CurrentState, HistoryEntry, Inflight, StateName, StateReport,
-};
+use crate::agent::{Agent, AgentDetails, CurrentState, HistoryEntry, Inflight, StateName, StateReport};
 use crate::ids::{AgentId, DispatchId, IdempotencyKey, SessionId, WorkflowId, WorkflowVersion};
 use crate::session::{Session, SessionStatus};
 use crate::task::{TaskInstance, TaskKey, TaskStatus};
@@ -34,10 +32,7 @@ pub struct PageRequest {
 
 impl PageRequest {
     pub fn first(limit: u32) -> Self {
-        Self {
-            limit,
-            cursor: None,
-        }
+        Self { limit, cursor: None }
     }
 }
 
@@ -103,10 +98,7 @@ pub enum Write {
     /// Must not exist.
     CreateTask(TaskInstance),
     /// Must be in `from` at revision `next.rev - 1`.
-    TransitionTask {
-        from: TaskStatus,
-        next: TaskInstance,
-    },
+    TransitionTask { from: TaskStatus, next: TaskInstance },
     /// Must not exist; on conflict the existing session id comes back in [`Conflict::Existing`].
     CreateIdempotencyKey {
         agent_id: AgentId,
@@ -115,25 +107,19 @@ pub enum Write {
         ttl: Duration,
     },
     /// The agent must exist, not be deregistered, be idle, and hold no task.
-    ClaimAgent {
-        agent_id: AgentId,
-        inflight: Inflight,
-    },
+    ClaimAgent { agent_id: AgentId, inflight: Inflight },
     /// The agent's in-flight task must be exactly this one.
-    ReleaseAgent {
-        agent_id: AgentId,
-        dispatch: DispatchId,
-    },
+    ReleaseAgent { agent_id: AgentId, dispatch: DispatchId },
+    /// Must not exist: remembers a signed webhook delivery (by its signature) until `expires_at`,
+    /// so a byte-identical replay inside the freshness window has no second effect.
+    CreateDeliveryRecord { id: String, expires_at: Timestamp },
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CommitError {
     /// The condition of `writes[index]` did not hold; nothing was written.
     #[error("condition of write {index} failed")]
-    Conflict {
-        index: usize,
-        existing: Option<Existing>,
-    },
+    Conflict { index: usize, existing: Option<Existing> },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -154,17 +140,9 @@ pub struct SessionView {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // Agents
-    async fn register_agent(
-        &self,
-        details: AgentDetails,
-        now: Timestamp,
-    ) -> Result<RegisterOutcome, StoreError>;
+    async fn register_agent(&self, details: AgentDetails, now: Timestamp) -> Result<RegisterOutcome, StoreError>;
     /// Marks the agent deregistered (kept, with its history). Idempotent.
-    async fn deregister_agent(
-        &self,
-        id: &AgentId,
-        now: Timestamp,
-    ) -> Result<Agent, AgentWriteError>;
+    async fn deregister_agent(&self, id: &AgentId, now: Timestamp) -> Result<Agent, AgentWriteError>;
     async fn report_state(
         &self,
         report: &StateReport,
@@ -173,24 +151,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<ReportOutcome, AgentWriteError>;
     async fn get_agent(&self, id: &AgentId) -> Result<Option<Agent>, StoreError>;
     /// By agent id; with `state`, only agents currently in that state.
-    async fn list_agents(
-        &self,
-        state: Option<&StateName>,
-        page: PageRequest,
-    ) -> Result<Page<Agent>, StoreError>;
+    async fn list_agents(&self, state: Option<&StateName>, page: PageRequest) -> Result<Page<Agent>, StoreError>;
     /// Newest report timestamp first.
-    async fn state_history(
-        &self,
-        id: &AgentId,
-        page: PageRequest,
-    ) -> Result<Page<HistoryEntry>, StoreError>;
+    async fn state_history(&self, id: &AgentId, page: PageRequest) -> Result<Page<HistoryEntry>, StoreError>;
 
     // Workflow definitions
-    async fn put_workflow(
-        &self,
-        def: &WorkflowDefinition,
-        now: Timestamp,
-    ) -> Result<PutWorkflowOutcome, StoreError>;
+    async fn put_workflow(&self, def: &WorkflowDefinition, now: Timestamp) -> Result<PutWorkflowOutcome, StoreError>;
     /// A given version, or the most recently created one.
     async fn get_workflow(
         &self,
@@ -203,19 +169,10 @@ pub trait Store: Send + Sync + 'static {
     async fn commit(&self, writes: Vec<Write>) -> Result<(), CommitError>;
     async fn get_session(&self, id: &SessionId) -> Result<Option<SessionView>, StoreError>;
     /// Newest first.
-    async fn list_sessions(
-        &self,
-        agent: &AgentId,
-        page: PageRequest,
-    ) -> Result<Page<Session>, StoreError>;
+    async fn list_sessions(&self, agent: &AgentId, page: PageRequest) -> Result<Page<Session>, StoreError>;
     async fn get_task(&self, key: &TaskKey) -> Result<Option<TaskInstance>, StoreError>;
     /// Pending tasks of this agent that are due by `now`, oldest due first.
-    async fn runnable_tasks(
-        &self,
-        agent: &AgentId,
-        now: Timestamp,
-        limit: u32,
-    ) -> Result<Vec<TaskKey>, StoreError>;
+    async fn runnable_tasks(&self, agent: &AgentId, now: Timestamp, limit: u32) -> Result<Vec<TaskKey>, StoreError>;
     /// Tasks whose timer has fired by `now` (retry due, lease expired, deadline passed).
     async fn due_timers(&self, now: Timestamp, limit: u32) -> Result<Vec<TaskKey>, StoreError>;
 }

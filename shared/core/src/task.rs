@@ -43,10 +43,7 @@ impl TaskStatus {
         matches!(
             (self, to),
             (Pending, Dispatched | Failed | Cancelled)
-                | (
-                    Dispatched,
-                    Running | Succeeded | Pending | Failed | Cancelled
-                )
+                | (Dispatched, Running | Succeeded | Pending | Failed | Cancelled)
                 | (Running, Succeeded | Pending | Failed | Cancelled)
         )
     }
@@ -72,25 +69,13 @@ pub struct Attempt {
     #[serde(with = "time::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub claimed_at: Timestamp,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "time::rfc3339::option"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::rfc3339::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub accepted_at: Option<Timestamp>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "time::rfc3339::option"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::rfc3339::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub started_at: Option<Timestamp>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "time::rfc3339::option"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::rfc3339::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub ended_at: Option<Timestamp>,
     /// `succeeded`, `failed`, `cancelled` once the attempt is over.

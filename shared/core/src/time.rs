@@ -63,9 +63,7 @@ pub fn render(t: Timestamp) -> String {
 
 /// Parses RFC 3339 with `Z` or an offset (`+00:00`), as AgentKit's SDK and other clients send.
 pub fn parse_rfc3339(s: &str) -> Option<Timestamp> {
-    DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))
 }
 
 /// Serde helper: timestamps as RFC 3339 strings.
@@ -78,8 +76,7 @@ pub mod rfc3339 {
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
         let s = String::deserialize(d)?;
-        parse_rfc3339(&s)
-            .ok_or_else(|| serde::de::Error::custom(format!("not an RFC 3339 timestamp: {s:?}")))
+        parse_rfc3339(&s).ok_or_else(|| serde::de::Error::custom(format!("not an RFC 3339 timestamp: {s:?}")))
     }
 
     pub mod option {
@@ -93,9 +90,9 @@ pub mod rfc3339 {
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
             match Option::<String>::deserialize(d)? {
                 None => Ok(None),
-                Some(s) => parse_rfc3339(&s).map(Some).ok_or_else(|| {
-                    serde::de::Error::custom(format!("not an RFC 3339 timestamp: {s:?}"))
-                }),
+                Some(s) => parse_rfc3339(&s)
+                    .map(Some)
+                    .ok_or_else(|| serde::de::Error::custom(format!("not an RFC 3339 timestamp: {s:?}"))),
             }
         }
     }

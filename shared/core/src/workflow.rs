@@ -144,10 +144,12 @@ impl WorkflowDefinition {
             )]);
         }
         let value: Value = match format {
-            Format::Json => serde_json::from_slice(body)
-                .map_err(|e| vec![Problem::new("", format!("invalid JSON: {e}"))])?,
-            Format::Yaml => serde_norway::from_slice(body)
-                .map_err(|e| vec![Problem::new("", format!("invalid YAML: {e}"))])?,
+            Format::Json => {
+                serde_json::from_slice(body).map_err(|e| vec![Problem::new("", format!("invalid JSON: {e}"))])?
+            }
+            Format::Yaml => {
+                serde_norway::from_slice(body).map_err(|e| vec![Problem::new("", format!("invalid YAML: {e}"))])?
+            }
         };
         Self::from_value(value)
     }
@@ -155,10 +157,7 @@ impl WorkflowDefinition {
     /// Checks shape and field types first (all fields), then the task graph.
     pub fn from_value(value: Value) -> Result<Self, Vec<Problem>> {
         let Value::Object(obj) = &value else {
-            return Err(vec![Problem::new(
-                "",
-                "a workflow definition must be a JSON object",
-            )]);
+            return Err(vec![Problem::new("", "a workflow definition must be a JSON object")]);
         };
         let mut problems = shape_problems(obj);
         if !problems.is_empty() {
@@ -169,11 +168,7 @@ impl WorkflowDefinition {
             Err(e) => return Err(vec![Problem::new("", e.to_string())]),
         };
         problems.extend(def.validate());
-        if problems.is_empty() {
-            Ok(def)
-        } else {
-            Err(problems)
-        }
+        if problems.is_empty() { Ok(def) } else { Err(problems) }
     }
 
     /// Graph and value rules: unique task ids, every `nextTaskId` resolves, an entry task,
@@ -189,10 +184,7 @@ impl WorkflowDefinition {
         if self.tasks.len() > MAX_TASKS {
             p.push(Problem::new(
                 "tasks",
-                format!(
-                    "at most {MAX_TASKS} tasks are allowed (got {})",
-                    self.tasks.len()
-                ),
+                format!("at most {MAX_TASKS} tasks are allowed (got {})", self.tasks.len()),
             ));
         }
         let mut index: HashMap<&TaskId, usize> = HashMap::new();
@@ -201,26 +193,17 @@ impl WorkflowDefinition {
                 index.insert(&t.task_id, first);
                 p.push(Problem::new(
                     format!("tasks[{i}].taskId"),
-                    format!(
-                        "duplicate taskId {:?} (also tasks[{first}])",
-                        t.task_id.as_str()
-                    ),
+                    format!("duplicate taskId {:?} (also tasks[{first}])", t.task_id.as_str()),
                 ));
             }
             if t.name.trim().is_empty() {
-                p.push(Problem::new(
-                    format!("tasks[{i}].name"),
-                    "must not be empty",
-                ));
+                p.push(Problem::new(format!("tasks[{i}].name"), "must not be empty"));
             }
             if let Some(s) = t.timeout_seconds {
                 check_seconds(&mut p, &format!("tasks[{i}].timeoutSeconds"), s);
             }
             if t.max_retries.is_some_and(|m| m > 20) {
-                p.push(Problem::new(
-                    format!("tasks[{i}].maxRetries"),
-                    "must be at most 20",
-                ));
+                p.push(Problem::new(format!("tasks[{i}].maxRetries"), "must be at most 20"));
             }
         }
         for (i, t) in self.tasks.iter().enumerate() {
@@ -283,10 +266,7 @@ impl WorkflowDefinition {
             if !seen.insert(id) {
                 p.push(Problem::new(
                     format!("tasks[{}].nextTaskId", index[id]),
-                    format!(
-                        "cycle: the chain from the entry task returns to {:?}",
-                        id.as_str()
-                    ),
+                    format!("cycle: the chain from the entry task returns to {:?}", id.as_str()),
                 ));
                 break;
             }
@@ -327,10 +307,7 @@ impl WorkflowDefinition {
     }
 
     pub fn dispatch_timeout(&self) -> Duration {
-        Duration::from_secs_f64(
-            self.dispatch_timeout_seconds
-                .unwrap_or(DEFAULT_DISPATCH_TIMEOUT),
-        )
+        Duration::from_secs_f64(self.dispatch_timeout_seconds.unwrap_or(DEFAULT_DISPATCH_TIMEOUT))
     }
 
     pub fn task_timeout(&self, task: &TaskDefinition) -> Duration {
@@ -386,13 +363,7 @@ fn shape_problems(obj: &Map<String, Value>) -> Vec<Problem> {
     let parse_ver: fn(&str) -> Result<(), IdError> = |s| WorkflowVersion::parse(s).map(drop);
     id_rule(&mut p, "id", obj.get("id"), true, parse_wf);
     id_rule(&mut p, "version", obj.get("version"), false, parse_ver);
-    id_rule(
-        &mut p,
-        "entryTaskId",
-        obj.get("entryTaskId"),
-        false,
-        parse_task,
-    );
+    id_rule(&mut p, "entryTaskId", obj.get("entryTaskId"), false, parse_task);
     string_rule(&mut p, "name", obj.get("name"), true);
     string_rule(&mut p, "description", obj.get("description"), false);
     for f in ["dispatchTimeoutSeconds", "taskTimeoutSeconds"] {
@@ -415,13 +386,7 @@ fn shape_problems(obj: &Map<String, Value>) -> Vec<Problem> {
                     p.push(Problem::new(format!("tasks[{i}]"), "must be an object"));
                     continue;
                 };
-                id_rule(
-                    &mut p,
-                    &format!("tasks[{i}].taskId"),
-                    t.get("taskId"),
-                    true,
-                    parse_task,
-                );
+                id_rule(&mut p, &format!("tasks[{i}].taskId"), t.get("taskId"), true, parse_task);
                 id_rule(
                     &mut p,
                     &format!("tasks[{i}].nextTaskId"),
@@ -436,22 +401,14 @@ fn shape_problems(obj: &Map<String, Value>) -> Vec<Problem> {
                     t.get("agentCapability"),
                     false,
                 );
-                number_rule(
-                    &mut p,
-                    &format!("tasks[{i}].timeoutSeconds"),
-                    t.get("timeoutSeconds"),
-                );
+                number_rule(&mut p, &format!("tasks[{i}].timeoutSeconds"), t.get("timeoutSeconds"));
                 match t.get("parameters") {
                     None | Some(Value::Null) | Some(Value::Object(_)) => {}
-                    Some(_) => p.push(Problem::new(
-                        format!("tasks[{i}].parameters"),
-                        "must be an object",
-                    )),
+                    Some(_) => p.push(Problem::new(format!("tasks[{i}].parameters"), "must be an object")),
                 }
                 match t.get("maxRetries") {
                     None | Some(Value::Null) => {}
-                    Some(Value::Number(n))
-                        if n.as_u64().is_some_and(|n| n <= u64::from(u32::MAX)) => {}
+                    Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n <= u64::from(u32::MAX)) => {}
                     Some(_) => p.push(Problem::new(
                         format!("tasks[{i}].maxRetries"),
                         "must be a non-negative integer",
@@ -529,13 +486,7 @@ mod tests {
         let fields: Vec<_> = p.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(
             fields,
-            [
-                "id",
-                "name",
-                "tasks[0].taskId",
-                "tasks[0].parameters",
-                "tasks[1]"
-            ]
+            ["id", "name", "tasks[0].taskId", "tasks[0].parameters", "tasks[1]"]
         );
     }
 
@@ -547,19 +498,12 @@ mod tests {
         assert!(p.iter().any(|p| p.message.contains("cycle")), "{p:?}");
         let two_chains = json!({"id":"w","name":"n","tasks":[{"taskId":"a","name":"A"},{"taskId":"b","name":"B"}]});
         let p = WorkflowDefinition::from_value(two_chains).unwrap_err();
-        assert!(
-            p.iter().any(|p| p.message.contains("not reachable")),
-            "{p:?}"
-        );
+        assert!(p.iter().any(|p| p.message.contains("not reachable")), "{p:?}");
         let empty = json!({"id":"w","name":"n","tasks":[]});
         assert!(WorkflowDefinition::from_value(empty).is_err());
         let entry = json!({"id":"w","name":"n","entryTaskId":"b","tasks":[{"taskId":"a","name":"A"},{"taskId":"b","name":"B","nextTaskId":"a"}]});
         assert_eq!(
-            WorkflowDefinition::from_value(entry)
-                .unwrap()
-                .entry()
-                .task_id
-                .as_str(),
+            WorkflowDefinition::from_value(entry).unwrap().entry().task_id.as_str(),
             "b"
         );
     }

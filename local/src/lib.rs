@@ -1,0 +1,308 @@
+//! The whole Ops-Core stack in one process: the state API and webhook routes on 127.0.0.1, and
+//! the workflow runner driven by the table's stream (woken by every write) and a timer sweep, over
+//! an embedded DynamoDB-compatible store, DynamoDB Local, or AWS.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use opscore_core::app::{App, Settings};
+use opscore_core::config::{Config, Secret};
+use opscore_core::runner::Runner;
+use opscore_core::store::Store;
+use opscore_core::time::SystemClock;
+use opscore_core::workflow::{Format, WorkflowDefinition};
+use opscore_dynamo::embedded::EmbeddedDynamo;
+use opscore_http::agentkit::AgentKitClient;
+use opscore_http::error::HttpError;
+use opscore_http::{Api, ApiRequest, ApiResponse, Surface};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+/// The sample workflow of the original Ops-Core (`sample_workflow_id`), seeded at start.
+pub const SAMPLE_WORKFLOW: &str = include_str!("../sample-workflow.json");
+
+/// AgentKit's own default address, used when `AGENTKIT_API_URL` is not set.
+pub const DEFAULT_AGENTKIT_URL: &str = "http://127.0.0.1:8000";
+
+/// Bodies larger than this are refused before they are read in full (the routes' own limits are lower).
+const MAX_READ_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub port: u16,
+    /// DynamoDB Local or AWS; `None` starts the embedded store.
+    pub dynamodb_endpoint: Option<String>,
+    /// A file for the embedded store (state survives restarts); `None` keeps it in memory.
+    pub data_file: Option<std::path::PathBuf>,
+    pub table: String,
+    pub sweep_every: Duration,
+    pub config: Config,
+}
+
+impl Options {
+    /// Defaults, overridden by the environment (the same names as the Lambda functions).
+    pub fn from_env() -> Result<Self, opscore_core::config::ConfigError> {
+        let config = Config::from_env()?;
+        Ok(Self {
+            port: 3000,
+            dynamodb_endpoint: config.ddb_endpoint.clone(),
+            data_file: None,
+            table: config.table_name.clone().unwrap_or_else(|| "opscore-local".into()),
+            sweep_every: Duration::from_secs(1),
+            config,
+        })
+    }
+}
+
+/// What `start` generated because the environment did not say.
+#[derive(Debug, Clone, Default)]
+pub struct Generated {
+    pub api_key: Option<String>,
+    pub webhook_secret: Option<String>,
+}
+
+pub struct Stack {
+    pub addr: SocketAddr,
+    pub api_key: Secret,
+    pub webhook_secret: Secret,
+    pub agentkit_url: String,
+    pub store_description: String,
+    pub generated: Generated,
+    pub store: Arc<dyn Store>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    _embedded: Option<EmbeddedDynamo>,
+}
+
+impl Stack {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn start(mut opts: Options) -> Result<Stack, Box<dyn std::error::Error + Send + Sync>> {
+        let mut generated = Generated::default();
+        if opts.config.api_keys.is_empty() {
+            let k = format!("local-{}", uuid::Uuid::new_v4().simple());
+            generated.api_key = Some(k.clone());
+            opts.config.api_keys = vec![Secret::new(k)];
+        }
+        if opts.config.webhook_secrets.is_empty() {
+            let s = format!("whsec-{}", uuid::Uuid::new_v4().simple());
+            generated.webhook_secret = Some(s.clone());
+            opts.config.webhook_secrets = vec![Secret::new(s)];
+        }
+        let agentkit_url = opts
+            .config
+            .agentkit_api_url
+            .clone()
+            .unwrap_or_else(|| DEFAULT_AGENTKIT_URL.to_owned());
+
+        let (embedded, endpoint, store_description) = match &opts.dynamodb_endpoint {
+            Some(e) => (None, e.clone(), format!("DynamoDB at {e}, table {}", opts.table)),
+            None => {
+                let db = match &opts.data_file {
+                    Some(path) => EmbeddedDynamo::start_with_file(path).await?,
+                    None => EmbeddedDynamo::start().await?,
+                };
+                let where_ = opts
+                    .data_file
+                    .as_ref()
+                    .map(|p| format!("file {}", p.display()))
+                    .unwrap_or_else(|| "in memory".into());
+                let e = db.endpoint.clone();
+                (
+                    Some(db),
+                    e,
+                    format!(
+                        "embedded DynamoDB-compatible store (dynoxide, {where_}), table {}",
+                        opts.table
+                    ),
+                )
+            }
+        };
+        let client = opscore_dynamo::client_for_endpoint(Some(&endpoint)).await;
+        opscore_dynamo::table::ensure_table(&client, &opts.table).await?;
+        let store: Arc<dyn Store> = Arc::new(opscore_dynamo::DynamoStore::new(client, opts.table.clone()));
+        let settings = Settings {
+            history_retention: opts.config.history_retention,
+            ..Settings::default()
+        };
+        let app = App::new(store.clone(), Arc::new(SystemClock), settings.clone());
+
+        let sample = WorkflowDefinition::parse(SAMPLE_WORKFLOW.as_bytes(), Format::Json)
+            .map_err(|p| format!("sample workflow: {p:?}"))?;
+        app.create_workflow(sample)
+            .await
+            .map_err(|e| format!("seeding the sample workflow: {e}"))?;
+
+        let dispatcher = Arc::new(AgentKitClient::new(&agentkit_url)?);
+        let runner = Arc::new(Runner::new(
+            store.clone(),
+            Arc::new(SystemClock),
+            dispatcher,
+            settings,
+            opts.config.lease,
+        ));
+        let api_key = opts.config.api_keys[0].clone();
+        let webhook_secret = opts.config.webhook_secrets[0].clone();
+        let api = Arc::new(Api::new(app, opts.config, Surface::Both));
+
+        let listener = TcpListener::bind(("127.0.0.1", opts.port)).await?;
+        let addr = listener.local_addr()?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let wake = Arc::new(Notify::new());
+        let mut tail = opscore_dynamo::StreamTail::start(
+            opscore_dynamo::streams_client_for_endpoint(Some(&endpoint)).await,
+            &opts.table,
+        )
+        .await?;
+
+        let tasks = vec![
+            tokio::spawn(serve(listener, api, wake.clone(), shutdown_rx.clone())),
+            tokio::spawn({
+                let runner = runner.clone();
+                let mut stop = shutdown_rx.clone();
+                async move {
+                    // The stream consumer: woken by every write this process serves (and by its own
+                    // writes, by polling until the stream is drained), with a slow fallback poll for
+                    // writes made by other processes on a shared DynamoDB.
+                    loop {
+                        tokio::select! {
+                            _ = wake.notified() => {}
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                            _ = stop.changed() => return,
+                        }
+                        loop {
+                            let changes = match tail.poll().await {
+                                Ok(c) => c,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "stream poll failed");
+                                    break;
+                                }
+                            };
+                            if changes.is_empty() {
+                                break;
+                            }
+                            for change in &changes {
+                                deliver(&runner, change).await;
+                            }
+                        }
+                    }
+                }
+            }),
+            tokio::spawn({
+                let mut stop = shutdown_rx.clone();
+                let every = opts.sweep_every;
+                async move {
+                    loop {
+                        tokio::select! {
+                            _ = tokio::time::sleep(every) => {}
+                            _ = stop.changed() => return,
+                        }
+                        if let Err(e) = runner.sweep().await {
+                            tracing::warn!(error = %e, "sweep failed");
+                        }
+                    }
+                }
+            }),
+        ];
+        Ok(Stack {
+            addr,
+            api_key,
+            webhook_secret,
+            agentkit_url,
+            store_description,
+            generated,
+            store,
+            shutdown,
+            tasks,
+            _embedded: embedded,
+        })
+    }
+
+    /// Stops accepting requests, stops the runner loops, and waits for them.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Like Lambda's stream event source: a failing record is retried (a few times here) before the
+/// consumer moves on, so one bad record cannot stall the stack.
+async fn deliver(runner: &Runner, change: &opscore_core::store::Change) {
+    for attempt in 1..=3 {
+        match runner.on_change(change).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(attempt, error = %e, "change handling failed");
+                tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+            }
+        }
+    }
+}
+
+async fn serve(listener: TcpListener, api: Arc<Api>, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let api = api.clone();
+        let wake = wake.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                let api = api.clone();
+                let wake = wake.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(&api, &wake, req).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn handle(api: &Api, wake: &Notify, req: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_READ_BYTES).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return to_hyper(
+                HttpError::PayloadTooLarge {
+                    got: MAX_READ_BYTES + 1,
+                    limit: MAX_READ_BYTES,
+                }
+                .into_response(),
+            );
+        }
+    };
+    let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let writes = parts.method == http::Method::POST;
+    let resp = api
+        .handle(ApiRequest::new(parts.method, path_and_query, parts.headers, body))
+        .await;
+    if writes {
+        wake.notify_one();
+    }
+    to_hyper(resp)
+}
+
+fn to_hyper(resp: ApiResponse) -> hyper::Response<Full<Bytes>> {
+    let mut r = hyper::Response::new(Full::new(resp.body));
+    *r.status_mut() = resp.status;
+    *r.headers_mut() = resp.headers;
+    r
+}

@@ -1,0 +1,633 @@
+//! The item shapes of the single table, as typed structs written and read with `serde_dynamo`.
+//!
+//! Rules every struct follows:
+//! - attributes that are not applicable are ABSENT, never `NULL` (`skip_serializing_if` on every
+//!   `Option`), so sparse indexes stay sparse and conditions like `attribute_not_exists` work;
+//! - free-form JSON (agent metadata, state details, payloads, results, workflow definitions) is
+//!   stored as a JSON string: a DynamoDB number cannot tell `1.0` from `1`, holds at most 38 digits,
+//!   and maps nest at most 32 levels, so native maps would not give back what was stored.
+
+use opscore_core::agent::{Agent, AgentDetails, CurrentState, HistoryEntry, Inflight, StateName};
+use opscore_core::ids::{AgentId, DispatchId, IdempotencyKey, SessionId, TaskId, WorkflowId, WorkflowVersion};
+use opscore_core::session::{FailureCause, Session, SessionStatus};
+use opscore_core::store::{StoreError, StoredWorkflow};
+use opscore_core::task::{Attempt, TaskInstance, TaskStatus};
+use opscore_core::time::{self, Timestamp};
+use opscore_core::workflow::WorkflowDefinition;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+pub const PK: &str = "pk";
+pub const SK: &str = "sk";
+pub const GSI1: &str = "gsi1";
+pub const GSI2: &str = "gsi2";
+pub const GSI3: &str = "gsi3";
+pub const TTL_ATTRIBUTE: &str = "expiresAt";
+/// Timer index shards: `TIMER#0` .. `TIMER#7`.
+pub const TIMER_SHARDS: u8 = 8;
+
+/// Key formats. Ids cannot contain `#` (see `opscore_core::ids`), so every key splits unambiguously.
+pub mod keys {
+    use super::*;
+
+    pub const AGENT_SK: &str = "A";
+    pub const SESSION_SK: &str = "S";
+    pub const IDEM_SK: &str = "I";
+    pub const HISTORY_PREFIX: &str = "H#";
+    pub const TASK_PREFIX: &str = "T#";
+    pub const AGENTS: &str = "AGENTS";
+    pub const WORKFLOWS: &str = "WORKFLOWS";
+
+    pub fn agent_pk(id: &AgentId) -> String {
+        format!("AGENT#{id}")
+    }
+    pub fn history_sk(report_ts: Timestamp, received_at: Timestamp) -> String {
+        // Newest report first when queried backwards; ties by arrival, then a random suffix.
+        format!(
+            "H#{:020}#{:020}#{}",
+            time::to_nanos(report_ts).max(0),
+            time::to_nanos(received_at).max(0),
+            uuid::Uuid::new_v4().simple()
+        )
+    }
+    pub fn state_gsi2pk(state: &StateName) -> String {
+        format!("STATE#{state}")
+    }
+    pub fn workflow_pk(id: &WorkflowId) -> String {
+        format!("WF#{id}")
+    }
+    pub fn workflow_sk(v: &WorkflowVersion) -> String {
+        format!("V#{v}")
+    }
+    pub fn workflow_gsi1sk(id: &WorkflowId, v: &WorkflowVersion) -> String {
+        format!("{id}#{v}")
+    }
+    pub fn session_pk(id: &SessionId) -> String {
+        format!("S#{id}")
+    }
+    pub fn task_sk(id: &TaskId) -> String {
+        format!("T#{id}")
+    }
+    pub fn sessions_of_agent(agent: &AgentId) -> String {
+        format!("AGENT#{agent}#SESSIONS")
+    }
+    pub fn session_gsi1sk(start: Timestamp, id: &SessionId) -> String {
+        format!("{:020}#{id}", time::to_nanos(start).max(0))
+    }
+    pub fn runnable_pk(agent: &AgentId) -> String {
+        format!("RUNNABLE#{agent}")
+    }
+    pub fn millis_key(t: Timestamp) -> String {
+        format!("{:020}", time::to_millis(t).max(0))
+    }
+    /// An exclusive upper bound for index sort keys `{millis:020}#…` that are due by `now`.
+    pub fn due_bound(now: Timestamp) -> String {
+        format!("{:020}", time::to_millis(now).max(0).saturating_add(1))
+    }
+    pub fn task_index_sk(t: Timestamp, session: &SessionId, task: &TaskId) -> String {
+        format!("{}#{session}#{task}", millis_key(t))
+    }
+    /// A stable shard of the timer index: the first byte of the session UUID, mod 8.
+    pub fn timer_shard(session: &SessionId) -> u8 {
+        let s = session.to_string();
+        u8::from_str_radix(&s[..2], 16).unwrap_or(0) % TIMER_SHARDS
+    }
+    pub fn timer_pk(shard: u8) -> String {
+        format!("TIMER#{shard}")
+    }
+    pub fn idem_pk(agent: &AgentId, key: &IdempotencyKey) -> String {
+        format!("IDEM#{agent}#{key}")
+    }
+    pub const DELIVERY_SK: &str = "D";
+    pub fn delivery_pk(id: &str) -> String {
+        format!("DELIVERY#{id}")
+    }
+}
+
+/// Serde helper: timestamps as RFC 3339 strings with as many fractional digits as they have (up to
+/// nanoseconds), so that what is read back equals what was written.
+pub mod ts {
+    use super::Timestamp;
+    use chrono::SecondsFormat;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        let s = String::deserialize(d)?;
+        opscore_core::time::parse_rfc3339(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("not an RFC 3339 timestamp: {s:?}")))
+    }
+    pub fn render(t: Timestamp) -> String {
+        t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+    }
+
+    pub mod option {
+        use super::*;
+        pub fn serialize<S: Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => super::serialize(t, s),
+                None => s.serialize_none(),
+            }
+        }
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
+            match Option::<String>::deserialize(d)? {
+                None => Ok(None),
+                Some(s) => opscore_core::time::parse_rfc3339(&s)
+                    .map(Some)
+                    .ok_or_else(|| serde::de::Error::custom(format!("not an RFC 3339 timestamp: {s:?}"))),
+            }
+        }
+    }
+}
+
+/// Serde helper: any serialisable value as a JSON string attribute.
+pub mod json_string {
+    use serde::de::{DeserializeOwned, Error as _};
+    use serde::ser::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<T: Serialize, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&serde_json::to_string(v).map_err(S::Error::custom)?)
+    }
+    pub fn deserialize<'de, T: DeserializeOwned, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
+        let s = String::deserialize(d)?;
+        serde_json::from_str(&s).map_err(D::Error::custom)
+    }
+
+    /// For `Option` fields; pair with `default` and `skip_serializing_if = "Option::is_none"`.
+    pub mod option {
+        use super::*;
+        pub fn serialize<T: Serialize, S: Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+            match v {
+                Some(v) => super::serialize(v, s),
+                None => s.serialize_none(),
+            }
+        }
+        pub fn deserialize<'de, T: DeserializeOwned, D: Deserializer<'de>>(d: D) -> Result<Option<T>, D::Error> {
+            match Option::<String>::deserialize(d)? {
+                None => Ok(None),
+                Some(s) => serde_json::from_str(&s).map(Some).map_err(D::Error::custom),
+            }
+        }
+    }
+}
+
+/// `AGENT#{id}` / `A`: registration details, lifecycle, current state and in-flight marker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentItem {
+    pub pk: String,
+    pub sk: String,
+    pub agent_id: AgentId,
+    pub agent_name: String,
+    pub version: String,
+    pub capabilities: Vec<String>,
+    pub contact_endpoint: String,
+    #[serde(with = "json_string")]
+    pub metadata: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "ts::option")]
+    pub registration_time: Option<Timestamp>,
+    pub details_digest: String,
+    #[serde(with = "ts")]
+    pub registered_at: Timestamp,
+    #[serde(with = "ts")]
+    pub updated_at: Timestamp,
+    pub deregistered: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "ts::option")]
+    pub deregistered_at: Option<Timestamp>,
+    pub state: StateName,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "json_string::option")]
+    pub state_details: Option<Map<String, Value>>,
+    #[serde(with = "ts")]
+    pub state_timestamp: Timestamp,
+    /// Report timestamp in nanoseconds; absent for the registration state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_order: Option<i64>,
+    pub state_version: u64,
+    /// `DispatchId::render()` of the task out with the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inflight: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "ts::option")]
+    pub inflight_since: Option<Timestamp>,
+    pub gsi1pk: String,
+    pub gsi1sk: String,
+    pub gsi2pk: String,
+    pub gsi2sk: String,
+}
+
+impl AgentItem {
+    pub fn from_agent(a: &Agent) -> Self {
+        let d = &a.details;
+        Self {
+            pk: keys::agent_pk(&d.agent_id),
+            sk: keys::AGENT_SK.into(),
+            agent_id: d.agent_id.clone(),
+            agent_name: d.agent_name.clone(),
+            version: d.version.clone(),
+            capabilities: d.capabilities.clone(),
+            contact_endpoint: d.contact_endpoint.clone(),
+            metadata: d.metadata.clone(),
+            registration_time: d.registration_time,
+            details_digest: d.digest(),
+            registered_at: a.registered_at,
+            updated_at: a.updated_at,
+            deregistered: a.deregistered_at.is_some(),
+            deregistered_at: a.deregistered_at,
+            state: a.current.state.clone(),
+            state_details: a.current.details.clone(),
+            state_timestamp: a.current.timestamp,
+            state_order: a.current.ordering_nanos,
+            state_version: a.current.version,
+            inflight: a.inflight.as_ref().map(|i| i.dispatch.render()),
+            inflight_since: a.inflight.as_ref().map(|i| i.since),
+            gsi1pk: keys::AGENTS.into(),
+            gsi1sk: d.agent_id.to_string(),
+            gsi2pk: keys::state_gsi2pk(&a.current.state),
+            gsi2sk: d.agent_id.to_string(),
+        }
+    }
+
+    pub fn into_agent(self) -> Result<Agent, StoreError> {
+        let inflight = match (self.inflight, self.inflight_since) {
+            (None, _) => None,
+            (Some(d), Some(since)) => Some(Inflight {
+                dispatch: DispatchId::parse(&d)
+                    .ok_or_else(|| StoreError::Corrupt(format!("agent {}: bad inflight {d:?}", self.agent_id)))?,
+                since,
+            }),
+            (Some(_), None) => {
+                return Err(StoreError::Corrupt(format!(
+                    "agent {}: inflight without inflightSince",
+                    self.agent_id
+                )));
+            }
+        };
+        let deregistered_at = match (self.deregistered, self.deregistered_at) {
+            (false, _) => None,
+            (true, Some(t)) => Some(t),
+            (true, None) => Some(self.updated_at),
+        };
+        Ok(Agent {
+            details: AgentDetails {
+                agent_id: self.agent_id,
+                agent_name: self.agent_name,
+                version: self.version,
+                capabilities: self.capabilities,
+                contact_endpoint: self.contact_endpoint,
+                metadata: self.metadata,
+                registration_time: self.registration_time,
+            },
+            registered_at: self.registered_at,
+            updated_at: self.updated_at,
+            deregistered_at,
+            current: CurrentState {
+                state: self.state,
+                details: self.state_details,
+                timestamp: self.state_timestamp,
+                ordering_nanos: self.state_order,
+                version: self.state_version,
+            },
+            inflight,
+        })
+    }
+}
+
+/// `AGENT#{id}` / `H#{reportNanos:020}#{receivedNanos:020}#{uuid}`: one state report, expiring.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryItem {
+    pub pk: String,
+    pub sk: String,
+    pub agent_id: AgentId,
+    pub state: StateName,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "json_string::option")]
+    pub details: Option<Map<String, Value>>,
+    #[serde(with = "ts")]
+    pub timestamp: Timestamp,
+    #[serde(with = "ts")]
+    pub received_at: Timestamp,
+    pub applied: bool,
+    /// TTL: epoch seconds.
+    pub expires_at: i64,
+}
+
+impl HistoryItem {
+    pub fn new(e: &HistoryEntry, ttl: std::time::Duration) -> Self {
+        Self {
+            pk: keys::agent_pk(&e.agent_id),
+            sk: keys::history_sk(e.timestamp, e.received_at),
+            agent_id: e.agent_id.clone(),
+            state: e.state.clone(),
+            details: e.details.clone(),
+            timestamp: e.timestamp,
+            received_at: e.received_at,
+            applied: e.applied,
+            expires_at: expiry(e.received_at, ttl),
+        }
+    }
+    pub fn into_entry(self) -> HistoryEntry {
+        HistoryEntry {
+            agent_id: self.agent_id,
+            state: self.state,
+            details: self.details,
+            timestamp: self.timestamp,
+            received_at: self.received_at,
+            applied: self.applied,
+        }
+    }
+}
+
+pub fn expiry(from: Timestamp, ttl: std::time::Duration) -> i64 {
+    from.timestamp()
+        .saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// `WF#{id}` / `V#{version}`: an immutable workflow definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowItem {
+    pub pk: String,
+    pub sk: String,
+    pub workflow_id: WorkflowId,
+    pub version: WorkflowVersion,
+    #[serde(with = "json_string")]
+    pub definition: WorkflowDefinition,
+    #[serde(with = "ts")]
+    pub created_at: Timestamp,
+    pub gsi1pk: String,
+    pub gsi1sk: String,
+}
+
+impl WorkflowItem {
+    pub fn new(def: &WorkflowDefinition, now: Timestamp) -> Self {
+        Self {
+            pk: keys::workflow_pk(&def.id),
+            sk: keys::workflow_sk(&def.version),
+            workflow_id: def.id.clone(),
+            version: def.version.clone(),
+            definition: def.clone(),
+            created_at: now,
+            gsi1pk: keys::WORKFLOWS.into(),
+            gsi1sk: keys::workflow_gsi1sk(&def.id, &def.version),
+        }
+    }
+    pub fn into_stored(self) -> StoredWorkflow {
+        StoredWorkflow {
+            definition: self.definition,
+            created_at: self.created_at,
+        }
+    }
+}
+
+/// `S#{sessionId}` / `S`: a workflow session (with its definition snapshot).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionItem {
+    pub pk: String,
+    pub sk: String,
+    pub session_id: SessionId,
+    pub agent_id: AgentId,
+    #[serde(with = "json_string")]
+    pub definition: WorkflowDefinition,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "json_string::option")]
+    pub initial_payload: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<IdempotencyKey>,
+    pub status: SessionStatus,
+    #[serde(with = "ts")]
+    pub start_time: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "ts::option")]
+    pub end_time: Option<Timestamp>,
+    #[serde(with = "ts")]
+    pub updated_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "json_string::option")]
+    pub result: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<FailureCause>,
+    pub rev: u64,
+    pub gsi1pk: String,
+    pub gsi1sk: String,
+}
+
+impl SessionItem {
+    pub fn new(s: &Session) -> Self {
+        Self {
+            pk: keys::session_pk(&s.session_id),
+            sk: keys::SESSION_SK.into(),
+            session_id: s.session_id,
+            agent_id: s.agent_id.clone(),
+            definition: s.definition.clone(),
+            initial_payload: s.initial_payload.clone(),
+            idempotency_key: s.idempotency_key.clone(),
+            status: s.status,
+            start_time: s.start_time,
+            end_time: s.end_time,
+            updated_at: s.updated_at,
+            result: s.result.clone(),
+            error: s.error.clone(),
+            rev: s.rev,
+            gsi1pk: keys::sessions_of_agent(&s.agent_id),
+            gsi1sk: keys::session_gsi1sk(s.start_time, &s.session_id),
+        }
+    }
+    pub fn into_session(self) -> Session {
+        Session {
+            session_id: self.session_id,
+            agent_id: self.agent_id,
+            definition: self.definition,
+            initial_payload: self.initial_payload,
+            idempotency_key: self.idempotency_key,
+            status: self.status,
+            start_time: self.start_time,
+            end_time: self.end_time,
+            updated_at: self.updated_at,
+            result: self.result,
+            error: self.error,
+            rev: self.rev,
+        }
+    }
+}
+
+/// `S#{sessionId}` / `T#{taskId}`: a task instance. `gsi2*` only while pending, `gsi3*` only while
+/// a timer is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskItem {
+    pub pk: String,
+    pub sk: String,
+    pub session_id: SessionId,
+    pub task_id: TaskId,
+    pub agent_id: AgentId,
+    pub name: String,
+    #[serde(with = "json_string")]
+    pub payload: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_task_id: Option<TaskId>,
+    pub status: TaskStatus,
+    pub attempt: u32,
+    pub max_retries: u32,
+    #[serde(with = "ts")]
+    pub created_at: Timestamp,
+    #[serde(with = "ts")]
+    pub updated_at: Timestamp,
+    #[serde(with = "ts")]
+    pub due_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "ts::option")]
+    pub dispatch_deadline: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "ts::option")]
+    pub lease_expires_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "ts::option")]
+    pub run_deadline: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "ts::option")]
+    pub timer_at: Option<Timestamp>,
+    pub attempts: Vec<Attempt>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "json_string::option")]
+    pub result: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    pub rev: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gsi2pk: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gsi2sk: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gsi3pk: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gsi3sk: Option<String>,
+}
+
+impl TaskItem {
+    pub fn new(t: &TaskInstance) -> Self {
+        let pending = t.status == TaskStatus::Pending;
+        Self {
+            pk: keys::session_pk(&t.session_id),
+            sk: keys::task_sk(&t.task_id),
+            session_id: t.session_id,
+            task_id: t.task_id.clone(),
+            agent_id: t.agent_id.clone(),
+            name: t.name.clone(),
+            payload: t.payload.clone(),
+            next_task_id: t.next_task_id.clone(),
+            status: t.status,
+            attempt: t.attempt,
+            max_retries: t.max_retries,
+            created_at: t.created_at,
+            updated_at: t.updated_at,
+            due_at: t.due_at,
+            dispatch_deadline: t.dispatch_deadline,
+            lease_expires_at: t.lease_expires_at,
+            run_deadline: t.run_deadline,
+            timer_at: t.timer_at,
+            attempts: t.attempts.clone(),
+            result: t.result.clone(),
+            last_error: t.last_error.clone(),
+            rev: t.rev,
+            gsi2pk: pending.then(|| keys::runnable_pk(&t.agent_id)),
+            gsi2sk: pending.then(|| keys::task_index_sk(t.due_at, &t.session_id, &t.task_id)),
+            gsi3pk: t.timer_at.map(|_| keys::timer_pk(keys::timer_shard(&t.session_id))),
+            gsi3sk: t.timer_at.map(|at| keys::task_index_sk(at, &t.session_id, &t.task_id)),
+        }
+    }
+    pub fn into_task(self) -> TaskInstance {
+        TaskInstance {
+            session_id: self.session_id,
+            task_id: self.task_id,
+            agent_id: self.agent_id,
+            name: self.name,
+            payload: self.payload,
+            next_task_id: self.next_task_id,
+            status: self.status,
+            attempt: self.attempt,
+            max_retries: self.max_retries,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            due_at: self.due_at,
+            dispatch_deadline: self.dispatch_deadline,
+            lease_expires_at: self.lease_expires_at,
+            run_deadline: self.run_deadline,
+            timer_at: self.timer_at,
+            attempts: self.attempts,
+            result: self.result,
+            last_error: self.last_error,
+            rev: self.rev,
+        }
+    }
+}
+
+/// `IDEM#{agentId}#{key}` / `I`: an `Idempotency-Key` and the session it started, expiring.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdempotencyItem {
+    pub pk: String,
+    pub sk: String,
+    pub agent_id: AgentId,
+    pub key: IdempotencyKey,
+    pub session_id: SessionId,
+    pub expires_at: i64,
+}
+
+/// `DELIVERY#{id}` / `D`: a signed webhook delivery already handled, expiring.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryItem {
+    pub pk: String,
+    pub sk: String,
+    pub delivery_id: String,
+    pub expires_at: i64,
+}
+
+/// What kind of item a key names (from `pk`/`sk` alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Agent,
+    History,
+    Workflow,
+    Session,
+    Task,
+    Idempotency,
+    Delivery,
+    Unknown,
+}
+
+pub fn kind_of(pk: &str, sk: &str) -> Kind {
+    if pk.starts_with("AGENT#") {
+        if sk == keys::AGENT_SK {
+            Kind::Agent
+        } else if sk.starts_with(keys::HISTORY_PREFIX) {
+            Kind::History
+        } else {
+            Kind::Unknown
+        }
+    } else if pk.starts_with("S#") {
+        if sk == keys::SESSION_SK {
+            Kind::Session
+        } else if sk.starts_with(keys::TASK_PREFIX) {
+            Kind::Task
+        } else {
+            Kind::Unknown
+        }
+    } else if pk.starts_with("WF#") {
+        Kind::Workflow
+    } else if pk.starts_with("IDEM#") {
+        Kind::Idempotency
+    } else if pk.starts_with("DELIVERY#") {
+        Kind::Delivery
+    } else {
+        Kind::Unknown
+    }
+}
+
+/// Decodes a raw item of any supported attribute-value type into a typed item.
+pub fn decode<T: serde::de::DeserializeOwned>(item: serde_dynamo::Item, what: &str) -> Result<T, StoreError> {
+    serde_dynamo::from_item(item).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+/// The string value of a key attribute of a raw item.
+pub fn key_string(item: &serde_dynamo::Item, name: &str) -> Option<String> {
+    match item.get(name) {
+        Some(serde_dynamo::AttributeValue::S(s)) => Some(s.clone()),
+        _ => None,
+    }
+}

@@ -1,0 +1,1143 @@
+//! [`DynamoStore`]: the storage port on one DynamoDB table. See `docs/table-design.md`.
+//!
+//! Every state change is one conditional write or one `TransactWriteItems`; nothing reads and then
+//! writes unconditionally. Where a caller needs what stood in the way, the failed write returns it
+//! (`ReturnValuesOnConditionCheckFailure=ALL_OLD`); a `GetItem` happens only on that error path and
+//! only if the store did not return the item.
+
+use crate::counters::{Counters, Op, RequestCounts};
+use crate::cursor::{self, CursorShape};
+use crate::items::{
+    self, AgentItem, DeliveryItem, HistoryItem, IdempotencyItem, SessionItem, TaskItem, WorkflowItem, keys,
+};
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, CancellationReason, ConditionCheck, Put, ReturnValue, ReturnValuesOnConditionCheckFailure,
+    TransactWriteItem, Update,
+};
+use opscore_core::agent::{Agent, AgentDetails, CurrentState, HistoryEntry, KnownState, StateName, StateReport};
+use opscore_core::ids::{AgentId, SessionId, WorkflowId, WorkflowVersion};
+use opscore_core::session::{Session, SessionStatus};
+use opscore_core::store::*;
+use opscore_core::task::{TaskInstance, TaskKey, TaskStatus};
+use opscore_core::time::{self, Timestamp};
+use opscore_core::workflow::WorkflowDefinition;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+type RawItem = HashMap<String, AttributeValue>;
+
+/// How often a write cancelled by a concurrent transaction on the same item is retried.
+const CONFLICT_RETRIES: u32 = 12;
+/// How often `register_agent` re-reads a registration that changes under it.
+const REGISTER_ATTEMPTS: u32 = 8;
+
+/// The DynamoDB adapter of [`Store`]. Cheap to clone (the client and counters are shared).
+#[derive(Clone)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for DynamoStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DynamoStore")
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A condition (or update) expression with its placeholders.
+#[derive(Debug, Clone, Default)]
+struct Expr {
+    names: Vec<(&'static str, &'static str)>,
+    values: Vec<(&'static str, AttributeValue)>,
+}
+
+impl Expr {
+    fn name(mut self, placeholder: &'static str, attr: &'static str) -> Self {
+        self.names.push((placeholder, attr));
+        self
+    }
+    fn value(mut self, placeholder: &'static str, v: AttributeValue) -> Self {
+        self.values.push((placeholder, v));
+        self
+    }
+    fn names_map(&self) -> Option<HashMap<String, String>> {
+        (!self.names.is_empty()).then(|| self.names.iter().map(|(p, a)| (p.to_string(), a.to_string())).collect())
+    }
+    fn values_map(&self) -> Option<HashMap<String, AttributeValue>> {
+        (!self.values.is_empty()).then(|| self.values.iter().map(|(p, v)| (p.to_string(), v.clone())).collect())
+    }
+}
+
+/// One write, before it becomes a single-item call or a member of a transaction.
+#[derive(Debug, Clone)]
+enum Prepared {
+    Put {
+        item: RawItem,
+        condition: String,
+        expr: Expr,
+    },
+    Update {
+        key: RawItem,
+        update: String,
+        condition: String,
+        expr: Expr,
+    },
+    Check {
+        key: RawItem,
+        condition: String,
+        expr: Expr,
+    },
+}
+
+/// Why a single conditional write did not happen.
+enum WriteFailed {
+    /// The condition did not hold; the item as it was, when the store returned it.
+    Condition(Option<RawItem>),
+    Store(StoreError),
+}
+
+impl From<StoreError> for WriteFailed {
+    fn from(e: StoreError) -> Self {
+        WriteFailed::Store(e)
+    }
+}
+
+enum TxOutcome {
+    Done,
+    /// The condition of member `index` failed (the first such member); its item as it was.
+    Cancelled {
+        index: usize,
+        old: Option<RawItem>,
+    },
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+fn n(v: impl std::fmt::Display) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+fn b(v: bool) -> AttributeValue {
+    AttributeValue::Bool(v)
+}
+
+fn key(pk: String, sk: impl Into<String>) -> RawItem {
+    HashMap::from([(items::PK.to_string(), s(pk)), (items::SK.to_string(), s(sk))])
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<RawItem, StoreError> {
+    serde_dynamo::to_item(v).map_err(|e| StoreError::Corrupt(format!("cannot encode item: {e}")))
+}
+
+fn encode_value<T: Serialize>(v: &T) -> Result<AttributeValue, StoreError> {
+    serde_dynamo::to_attribute_value(v).map_err(|e| StoreError::Corrupt(format!("cannot encode value: {e}")))
+}
+
+fn json_string<T: Serialize>(v: &T) -> Result<AttributeValue, StoreError> {
+    serde_json::to_string(v)
+        .map(AttributeValue::S)
+        .map_err(|e| StoreError::Corrupt(format!("cannot encode value: {e}")))
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(raw: RawItem, what: &str) -> Result<T, StoreError> {
+    items::decode(serde_dynamo::Item::from(raw), what)
+}
+
+fn unavailable<E>(op: &str, e: SdkError<E>) -> StoreError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    StoreError::Unavailable(format!("DynamoDB {op}: {}", DisplayErrorContext(&e)))
+}
+
+fn is_transaction_conflict(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some("TransactionConflictException" | "TransactionInProgressException" | "TransactionConflict")
+    )
+}
+
+/// Full-jitter backoff before retrying a write that a concurrent transaction cancelled.
+async fn conflict_backoff(attempt: u32) {
+    let ceiling_ms = (4u64 << attempt.min(6)).min(250);
+    tokio::time::sleep(Duration::from_millis(fastrand::u64(1..=ceiling_ms))).await;
+}
+
+fn agent_key(id: &AgentId) -> RawItem {
+    key(keys::agent_pk(id), keys::AGENT_SK)
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, table_name: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table_name.into(),
+            counters: Arc::default(),
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn table_name(&self) -> &str {
+        &self.table
+    }
+
+    /// Requests sent so far, per operation.
+    pub fn request_counts(&self) -> RequestCounts {
+        self.counters.snapshot()
+    }
+
+    // ----- single-item primitives -----
+
+    async fn get_raw(&self, key: RawItem) -> Result<Option<RawItem>, StoreError> {
+        self.counters.hit(Op::GetItem);
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("GetItem", e))?;
+        Ok(out.item.filter(|i| !i.is_empty()))
+    }
+
+    /// One conditional write as a single-item call, retried while a concurrent transaction holds
+    /// the item. `ReturnValuesOnConditionCheckFailure=ALL_OLD` always: a failed condition costs the
+    /// same either way, and the caller may need the item.
+    async fn write_one(&self, p: Prepared) -> Result<(), WriteFailed> {
+        let mut attempt = 0;
+        loop {
+            let res = match p.clone() {
+                Prepared::Put { item, condition, expr } => {
+                    self.counters.hit(Op::PutItem);
+                    self.client
+                        .put_item()
+                        .table_name(&self.table)
+                        .set_item(Some(item))
+                        .condition_expression(condition)
+                        .set_expression_attribute_names(expr.names_map())
+                        .set_expression_attribute_values(expr.values_map())
+                        .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+                        .send()
+                        .await
+                        .map(drop)
+                        .map_err(|e| match e.as_service_error() {
+                            Some(PutItemError::ConditionalCheckFailedException(c)) => {
+                                WriteFailed::Condition(c.item().cloned())
+                            }
+                            Some(se) if is_transaction_conflict(se.code()) => {
+                                WriteFailed::Store(StoreError::Unavailable("transaction conflict".into()))
+                            }
+                            _ => WriteFailed::Store(unavailable("PutItem", e)),
+                        })
+                }
+                Prepared::Update {
+                    key,
+                    update,
+                    condition,
+                    expr,
+                } => {
+                    self.counters.hit(Op::UpdateItem);
+                    self.client
+                        .update_item()
+                        .table_name(&self.table)
+                        .set_key(Some(key))
+                        .update_expression(update)
+                        .condition_expression(condition)
+                        .set_expression_attribute_names(expr.names_map())
+                        .set_expression_attribute_values(expr.values_map())
+                        .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+                        .send()
+                        .await
+                        .map(drop)
+                        .map_err(|e| match e.as_service_error() {
+                            Some(UpdateItemError::ConditionalCheckFailedException(c)) => {
+                                WriteFailed::Condition(c.item().cloned())
+                            }
+                            Some(se) if is_transaction_conflict(se.code()) => {
+                                WriteFailed::Store(StoreError::Unavailable("transaction conflict".into()))
+                            }
+                            _ => WriteFailed::Store(unavailable("UpdateItem", e)),
+                        })
+                }
+                // There is no single-item condition check: a lone check is a transaction of one.
+                Prepared::Check { .. } => {
+                    return match self.transact(vec![p]).await? {
+                        TxOutcome::Done => Ok(()),
+                        TxOutcome::Cancelled { old, .. } => Err(WriteFailed::Condition(old)),
+                    };
+                }
+            };
+            match res {
+                Err(WriteFailed::Store(StoreError::Unavailable(m)))
+                    if m == "transaction conflict" && attempt < CONFLICT_RETRIES =>
+                {
+                    conflict_backoff(attempt).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn transact_item(&self, p: Prepared) -> Result<TransactWriteItem, StoreError> {
+        let build_err = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Corrupt(format!("bad request: {e}"));
+        let all_old = ReturnValuesOnConditionCheckFailure::AllOld;
+        Ok(match p {
+            Prepared::Put { item, condition, expr } => TransactWriteItem::builder()
+                .put(
+                    Put::builder()
+                        .table_name(&self.table)
+                        .set_item(Some(item))
+                        .condition_expression(condition)
+                        .set_expression_attribute_names(expr.names_map())
+                        .set_expression_attribute_values(expr.values_map())
+                        .return_values_on_condition_check_failure(all_old)
+                        .build()
+                        .map_err(build_err)?,
+                )
+                .build(),
+            Prepared::Update {
+                key,
+                update,
+                condition,
+                expr,
+            } => TransactWriteItem::builder()
+                .update(
+                    Update::builder()
+                        .table_name(&self.table)
+                        .set_key(Some(key))
+                        .update_expression(update)
+                        .condition_expression(condition)
+                        .set_expression_attribute_names(expr.names_map())
+                        .set_expression_attribute_values(expr.values_map())
+                        .return_values_on_condition_check_failure(all_old)
+                        .build()
+                        .map_err(build_err)?,
+                )
+                .build(),
+            Prepared::Check { key, condition, expr } => TransactWriteItem::builder()
+                .condition_check(
+                    ConditionCheck::builder()
+                        .table_name(&self.table)
+                        .set_key(Some(key))
+                        .condition_expression(condition)
+                        .set_expression_attribute_names(expr.names_map())
+                        .set_expression_attribute_values(expr.values_map())
+                        .return_values_on_condition_check_failure(all_old)
+                        .build()
+                        .map_err(build_err)?,
+                )
+                .build(),
+        })
+    }
+
+    /// One `TransactWriteItems`, retried while it is cancelled only by concurrent transactions.
+    async fn transact(&self, ps: Vec<Prepared>) -> Result<TxOutcome, StoreError> {
+        let items = ps
+            .into_iter()
+            .map(|p| self.transact_item(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut attempt = 0;
+        loop {
+            self.counters.hit(Op::TransactWriteItems);
+            let err = match self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .send()
+                .await
+            {
+                Ok(_) => return Ok(TxOutcome::Done),
+                Err(e) => e,
+            };
+            let retry = match err.as_service_error() {
+                Some(TransactWriteItemsError::TransactionCanceledException(c)) => {
+                    let reasons: &[CancellationReason] = c.cancellation_reasons();
+                    if let Some(index) = reasons.iter().position(|r| r.code() == Some("ConditionalCheckFailed")) {
+                        let old = reasons[index].item().cloned().filter(|i| !i.is_empty());
+                        return Ok(TxOutcome::Cancelled { index, old });
+                    }
+                    reasons.iter().any(|r| is_transaction_conflict(r.code()))
+                }
+                Some(se) => is_transaction_conflict(se.code()),
+                None => false,
+            };
+            if !retry || attempt >= CONFLICT_RETRIES {
+                return Err(unavailable("TransactWriteItems", err));
+            }
+            conflict_backoff(attempt).await;
+            attempt += 1;
+        }
+    }
+
+    // ----- queries -----
+
+    /// One page of a query: asks for one item more than the page so that the last page has no
+    /// cursor, and follows DynamoDB's own pagination (1 MB) until the page is full.
+    #[allow(clippy::too_many_arguments)]
+    async fn query_page(
+        &self,
+        index: Option<&str>,
+        key_condition: &str,
+        expr: Expr,
+        forward: bool,
+        shape: CursorShape,
+        page: &PageRequest,
+    ) -> Result<(Vec<RawItem>, Option<String>), StoreError> {
+        let limit = page.limit.max(1) as usize;
+        let mut start = match &page.cursor {
+            Some(c) => Some(cursor::decode(c, &shape)?),
+            None => None,
+        };
+        let mut out: Vec<RawItem> = Vec::new();
+        loop {
+            let want = (limit + 1 - out.len()).min(1000) as i32;
+            self.counters.hit(Op::Query);
+            let resp = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .set_index_name(index.map(str::to_owned))
+                .key_condition_expression(key_condition)
+                .set_expression_attribute_names(expr.names_map())
+                .set_expression_attribute_values(expr.values_map())
+                .scan_index_forward(forward)
+                .consistent_read(index.is_none())
+                .limit(want)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| unavailable("Query", e))?;
+            out.extend(resp.items.unwrap_or_default());
+            if out.len() > limit {
+                out.truncate(limit);
+                let next = cursor::encode(&out[limit - 1], &shape)?;
+                return Ok((out, Some(next)));
+            }
+            match resp.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok((out, None)),
+            }
+        }
+    }
+
+    /// Every item of a query (for small partitions: one session, one workflow's versions).
+    async fn query_all(
+        &self,
+        index: Option<&str>,
+        key_condition: &str,
+        expr: Expr,
+        forward: bool,
+        limit: Option<usize>,
+    ) -> Result<Vec<RawItem>, StoreError> {
+        let mut out = Vec::new();
+        let mut start = None;
+        loop {
+            self.counters.hit(Op::Query);
+            let resp = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .set_index_name(index.map(str::to_owned))
+                .key_condition_expression(key_condition)
+                .set_expression_attribute_names(expr.names_map())
+                .set_expression_attribute_values(expr.values_map())
+                .scan_index_forward(forward)
+                .consistent_read(index.is_none())
+                .set_limit(limit.map(|l| (l.saturating_sub(out.len())).clamp(1, 1000) as i32))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| unavailable("Query", e))?;
+            out.extend(resp.items.unwrap_or_default());
+            if limit.is_some_and(|l| out.len() >= l) {
+                return Ok(out);
+            }
+            match resp.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    // ----- write intents -----
+
+    fn prepare(&self, w: &Write) -> Result<Prepared, StoreError> {
+        let not_exists = || "attribute_not_exists(pk)".to_string();
+        let transition = |from: &'static str, next_rev: u64| {
+            Expr::default()
+                .name("#status", "status")
+                .name("#rev", "rev")
+                .value(":from", s(from))
+                .value(":prev", n(i128::from(next_rev) - 1))
+        };
+        Ok(match w {
+            Write::CreateSession(x) => Prepared::Put {
+                item: encode(&SessionItem::new(x))?,
+                condition: not_exists(),
+                expr: Expr::default(),
+            },
+            Write::TransitionSession { from, next } => Prepared::Put {
+                item: encode(&SessionItem::new(next))?,
+                condition: "#status = :from AND #rev = :prev".into(),
+                expr: transition(from.as_str(), next.rev),
+            },
+            Write::CheckSessionOpen(id) => Prepared::Check {
+                key: key(keys::session_pk(id), keys::SESSION_SK),
+                condition: "#status IN (:started, :running)".into(),
+                expr: Expr::default()
+                    .name("#status", "status")
+                    .value(":started", s(SessionStatus::Started.as_str()))
+                    .value(":running", s(SessionStatus::Running.as_str())),
+            },
+            Write::CreateTask(t) => Prepared::Put {
+                item: encode(&TaskItem::new(t))?,
+                condition: not_exists(),
+                expr: Expr::default(),
+            },
+            Write::TransitionTask { from, next } => Prepared::Put {
+                item: encode(&TaskItem::new(next))?,
+                condition: "#status = :from AND #rev = :prev".into(),
+                expr: transition(from.as_str(), next.rev),
+            },
+            Write::CreateIdempotencyKey {
+                agent_id,
+                key: k,
+                session_id,
+                ttl,
+            } => {
+                let now = chrono::Utc::now();
+                Prepared::Put {
+                    item: encode(&IdempotencyItem {
+                        pk: keys::idem_pk(agent_id, k),
+                        sk: keys::IDEM_SK.into(),
+                        agent_id: agent_id.clone(),
+                        key: k.clone(),
+                        session_id: *session_id,
+                        expires_at: items::expiry(now, *ttl),
+                    })?,
+                    // An expired key that TTL has not deleted yet no longer counts.
+                    condition: "attribute_not_exists(pk) OR #expiresAt < :now".into(),
+                    expr: Expr::default()
+                        .name("#expiresAt", items::TTL_ATTRIBUTE)
+                        .value(":now", n(now.timestamp())),
+                }
+            }
+            Write::CreateDeliveryRecord { id, expires_at } => Prepared::Put {
+                item: encode(&DeliveryItem {
+                    pk: keys::delivery_pk(id),
+                    sk: keys::DELIVERY_SK.into(),
+                    delivery_id: id.clone(),
+                    expires_at: expires_at.timestamp(),
+                })?,
+                condition: "attribute_not_exists(pk) OR #expiresAt < :now".into(),
+                expr: Expr::default()
+                    .name("#expiresAt", items::TTL_ATTRIBUTE)
+                    .value(":now", n(chrono::Utc::now().timestamp())),
+            },
+            Write::ClaimAgent { agent_id, inflight } => Prepared::Update {
+                key: agent_key(agent_id),
+                update: "SET #inflight = :dispatch, #inflightSince = :since".into(),
+                condition: "attribute_exists(pk) AND #deregistered = :false AND #state = :idle \
+                            AND attribute_not_exists(#inflight)"
+                    .into(),
+                expr: Expr::default()
+                    .name("#inflight", "inflight")
+                    .name("#inflightSince", "inflightSince")
+                    .name("#deregistered", "deregistered")
+                    .name("#state", "state")
+                    .value(":dispatch", s(inflight.dispatch.render()))
+                    .value(":since", s(items::ts::render(inflight.since)))
+                    .value(":false", b(false))
+                    .value(":idle", s(StateName::known(KnownState::Idle).as_str())),
+            },
+            Write::ReleaseAgent { agent_id, dispatch } => Prepared::Update {
+                key: agent_key(agent_id),
+                update: "REMOVE #inflight, #inflightSince".into(),
+                condition: "#inflight = :dispatch".into(),
+                expr: Expr::default()
+                    .name("#inflight", "inflight")
+                    .name("#inflightSince", "inflightSince")
+                    .value(":dispatch", s(dispatch.render())),
+            },
+        })
+    }
+
+    /// The session id held by an idempotency key, read only when a conflict did not return it.
+    async fn existing_idempotency(&self, w: &Write, old: Option<RawItem>) -> Result<Option<Existing>, StoreError> {
+        let Write::CreateIdempotencyKey { agent_id, key: k, .. } = w else {
+            return Ok(None);
+        };
+        let raw = match old {
+            Some(raw) => Some(raw),
+            None => self.get_raw(key(keys::idem_pk(agent_id, k), keys::IDEM_SK)).await?,
+        };
+        match raw {
+            Some(raw) => {
+                let item: IdempotencyItem = decode(raw, "idempotency key")?;
+                Ok(Some(Existing::IdempotencyKey(item.session_id)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    // ----- agents -----
+
+    async fn get_agent_item(&self, id: &AgentId) -> Result<Option<Agent>, StoreError> {
+        match self.get_raw(agent_key(id)).await? {
+            Some(raw) => Ok(Some(decode::<AgentItem>(raw, "agent")?.into_agent()?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Replaces the registration details of an existing agent (and reactivates it), on condition
+    /// that it is still as `old` was. `Ok(None)` when it changed meanwhile.
+    async fn update_registration(
+        &self,
+        details: &AgentDetails,
+        old: &AgentItem,
+        now: Timestamp,
+    ) -> Result<Option<Agent>, StoreError> {
+        let mut set = vec![
+            "#agentName = :agentName",
+            "#version = :version",
+            "#capabilities = :capabilities",
+            "#contactEndpoint = :contactEndpoint",
+            "#metadata = :metadata",
+            "#detailsDigest = :digest",
+            "#deregistered = :false",
+            "#updatedAt = :now",
+        ];
+        let mut remove = vec!["#deregisteredAt"];
+        let mut expr = Expr::default()
+            .name("#agentName", "agentName")
+            .name("#version", "version")
+            .name("#capabilities", "capabilities")
+            .name("#contactEndpoint", "contactEndpoint")
+            .name("#metadata", "metadata")
+            .name("#detailsDigest", "detailsDigest")
+            .name("#deregistered", "deregistered")
+            .name("#deregisteredAt", "deregisteredAt")
+            .name("#updatedAt", "updatedAt")
+            .name("#registrationTime", "registrationTime")
+            .value(":agentName", s(&details.agent_name))
+            .value(":version", s(&details.version))
+            .value(":capabilities", encode_value(&details.capabilities)?)
+            .value(":contactEndpoint", s(&details.contact_endpoint))
+            .value(":metadata", json_string(&details.metadata)?)
+            .value(":digest", s(details.digest()))
+            .value(":false", b(false))
+            .value(":now", s(items::ts::render(now)))
+            .value(":oldDigest", s(&old.details_digest))
+            .value(":oldDeregistered", b(old.deregistered));
+        match details.registration_time {
+            Some(t) => {
+                set.push("#registrationTime = :registrationTime");
+                expr = expr.value(":registrationTime", s(items::ts::render(t)));
+            }
+            None => remove.push("#registrationTime"),
+        }
+        let update = format!("SET {} REMOVE {}", set.join(", "), remove.join(", "));
+        self.counters.hit(Op::UpdateItem);
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(agent_key(&details.agent_id)))
+            .update_expression(update)
+            .condition_expression("#detailsDigest = :oldDigest AND #deregistered = :oldDeregistered")
+            .set_expression_attribute_names(expr.names_map())
+            .set_expression_attribute_values(expr.values_map())
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match res {
+            Ok(out) => {
+                let raw = out
+                    .attributes
+                    .ok_or_else(|| StoreError::Corrupt("UpdateItem returned no attributes".into()))?;
+                Ok(Some(decode::<AgentItem>(raw, "agent")?.into_agent()?))
+            }
+            Err(e) => match e.as_service_error() {
+                Some(UpdateItemError::ConditionalCheckFailedException(_)) => Ok(None),
+                Some(se) if is_transaction_conflict(se.code()) => Ok(None),
+                _ => Err(unavailable("UpdateItem", e)),
+            },
+        }
+    }
+}
+
+#[async_trait]
+impl Store for DynamoStore {
+    async fn register_agent(&self, details: AgentDetails, now: Timestamp) -> Result<RegisterOutcome, StoreError> {
+        for attempt in 0..REGISTER_ATTEMPTS {
+            let agent = Agent::new(details.clone(), now);
+            let put = Prepared::Put {
+                item: encode(&AgentItem::from_agent(&agent))?,
+                condition: "attribute_not_exists(pk)".into(),
+                expr: Expr::default(),
+            };
+            let old_raw = match self.write_one(put).await {
+                Ok(()) => return Ok(RegisterOutcome::Created(agent)),
+                Err(WriteFailed::Store(e)) => return Err(e),
+                Err(WriteFailed::Condition(Some(old))) => old,
+                Err(WriteFailed::Condition(None)) => match self.get_raw(agent_key(&details.agent_id)).await? {
+                    Some(old) => old,
+                    None => continue,
+                },
+            };
+            let old: AgentItem = decode(old_raw, "agent")?;
+            let old_agent = old.clone().into_agent()?;
+            if old_agent.details.same_registration(&details) && !old_agent.is_deregistered() {
+                return Ok(RegisterOutcome::Unchanged(old_agent));
+            }
+            if let Some(updated) = self.update_registration(&details, &old, now).await? {
+                return Ok(RegisterOutcome::Updated(updated));
+            }
+            conflict_backoff(attempt).await;
+        }
+        Err(StoreError::Unavailable(format!(
+            "registration of agent {} kept changing concurrently",
+            details.agent_id
+        )))
+    }
+
+    async fn deregister_agent(&self, id: &AgentId, now: Timestamp) -> Result<Agent, AgentWriteError> {
+        let mut attempt = 0;
+        loop {
+            self.counters.hit(Op::UpdateItem);
+            let res = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(agent_key(id)))
+                .update_expression("SET #deregistered = :true, #deregisteredAt = :now, #updatedAt = :now")
+                .condition_expression("attribute_exists(pk) AND #deregistered = :false")
+                .expression_attribute_names("#deregistered", "deregistered")
+                .expression_attribute_names("#deregisteredAt", "deregisteredAt")
+                .expression_attribute_names("#updatedAt", "updatedAt")
+                .expression_attribute_values(":true", b(true))
+                .expression_attribute_values(":false", b(false))
+                .expression_attribute_values(":now", s(items::ts::render(now)))
+                .return_values(ReturnValue::AllNew)
+                .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+                .send()
+                .await;
+            let e = match res {
+                Ok(out) => {
+                    let raw = out
+                        .attributes
+                        .ok_or_else(|| StoreError::Corrupt("UpdateItem returned no attributes".into()))?;
+                    return Ok(decode::<AgentItem>(raw, "agent")?.into_agent()?);
+                }
+                Err(e) => e,
+            };
+            let old = match e.as_service_error() {
+                Some(UpdateItemError::ConditionalCheckFailedException(c)) => {
+                    c.item().cloned().filter(|i| !i.is_empty())
+                }
+                Some(se) if is_transaction_conflict(se.code()) && attempt < CONFLICT_RETRIES => {
+                    conflict_backoff(attempt).await;
+                    attempt += 1;
+                    continue;
+                }
+                _ => return Err(unavailable("UpdateItem", e).into()),
+            };
+            let old = match old {
+                Some(raw) => Some(decode::<AgentItem>(raw, "agent")?.into_agent()?),
+                None => self.get_agent_item(id).await?,
+            };
+            match old {
+                None => return Err(AgentWriteError::NotFound),
+                // Already deregistered: idempotent, returned as it is.
+                Some(a) if a.is_deregistered() => return Ok(a),
+                // Re-registered between the write and the read: try again.
+                Some(_) if attempt < CONFLICT_RETRIES => attempt += 1,
+                Some(_) => return Err(StoreError::Unavailable("agent kept changing concurrently".into()).into()),
+            }
+        }
+    }
+
+    async fn report_state(
+        &self,
+        report: &StateReport,
+        received_at: Timestamp,
+        history_ttl: Duration,
+    ) -> Result<ReportOutcome, AgentWriteError> {
+        let order = time::to_nanos(report.timestamp);
+        let entry = |applied| HistoryEntry {
+            agent_id: report.agent_id.clone(),
+            state: report.state.clone(),
+            details: report.details.clone(),
+            timestamp: report.timestamp,
+            received_at,
+            applied,
+        };
+        let mut set = vec![
+            "#state = :state",
+            "#stateTimestamp = :ts",
+            "#stateOrder = :order",
+            "#updatedAt = :received",
+            "#gsi2pk = :gsi2pk",
+        ];
+        let mut expr = Expr::default()
+            .name("#state", "state")
+            .name("#stateTimestamp", "stateTimestamp")
+            .name("#stateOrder", "stateOrder")
+            .name("#stateVersion", "stateVersion")
+            .name("#stateDetails", "stateDetails")
+            .name("#updatedAt", "updatedAt")
+            .name("#gsi2pk", "gsi2pk")
+            .name("#deregistered", "deregistered")
+            .value(":state", s(report.state.as_str()))
+            .value(":ts", s(items::ts::render(report.timestamp)))
+            .value(":order", n(order))
+            .value(":received", s(items::ts::render(received_at)))
+            .value(":gsi2pk", s(keys::state_gsi2pk(&report.state)))
+            .value(":one", n(1))
+            .value(":false", b(false));
+        let update = match &report.details {
+            Some(d) => {
+                set.push("#stateDetails = :details");
+                expr = expr.value(":details", json_string(d)?);
+                format!("SET {} ADD #stateVersion :one", set.join(", "))
+            }
+            None => format!("SET {} REMOVE #stateDetails ADD #stateVersion :one", set.join(", ")),
+        };
+        let apply = Prepared::Update {
+            key: agent_key(&report.agent_id),
+            update,
+            condition: "attribute_exists(pk) AND #deregistered = :false \
+                        AND (attribute_not_exists(#stateOrder) OR #stateOrder < :order)"
+                .into(),
+            expr,
+        };
+        let history = Prepared::Put {
+            item: encode(&HistoryItem::new(&entry(true), history_ttl))?,
+            condition: "attribute_not_exists(pk)".into(),
+            expr: Expr::default(),
+        };
+        match self.transact(vec![apply, history]).await? {
+            TxOutcome::Done => {
+                // The transaction returns nothing, and the port answers with the applied state's
+                // version: read it back (strongly consistent). If a newer report overtook this
+                // one in between, ours was the version just below the one now stored.
+                let mine = CurrentState {
+                    state: report.state.clone(),
+                    details: report.details.clone(),
+                    timestamp: report.timestamp,
+                    ordering_nanos: Some(order),
+                    version: 1,
+                };
+                Ok(ReportOutcome::Applied(
+                    match self.get_agent_item(&report.agent_id).await? {
+                        Some(a) if a.current.ordering_nanos == Some(order) => a.current,
+                        Some(a) => CurrentState {
+                            version: a.current.version.saturating_sub(1).max(1),
+                            ..mine
+                        },
+                        None => mine,
+                    },
+                ))
+            }
+            TxOutcome::Cancelled { index: 0, old } => {
+                let old = match old {
+                    Some(raw) => Some(decode::<AgentItem>(raw, "agent")?.into_agent()?),
+                    None => self.get_agent_item(&report.agent_id).await?,
+                };
+                let Some(old) = old else {
+                    return Err(AgentWriteError::NotFound);
+                };
+                if old.is_deregistered() {
+                    return Err(AgentWriteError::Deregistered);
+                }
+                // Stale: kept in history only.
+                let history = Prepared::Put {
+                    item: encode(&HistoryItem::new(&entry(false), history_ttl))?,
+                    condition: "attribute_not_exists(pk)".into(),
+                    expr: Expr::default(),
+                };
+                match self.write_one(history).await {
+                    Ok(()) => Ok(ReportOutcome::Stale { current: old.current }),
+                    Err(WriteFailed::Store(e)) => Err(e.into()),
+                    Err(WriteFailed::Condition(_)) => {
+                        Err(StoreError::Unavailable("history key collision; retry".into()).into())
+                    }
+                }
+            }
+            TxOutcome::Cancelled { .. } => Err(StoreError::Unavailable("history key collision; retry".into()).into()),
+        }
+    }
+
+    async fn get_agent(&self, id: &AgentId) -> Result<Option<Agent>, StoreError> {
+        self.get_agent_item(id).await
+    }
+
+    async fn list_agents(&self, state: Option<&StateName>, page: PageRequest) -> Result<Page<Agent>, StoreError> {
+        let (index, pk_attr, pk) = match state {
+            None => (items::GSI1, "gsi1pk", keys::AGENTS.to_string()),
+            Some(st) => (items::GSI2, "gsi2pk", keys::state_gsi2pk(st)),
+        };
+        let shape = CursorShape {
+            keys: if state.is_none() {
+                &["pk", "sk", "gsi1pk", "gsi1sk"]
+            } else {
+                &["pk", "sk", "gsi2pk", "gsi2sk"]
+            },
+            partition_attr: pk_attr,
+            partition_value: pk.clone(),
+            sort_prefix: None,
+        };
+        let expr = Expr::default().name("#pk", pk_attr).value(":pk", s(pk));
+        let (raws, next_cursor) = self
+            .query_page(Some(index), "#pk = :pk", expr, true, shape, &page)
+            .await?;
+        let items = raws
+            .into_iter()
+            .map(|r| decode::<AgentItem>(r, "agent")?.into_agent())
+            .collect::<Result<_, _>>()?;
+        Ok(Page { items, next_cursor })
+    }
+
+    async fn state_history(&self, id: &AgentId, page: PageRequest) -> Result<Page<HistoryEntry>, StoreError> {
+        let pk = keys::agent_pk(id);
+        let shape = CursorShape {
+            keys: &["pk", "sk"],
+            partition_attr: "pk",
+            partition_value: pk.clone(),
+            sort_prefix: Some(("sk", keys::HISTORY_PREFIX)),
+        };
+        let expr = Expr::default()
+            .value(":pk", s(pk))
+            .value(":prefix", s(keys::HISTORY_PREFIX));
+        let (raws, next_cursor) = self
+            .query_page(None, "pk = :pk AND begins_with(sk, :prefix)", expr, false, shape, &page)
+            .await?;
+        let items = raws
+            .into_iter()
+            .map(|r| decode::<HistoryItem>(r, "history entry").map(HistoryItem::into_entry))
+            .collect::<Result<_, _>>()?;
+        Ok(Page { items, next_cursor })
+    }
+
+    async fn put_workflow(&self, def: &WorkflowDefinition, now: Timestamp) -> Result<PutWorkflowOutcome, StoreError> {
+        let item = WorkflowItem::new(def, now);
+        let put = Prepared::Put {
+            item: encode(&item)?,
+            condition: "attribute_not_exists(pk)".into(),
+            expr: Expr::default(),
+        };
+        let old = match self.write_one(put).await {
+            Ok(()) => return Ok(PutWorkflowOutcome::Created(item.into_stored())),
+            Err(WriteFailed::Store(e)) => return Err(e),
+            Err(WriteFailed::Condition(Some(old))) => old,
+            Err(WriteFailed::Condition(None)) => self
+                .get_raw(key(keys::workflow_pk(&def.id), keys::workflow_sk(&def.version)))
+                .await?
+                .ok_or_else(|| StoreError::Unavailable("workflow write conflicted with a delete; retry".into()))?,
+        };
+        let existing = decode::<WorkflowItem>(old, "workflow")?.into_stored();
+        Ok(if existing.definition.same_content(def) {
+            PutWorkflowOutcome::Identical(existing)
+        } else {
+            PutWorkflowOutcome::Conflict(existing)
+        })
+    }
+
+    async fn get_workflow(
+        &self,
+        id: &WorkflowId,
+        version: Option<&WorkflowVersion>,
+    ) -> Result<Option<StoredWorkflow>, StoreError> {
+        if let Some(v) = version {
+            return match self.get_raw(key(keys::workflow_pk(id), keys::workflow_sk(v))).await? {
+                Some(raw) => Ok(Some(decode::<WorkflowItem>(raw, "workflow")?.into_stored())),
+                None => Ok(None),
+            };
+        }
+        let expr = Expr::default().value(":pk", s(keys::workflow_pk(id)));
+        let raws = self.query_all(None, "pk = :pk", expr, true, None).await?;
+        let all = raws
+            .into_iter()
+            .map(|r| decode::<WorkflowItem>(r, "workflow").map(WorkflowItem::into_stored))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Versions come back in key order; like the in-memory store, the last of equal maxima wins.
+        Ok(all.into_iter().max_by_key(|w| w.created_at))
+    }
+
+    async fn list_workflows(&self, page: PageRequest) -> Result<Page<StoredWorkflow>, StoreError> {
+        let shape = CursorShape {
+            keys: &["pk", "sk", "gsi1pk", "gsi1sk"],
+            partition_attr: "gsi1pk",
+            partition_value: keys::WORKFLOWS.into(),
+            sort_prefix: None,
+        };
+        let expr = Expr::default().value(":pk", s(keys::WORKFLOWS));
+        let (raws, next_cursor) = self
+            .query_page(Some(items::GSI1), "gsi1pk = :pk", expr, true, shape, &page)
+            .await?;
+        let items = raws
+            .into_iter()
+            .map(|r| decode::<WorkflowItem>(r, "workflow").map(WorkflowItem::into_stored))
+            .collect::<Result<_, _>>()?;
+        Ok(Page { items, next_cursor })
+    }
+
+    async fn commit(&self, writes: Vec<Write>) -> Result<(), CommitError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut prepared = writes.iter().map(|w| self.prepare(w)).collect::<Result<Vec<_>, _>>()?;
+        let (index, old) = if prepared.len() == 1 {
+            match self.write_one(prepared.remove(0)).await {
+                Ok(()) => return Ok(()),
+                Err(WriteFailed::Store(e)) => return Err(e.into()),
+                Err(WriteFailed::Condition(old)) => (0, old),
+            }
+        } else {
+            match self.transact(prepared).await? {
+                TxOutcome::Done => return Ok(()),
+                TxOutcome::Cancelled { index, old } => (index, old),
+            }
+        };
+        let existing = self.existing_idempotency(&writes[index], old).await?;
+        Err(CommitError::Conflict { index, existing })
+    }
+
+    async fn get_session(&self, id: &SessionId) -> Result<Option<SessionView>, StoreError> {
+        let expr = Expr::default().value(":pk", s(keys::session_pk(id)));
+        let raws = self.query_all(None, "pk = :pk", expr, true, None).await?;
+        let mut session = None;
+        let mut tasks = Vec::new();
+        for raw in raws {
+            let sk = match raw.get(items::SK) {
+                Some(AttributeValue::S(sk)) => sk.clone(),
+                _ => return Err(StoreError::Corrupt(format!("item of session {id} without sk"))),
+            };
+            if sk == keys::SESSION_SK {
+                session = Some(decode::<SessionItem>(raw, "session")?.into_session());
+            } else if sk.starts_with(keys::TASK_PREFIX) {
+                tasks.push(decode::<TaskItem>(raw, "task")?.into_task());
+            }
+        }
+        Ok(session.map(|session| SessionView { session, tasks }))
+    }
+
+    async fn list_sessions(&self, agent: &AgentId, page: PageRequest) -> Result<Page<Session>, StoreError> {
+        let pk = keys::sessions_of_agent(agent);
+        let shape = CursorShape {
+            keys: &["pk", "sk", "gsi1pk", "gsi1sk"],
+            partition_attr: "gsi1pk",
+            partition_value: pk.clone(),
+            sort_prefix: None,
+        };
+        let expr = Expr::default().value(":pk", s(pk));
+        let (raws, next_cursor) = self
+            .query_page(Some(items::GSI1), "gsi1pk = :pk", expr, false, shape, &page)
+            .await?;
+        let items = raws
+            .into_iter()
+            .map(|r| decode::<SessionItem>(r, "session").map(SessionItem::into_session))
+            .collect::<Result<_, _>>()?;
+        Ok(Page { items, next_cursor })
+    }
+
+    async fn get_task(&self, k: &TaskKey) -> Result<Option<TaskInstance>, StoreError> {
+        match self
+            .get_raw(key(keys::session_pk(&k.session_id), keys::task_sk(&k.task_id)))
+            .await?
+        {
+            Some(raw) => Ok(Some(decode::<TaskItem>(raw, "task")?.into_task())),
+            None => Ok(None),
+        }
+    }
+
+    async fn runnable_tasks(&self, agent: &AgentId, now: Timestamp, limit: u32) -> Result<Vec<TaskKey>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let expr = Expr::default()
+            .value(":pk", s(keys::runnable_pk(agent)))
+            .value(":bound", s(keys::due_bound(now)));
+        let raws = self
+            .query_all(
+                Some(items::GSI2),
+                "gsi2pk = :pk AND gsi2sk < :bound",
+                expr,
+                true,
+                Some(limit as usize),
+            )
+            .await?;
+        let mut due = Vec::new();
+        for raw in raws {
+            let t = decode::<TaskItem>(raw, "task")?;
+            // The index is eventually consistent and keyed by milliseconds: check the item itself.
+            if t.status == TaskStatus::Pending && t.due_at <= now {
+                due.push(t);
+            }
+        }
+        due.sort_by(|a, b| a.due_at.cmp(&b.due_at));
+        Ok(due
+            .into_iter()
+            .take(limit as usize)
+            .map(|t| TaskKey {
+                session_id: t.session_id,
+                task_id: t.task_id,
+            })
+            .collect())
+    }
+
+    async fn due_timers(&self, now: Timestamp, limit: u32) -> Result<Vec<TaskKey>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let bound = keys::due_bound(now);
+        let shards = (0..items::TIMER_SHARDS).map(|shard| {
+            let expr = Expr::default()
+                .value(":pk", s(keys::timer_pk(shard)))
+                .value(":bound", s(bound.clone()));
+            async move {
+                self.query_all(
+                    Some(items::GSI3),
+                    "gsi3pk = :pk AND gsi3sk < :bound",
+                    expr,
+                    true,
+                    Some(limit as usize),
+                )
+                .await
+            }
+        });
+        let mut due = Vec::new();
+        for raws in futures::future::try_join_all(shards).await? {
+            for raw in raws {
+                let t = decode::<TaskItem>(raw, "task")?;
+                if let Some(at) = t.timer_at.filter(|at| *at <= now) {
+                    due.push((at, t.session_id, t.task_id));
+                }
+            }
+        }
+        due.sort();
+        Ok(due
+            .into_iter()
+            .take(limit as usize)
+            .map(|(_, session_id, task_id)| TaskKey { session_id, task_id })
+            .collect())
+    }
+}

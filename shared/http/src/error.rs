@@ -1,0 +1,109 @@
+//! The HTTP layer's error, and the one place where errors become status codes and JSON bodies.
+
+use crate::request::ApiResponse;
+use http::{Method, StatusCode};
+use opscore_core::AppError;
+use opscore_core::workflow::Problem;
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HttpError {
+    #[error(transparent)]
+    App(#[from] AppError),
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The function has no key or secret configured: it refuses everything (fail closed).
+    #[error("{0}")]
+    NotConfigured(String),
+    #[error("request body is {got} bytes; at most {limit} are accepted")]
+    PayloadTooLarge { got: usize, limit: usize },
+    #[error("method {method} is not allowed here; allowed: {}", allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", "))]
+    MethodNotAllowed { method: Method, allowed: Vec<Method> },
+    #[error("no route for {0}")]
+    NoRoute(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+}
+
+impl HttpError {
+    pub fn bad_request(msg: impl Into<String>) -> Self {
+        Self::App(AppError::BadRequest(msg.into()))
+    }
+    pub fn invalid(msg: impl Into<String>, problems: Vec<Problem>) -> Self {
+        Self::App(AppError::invalid(msg, problems))
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            HttpError::App(e) => match e {
+                AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+                AppError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                AppError::NotFound(_) => StatusCode::NOT_FOUND,
+                AppError::Conflict(_) => StatusCode::CONFLICT,
+                AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            HttpError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            HttpError::NotConfigured(_) => StatusCode::SERVICE_UNAVAILABLE,
+            HttpError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            HttpError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            HttpError::NoRoute(_) => StatusCode::NOT_FOUND,
+            HttpError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        }
+    }
+
+    /// A stable machine-readable code beside the human `detail`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            HttpError::App(e) => match e {
+                AppError::BadRequest(_) => "bad_request",
+                AppError::Invalid { .. } => "validation_failed",
+                AppError::NotFound(_) => "not_found",
+                AppError::Conflict(_) => "conflict",
+                AppError::Unavailable(_) => "unavailable",
+                AppError::Internal(_) => "internal",
+            },
+            HttpError::Unauthorized(_) => "unauthorized",
+            HttpError::NotConfigured(_) => "not_configured",
+            HttpError::PayloadTooLarge { .. } => "payload_too_large",
+            HttpError::MethodNotAllowed { .. } => "method_not_allowed",
+            HttpError::NoRoute(_) => "no_route",
+            HttpError::UnsupportedMediaType(_) => "unsupported_media_type",
+        }
+    }
+
+    pub fn into_response(self) -> ApiResponse {
+        let status = self.status();
+        let errors = match &self {
+            HttpError::App(AppError::Invalid { problems, .. }) => problems.clone(),
+            _ => Vec::new(),
+        };
+        let body = ErrorBody {
+            detail: self.to_string(),
+            code: self.code(),
+            errors,
+        };
+        let mut resp = ApiResponse::json(status, &body);
+        match &self {
+            HttpError::Unauthorized(_) => resp = resp.with_header("www-authenticate", "Bearer"),
+            HttpError::App(AppError::Unavailable(_)) | HttpError::NotConfigured(_) => {
+                resp = resp.with_header("retry-after", "1")
+            }
+            HttpError::MethodNotAllowed { allowed, .. } => {
+                let allow = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+                resp = resp.with_header("allow", &allow)
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+/// Every error body: `{"detail": "...", "code": "...", "errors": [{"field","message"}]}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub detail: String,
+    pub code: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<Problem>,
+}
