@@ -143,7 +143,16 @@ wait "$pid"
         }
         let tail = log
             .and_then(|l| std::fs::read_to_string(l).ok())
-            .map(|s| s.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"))
+            .map(|s| {
+                s.lines()
+                    .rev()
+                    .take(30)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
             .unwrap_or_default();
         Err(format!(
             "no answer from {} within {READY_TIMEOUT:?} (last error: {last}); log:\n{tail}",

@@ -196,7 +196,7 @@ impl Store for InMemoryStore {
                 agent.updated_at = received_at;
                 s.agents.insert(agent.id().clone(), agent.clone());
                 (
-                    ReportOutcome::Applied(agent.current.clone()),
+                    ReportOutcome::Applied,
                     Some(Change::Agent {
                         old: Some(Box::new(old)),
                         new: Some(Box::new(agent)),
@@ -397,7 +397,8 @@ impl Store for InMemoryStore {
             session: session.clone(),
             tasks: s
                 .tasks
-                .range((*id, TaskId::parse("0").expect("valid"))..)
+                // "-" is the smallest task id: '-' sorts before every other allowed character.
+                .range((*id, TaskId::parse("-").expect("valid"))..)
                 .take_while(|((sid, _), _)| sid == id)
                 .map(|(_, t)| t.clone())
                 .collect(),

@@ -54,8 +54,9 @@ pub enum RegisterOutcome {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReportOutcome {
-    /// The report is newer than the stored state and is now current.
-    Applied(CurrentState),
+    /// The report is newer than the stored state and is now current. (It carries nothing: the
+    /// adapter would need a read after its write to say more, and the stream has the new image.)
+    Applied,
     /// Older than (or as old as) the stored state: kept in history only.
     Stale { current: CurrentState },
 }

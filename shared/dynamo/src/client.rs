@@ -24,7 +24,17 @@ pub async fn sdk_config(endpoint: Option<&str>) -> SdkConfig {
                 .load()
                 .await
         }
-        None => aws_config::load_defaults(BehaviorVersion::latest()).await,
+        None => {
+            let conf = aws_config::load_defaults(BehaviorVersion::latest()).await;
+            // A blank AWS_ENDPOINT_URL in the environment would make every request panic.
+            if conf.endpoint_url().is_some_and(|e| e.trim().is_empty()) {
+                let mut b = conf.into_builder();
+                b.set_endpoint_url(None);
+                b.build()
+            } else {
+                conf
+            }
+        }
     }
 }
 

@@ -631,3 +631,101 @@ pub fn key_string(item: &serde_dynamo::Item, name: &str) -> Option<String> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_dynamo::AttributeValue as Av;
+    use serde_json::json;
+
+    fn nulls(item: &serde_dynamo::Item) -> Vec<String> {
+        fn walk(path: &str, v: &Av, out: &mut Vec<String>) {
+            match v {
+                Av::Null(_) => out.push(path.to_owned()),
+                Av::M(m) => m.iter().for_each(|(k, v)| walk(&format!("{path}.{k}"), v, out)),
+                Av::L(l) => l
+                    .iter()
+                    .enumerate()
+                    .for_each(|(i, v)| walk(&format!("{path}[{i}]"), v, out)),
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        item.iter().for_each(|(k, v)| walk(k, v, &mut out));
+        out
+    }
+
+    fn details() -> AgentDetails {
+        AgentDetails {
+            agent_id: AgentId::parse("a1").unwrap(),
+            agent_name: "n".into(),
+            version: "1".into(),
+            capabilities: vec![],
+            contact_endpoint: "http://127.0.0.1/task".into(),
+            metadata: json!({"f": 1.0, "big": 1e300, "n": null, "deep": [[[[{"x": -0.5}]]]]})
+                .as_object()
+                .unwrap()
+                .clone(),
+            registration_time: None,
+        }
+    }
+
+    #[test]
+    fn agent_items_round_trip_exactly_and_hold_no_null() {
+        let now = time::parse_rfc3339("2026-11-23T22:16:20.123456789Z").unwrap();
+        let mut agent = Agent::new(details(), now);
+        let item: serde_dynamo::Item = serde_dynamo::to_item(AgentItem::from_agent(&agent)).unwrap();
+        assert_eq!(nulls(&item), Vec::<String>::new());
+        for absent in [
+            "stateOrder",
+            "inflight",
+            "inflightSince",
+            "deregisteredAt",
+            "registrationTime",
+        ] {
+            assert!(!item.contains_key(absent), "{absent}");
+        }
+        let back = decode::<AgentItem>(item, "agent").unwrap().into_agent().unwrap();
+        assert_eq!(back, agent);
+        agent.current.ordering_nanos = Some(time::to_nanos(now));
+        agent.inflight = Some(Inflight {
+            dispatch: DispatchId::parse(&format!("{}:t1:2", SessionId::new())).unwrap(),
+            since: now,
+        });
+        agent.deregistered_at = Some(now);
+        let item: serde_dynamo::Item = serde_dynamo::to_item(AgentItem::from_agent(&agent)).unwrap();
+        assert_eq!(item.get("deregistered"), Some(&Av::Bool(true)));
+        let back = decode::<AgentItem>(item, "agent").unwrap().into_agent().unwrap();
+        assert_eq!(back, agent);
+    }
+
+    #[test]
+    fn keys_sort_as_the_queries_need() {
+        let early = time::parse_rfc3339("1969-12-31T23:59:59Z").unwrap();
+        let late = time::parse_rfc3339("2026-01-01T00:00:00Z").unwrap();
+        assert!(keys::history_sk(early, late) < keys::history_sk(late, late));
+        assert!(keys::history_sk(late, early) < keys::history_sk(late, late));
+        assert!(keys::millis_key(early) < keys::millis_key(late));
+        assert_eq!(keys::due_bound(late), format!("{:020}", time::to_millis(late) + 1));
+        let s = SessionId::new();
+        let key = keys::task_index_sk(late, &s, &TaskId::parse("zzz").unwrap());
+        assert!(key < keys::due_bound(late) && key > keys::millis_key(late));
+        for _ in 0..100 {
+            let s = SessionId::new();
+            assert!(keys::timer_shard(&s) < TIMER_SHARDS);
+            assert_eq!(keys::timer_shard(&s), keys::timer_shard(&s));
+        }
+    }
+
+    #[test]
+    fn kinds_come_from_keys() {
+        assert_eq!(kind_of("AGENT#a", "A"), Kind::Agent);
+        assert_eq!(kind_of("AGENT#a", "H#1"), Kind::History);
+        assert_eq!(kind_of("S#x", "S"), Kind::Session);
+        assert_eq!(kind_of("S#x", "T#t"), Kind::Task);
+        assert_eq!(kind_of("WF#w", "V#1"), Kind::Workflow);
+        assert_eq!(kind_of("IDEM#a#k", "I"), Kind::Idempotency);
+        assert_eq!(kind_of("DELIVERY#x", "D"), Kind::Delivery);
+        assert_eq!(kind_of("OTHER", "x"), Kind::Unknown);
+    }
+}

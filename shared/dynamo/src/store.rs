@@ -20,7 +20,7 @@ use aws_sdk_dynamodb::types::{
     AttributeValue, CancellationReason, ConditionCheck, Put, ReturnValue, ReturnValuesOnConditionCheckFailure,
     TransactWriteItem, Update,
 };
-use opscore_core::agent::{Agent, AgentDetails, CurrentState, HistoryEntry, KnownState, StateName, StateReport};
+use opscore_core::agent::{Agent, AgentDetails, HistoryEntry, KnownState, StateName, StateReport};
 use opscore_core::ids::{AgentId, SessionId, WorkflowId, WorkflowVersion};
 use opscore_core::session::{Session, SessionStatus};
 use opscore_core::store::*;
@@ -105,6 +105,8 @@ enum Prepared {
 enum WriteFailed {
     /// The condition did not hold; the item as it was, when the store returned it.
     Condition(Option<RawItem>),
+    /// A concurrent transaction held the item: retried by `write_one`.
+    Busy(StoreError),
     Store(StoreError),
 }
 
@@ -242,7 +244,7 @@ impl DynamoStore {
                                 WriteFailed::Condition(c.item().cloned())
                             }
                             Some(se) if is_transaction_conflict(se.code()) => {
-                                WriteFailed::Store(StoreError::Unavailable("transaction conflict".into()))
+                                WriteFailed::Busy(unavailable("PutItem", e))
                             }
                             _ => WriteFailed::Store(unavailable("PutItem", e)),
                         })
@@ -271,7 +273,7 @@ impl DynamoStore {
                                 WriteFailed::Condition(c.item().cloned())
                             }
                             Some(se) if is_transaction_conflict(se.code()) => {
-                                WriteFailed::Store(StoreError::Unavailable("transaction conflict".into()))
+                                WriteFailed::Busy(unavailable("UpdateItem", e))
                             }
                             _ => WriteFailed::Store(unavailable("UpdateItem", e)),
                         })
@@ -285,12 +287,11 @@ impl DynamoStore {
                 }
             };
             match res {
-                Err(WriteFailed::Store(StoreError::Unavailable(m)))
-                    if m == "transaction conflict" && attempt < CONFLICT_RETRIES =>
-                {
+                Err(WriteFailed::Busy(_)) if attempt < CONFLICT_RETRIES => {
                     conflict_backoff(attempt).await;
                     attempt += 1;
                 }
+                Err(WriteFailed::Busy(e)) => return Err(WriteFailed::Store(e)),
                 other => return other,
             }
         }
@@ -696,7 +697,7 @@ impl Store for DynamoStore {
             };
             let old_raw = match self.write_one(put).await {
                 Ok(()) => return Ok(RegisterOutcome::Created(agent)),
-                Err(WriteFailed::Store(e)) => return Err(e),
+                Err(WriteFailed::Store(e) | WriteFailed::Busy(e)) => return Err(e),
                 Err(WriteFailed::Condition(Some(old))) => old,
                 Err(WriteFailed::Condition(None)) => match self.get_raw(agent_key(&details.agent_id)).await? {
                     Some(old) => old,
@@ -835,28 +836,7 @@ impl Store for DynamoStore {
             expr: Expr::default(),
         };
         match self.transact(vec![apply, history]).await? {
-            TxOutcome::Done => {
-                // The transaction returns nothing, and the port answers with the applied state's
-                // version: read it back (strongly consistent). If a newer report overtook this
-                // one in between, ours was the version just below the one now stored.
-                let mine = CurrentState {
-                    state: report.state.clone(),
-                    details: report.details.clone(),
-                    timestamp: report.timestamp,
-                    ordering_nanos: Some(order),
-                    version: 1,
-                };
-                Ok(ReportOutcome::Applied(
-                    match self.get_agent_item(&report.agent_id).await? {
-                        Some(a) if a.current.ordering_nanos == Some(order) => a.current,
-                        Some(a) => CurrentState {
-                            version: a.current.version.saturating_sub(1).max(1),
-                            ..mine
-                        },
-                        None => mine,
-                    },
-                ))
-            }
+            TxOutcome::Done => Ok(ReportOutcome::Applied),
             TxOutcome::Cancelled { index: 0, old } => {
                 let old = match old {
                     Some(raw) => Some(decode::<AgentItem>(raw, "agent")?.into_agent()?),
@@ -876,7 +856,7 @@ impl Store for DynamoStore {
                 };
                 match self.write_one(history).await {
                     Ok(()) => Ok(ReportOutcome::Stale { current: old.current }),
-                    Err(WriteFailed::Store(e)) => Err(e.into()),
+                    Err(WriteFailed::Store(e) | WriteFailed::Busy(e)) => Err(e.into()),
                     Err(WriteFailed::Condition(_)) => {
                         Err(StoreError::Unavailable("history key collision; retry".into()).into())
                     }
@@ -946,7 +926,7 @@ impl Store for DynamoStore {
         };
         let old = match self.write_one(put).await {
             Ok(()) => return Ok(PutWorkflowOutcome::Created(item.into_stored())),
-            Err(WriteFailed::Store(e)) => return Err(e),
+            Err(WriteFailed::Store(e) | WriteFailed::Busy(e)) => return Err(e),
             Err(WriteFailed::Condition(Some(old))) => old,
             Err(WriteFailed::Condition(None)) => self
                 .get_raw(key(keys::workflow_pk(&def.id), keys::workflow_sk(&def.version)))
@@ -1008,7 +988,7 @@ impl Store for DynamoStore {
         let (index, old) = if prepared.len() == 1 {
             match self.write_one(prepared.remove(0)).await {
                 Ok(()) => return Ok(()),
-                Err(WriteFailed::Store(e)) => return Err(e.into()),
+                Err(WriteFailed::Store(e) | WriteFailed::Busy(e)) => return Err(e.into()),
                 Err(WriteFailed::Condition(old)) => (0, old),
             }
         } else {
@@ -1093,7 +1073,7 @@ impl Store for DynamoStore {
                 due.push(t);
             }
         }
-        due.sort_by(|a, b| a.due_at.cmp(&b.due_at));
+        due.sort_by_key(|a| a.due_at);
         Ok(due
             .into_iter()
             .take(limit as usize)

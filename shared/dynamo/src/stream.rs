@@ -144,9 +144,9 @@ impl StreamTail {
             last_discovery: Instant::now(),
             discovery_interval: Self::DISCOVERY_INTERVAL,
         };
-        for (id, open) in tail.describe().await? {
+        for (id, leaf) in tail.describe().await? {
             tail.known.insert(id.clone());
-            if open {
+            if leaf {
                 let iterator = tail.iterator(&id, ShardIteratorType::Latest, None).await?;
                 tail.shards.push(ShardCursor {
                     id,
@@ -167,9 +167,11 @@ impl StreamTail {
         &self.stream_arn
     }
 
-    /// Every shard of the stream, in the order listed, with whether it is still open.
+    /// Every shard of the stream, in the order listed, with whether it is a leaf (no shard names it
+    /// as parent). Leaves are the shards being written; an `EndingSequenceNumber` does not say so
+    /// reliably (the embedded store sets one on its open shard).
     async fn describe(&self) -> Result<Vec<(String, bool)>, StoreError> {
-        let mut out = Vec::new();
+        let mut shards: Vec<(String, Option<String>)> = Vec::new();
         let mut start: Option<String> = None;
         loop {
             let resp = self
@@ -181,21 +183,23 @@ impl StreamTail {
                 .await
                 .map_err(|e| streams_err("DescribeStream", e))?;
             let Some(desc) = resp.stream_description() else {
-                return Ok(out);
+                break;
             };
             for shard in desc.shards() {
                 if let Some(id) = shard.shard_id() {
-                    let open = shard
-                        .sequence_number_range()
-                        .is_none_or(|r| r.ending_sequence_number().is_none());
-                    out.push((id.to_owned(), open));
+                    shards.push((id.to_owned(), shard.parent_shard_id().map(str::to_owned)));
                 }
             }
             match desc.last_evaluated_shard_id() {
                 Some(id) if !id.is_empty() => start = Some(id.to_owned()),
-                _ => return Ok(out),
+                _ => break,
             }
         }
+        let parents: HashSet<&str> = shards.iter().filter_map(|(_, p)| p.as_deref()).collect();
+        Ok(shards
+            .iter()
+            .map(|(id, _)| (id.clone(), !parents.contains(id.as_str())))
+            .collect())
     }
 
     async fn iterator(&self, shard: &str, kind: ShardIteratorType, after: Option<&str>) -> Result<String, StoreError> {
@@ -217,7 +221,7 @@ impl StreamTail {
     /// Adds shards not seen before, read from their start.
     async fn discover(&mut self) -> Result<(), StoreError> {
         self.last_discovery = Instant::now();
-        for (id, _open) in self.describe().await? {
+        for (id, _leaf) in self.describe().await? {
             if self.known.insert(id.clone()) {
                 let iterator = self.iterator(&id, ShardIteratorType::TrimHorizon, None).await?;
                 self.shards.push(ShardCursor {
@@ -280,7 +284,7 @@ impl StreamTail {
     /// The changes written since the last poll, in stream order.
     pub async fn poll(&mut self) -> Result<Vec<Change>, StoreError> {
         let mut out = Vec::new();
-        if self.last_discovery.elapsed() >= self.discovery_interval {
+        if self.shards.is_empty() || self.last_discovery.elapsed() >= self.discovery_interval {
             self.discover().await?;
         }
         let mut rounds = 0;

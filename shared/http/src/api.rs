@@ -3,11 +3,11 @@
 //! only in [`HttpError::into_response`].
 
 use crate::auth;
-use crate::dto::*;
 use crate::error::HttpError;
 use crate::request::{ApiRequest, ApiResponse};
 use crate::webhook;
 use http::{Method, StatusCode};
+use opscore_api::*;
 use opscore_core::agent::{StateName, StateReport};
 use opscore_core::app::{App, DefinitionSource};
 use opscore_core::config::Config;
@@ -207,7 +207,7 @@ impl Api {
     async fn post_state(&self, id: &AgentId, req: &ApiRequest) -> Result<ApiResponse, HttpError> {
         let report = parse_state_report(id, &req.body)?;
         let outcome = self.app.report_state(&report).await?;
-        let applied = matches!(outcome, opscore_core::store::ReportOutcome::Applied(_));
+        let applied = matches!(outcome, opscore_core::store::ReportOutcome::Applied);
         tracing::info!(state = %report.state, applied, "state report");
         Ok(ApiResponse::json(
             StatusCode::ACCEPTED,

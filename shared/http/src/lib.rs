@@ -5,7 +5,6 @@
 pub mod agentkit;
 pub mod api;
 pub mod auth;
-pub mod dto;
 pub mod error;
 pub mod lambda;
 pub mod openapi;

@@ -2,8 +2,8 @@
 
 #![allow(dead_code)] // The annotated functions exist only to carry the path documentation.
 
-use crate::dto::*;
 use crate::error::ErrorBody;
+use opscore_api::*;
 use opscore_core::session::{FailureCause, SessionStatus};
 use opscore_core::task::Attempt;
 use opscore_core::workflow::{Problem, RetryPolicy, TaskDefinition, WorkflowDefinition};

@@ -1,4 +1,5 @@
-//! Wire shapes of the state API. Field names follow the original Ops-Core (camelCase).
+//! Wire shapes of the state API, shared by the server (opscore-http) and the client SDK.
+//! Field names follow the original Ops-Core (camelCase).
 
 use opscore_core::agent::{Agent, CurrentState, HistoryEntry};
 use opscore_core::session::{FailureCause, SessionStatus};

@@ -1,0 +1,198 @@
+//! End to end over real HTTP: the local stack (embedded store, real runner loop), a fake AgentKit
+//! and a simulated reference agent, all following the AgentKit contract. The agent registers with
+//! AgentKit, AgentKit sends the signed webhook, the agent reports idle (retrying on 404), an
+//! operator triggers the 2-step sample workflow, and the session completes.
+
+use opscore_core::config::{Config, Secret};
+use opscore_local::{Options, Stack};
+use opscore_tests::fake::{Behaviour, FakeAgentKit, RunAnswer, SimulatedAgent};
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+struct Env {
+    stack: Stack,
+    agentkit: FakeAgentKit,
+    agent: SimulatedAgent,
+    http: reqwest::Client,
+    key: String,
+}
+
+async fn env(behaviour: Behaviour) -> Env {
+    // AgentKit must exist before the stack (the stack is configured with its URL) and the stack
+    // before AgentKit sends webhooks; bind AgentKit first with a webhook URL fixed up below.
+    let key = format!("k-{}", uuid::Uuid::new_v4().simple());
+    let secret = format!("s-{}", uuid::Uuid::new_v4().simple());
+    let port = free_port();
+    let agentkit = FakeAgentKit::start(
+        format!("http://127.0.0.1:{port}/v1/opscore/internal/agent/notify"),
+        secret.clone(),
+    )
+    .await;
+    let config = Config {
+        api_keys: vec![Secret::new(&key)],
+        webhook_secrets: vec![Secret::new(&secret)],
+        agentkit_api_url: Some(agentkit.url()),
+        ..Config::default()
+    };
+    let stack = Stack::start(Options {
+        port,
+        dynamodb_endpoint: None,
+        data_file: None,
+        table: "e2e".into(),
+        sweep_every: Duration::from_millis(200),
+        config,
+    })
+    .await
+    .expect("stack starts");
+    let agent = SimulatedAgent::start(
+        &agentkit.url(),
+        &stack.url(),
+        &key,
+        "sim-agent",
+        Arc::new(Mutex::new(behaviour)),
+    )
+    .await;
+    Env {
+        stack,
+        agentkit,
+        agent,
+        http: reqwest::Client::new(),
+        key,
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Env {
+    async fn get(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}{path}", self.stack.url()))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn trigger(&self, body: Value) -> String {
+        let r = self
+            .http
+            .post(format!(
+                "{}/v1/opscore/agent/{}/workflow",
+                self.stack.url(),
+                self.agent.id
+            ))
+            .bearer_auth(&self.key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["message"], "Workflow triggered successfully");
+        v["sessionId"].as_str().unwrap().to_owned()
+    }
+
+    async fn wait_for_end(&self, session: &str, limit: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let v = self.get(&format!("/v1/opscore/sessions/{session}")).await;
+            if matches!(v["status"].as_str(), Some("completed" | "failed" | "cancelled")) {
+                return v;
+            }
+            assert!(start.elapsed() < limit, "session did not end within {limit:?}: {v:#}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sample_workflow_runs_end_to_end() {
+    let e = env(Behaviour::Complete(Duration::from_millis(20))).await;
+    let agent = e.get(&format!("/v1/opscore/agent/{}", e.agent.id)).await;
+    assert_eq!(
+        agent["agentName"], "sim-agent",
+        "registered through AgentKit's signed webhook: {agent}"
+    );
+    assert_eq!(
+        agent["metadata"]["description"], "simulated ✓",
+        "non-ASCII survives the \\u escaping"
+    );
+    assert_eq!(agent["state"]["state"], "idle");
+
+    let session = e.trigger(json!({"workflowDefinitionId": "sample_workflow_id"})).await;
+    let done = e.wait_for_end(&session, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "completed", "{done:#}");
+    assert!(done["endTime"].is_string());
+    let tasks = done["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 2);
+    assert!(
+        tasks.iter().all(|t| t["status"] == "succeeded" && t["attempt"] == 1),
+        "{done:#}"
+    );
+
+    // The contract's /run body: top-level ids and task name, payload = parameters.
+    let runs = e.agentkit.runs();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0]["senderId"], "opscore");
+    assert_eq!(runs[0]["messageType"], "workflow_task");
+    assert_eq!(runs[0]["task_name"], "First Step");
+    assert_eq!(runs[0]["opscore_session_id"], session);
+    assert_eq!(runs[0]["payload"], json!({"message": "This is the first step."}));
+    assert_eq!(runs[1]["task_name"], "Second Step");
+    assert_eq!(runs[1]["payload"], json!({"value": 123}));
+    assert_eq!(
+        e.agent.tasks.lock().unwrap().len(),
+        2,
+        "AgentKit forwarded both tasks to the agent"
+    );
+    let history = e
+        .get(&format!("/v1/opscore/agent/{}/state/history?limit=100", e.agent.id))
+        .await;
+    assert!(
+        history["items"].as_array().unwrap().len() >= 5,
+        "idle + 2 × (active, idle): {history}"
+    );
+    e.stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agentkit_unavailable_twice_then_accepting_still_completes() {
+    let e = env(Behaviour::Complete(Duration::from_millis(10))).await;
+    e.agentkit.script([RunAnswer::Status(503), RunAnswer::Status(503)]);
+    let def = json!({"id": "fast_retry", "name": "Fast retry", "retryPolicy": {"maxRetries": 3, "baseDelaySeconds": 0.2, "maxDelaySeconds": 0.5},
+                     "tasks": [{"taskId": "only", "name": "Only", "parameters": {"n": 1}}]});
+    let session = e.trigger(json!({"workflowDefinition": def})).await;
+    let done = e.wait_for_end(&session, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "completed", "{done:#}");
+    let attempts = done["tasks"][0]["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 3, "{done:#}");
+    assert!(attempts[0]["error"].as_str().unwrap().contains("503"));
+    e.stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_always_fails_fails_the_session_with_its_cause() {
+    let e = env(Behaviour::Fail).await;
+    let def = json!({"id": "doomed", "name": "Doomed", "retryPolicy": {"maxRetries": 1, "baseDelaySeconds": 0.1, "maxDelaySeconds": 0.1},
+                     "tasks": [{"taskId": "t1", "name": "T1"}]});
+    let session = e.trigger(json!({"workflowDefinition": def})).await;
+    let done = e.wait_for_end(&session, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "failed", "{done:#}");
+    assert_eq!(done["error"]["code"], "retries_exhausted");
+    assert_eq!(done["error"]["attempts"], 2);
+    assert!(
+        done["error"]["message"].as_str().unwrap().contains("simulated failure"),
+        "{done:#}"
+    );
+    e.stack.stop().await;
+}
