@@ -37,8 +37,7 @@ impl Env {
         };
         let stack = Stack::start(Options {
             port: 0,
-            dynamodb_endpoint: None,
-            data_file: None,
+            store: opscore_local::StoreChoice::Embedded { file: None },
             table: "opscore-cli-test".into(),
             sweep_every: Duration::from_millis(200),
             config,

@@ -8,8 +8,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use opscore_core::app::{App, Settings};
 use opscore_core::config::{Config, Secret};
+use opscore_core::memory::InMemoryStore;
 use opscore_core::runner::Runner;
-use opscore_core::store::Store;
+use opscore_core::store::{Change, Store};
 use opscore_core::time::SystemClock;
 use opscore_core::workflow::{Format, WorkflowDefinition};
 use opscore_dynamo::embedded::EmbeddedDynamo;
@@ -20,6 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
@@ -32,13 +34,22 @@ pub const DEFAULT_AGENTKIT_URL: &str = "http://127.0.0.1:8000";
 /// Bodies larger than this are refused before they are read in full (the routes' own limits are lower).
 const MAX_READ_BYTES: usize = 1024 * 1024;
 
+/// Where the stack keeps its state. Every choice passes the same storage contract suite.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreChoice {
+    /// dynoxide, an embedded DynamoDB-compatible store, through the real DynamoDB adapter; in
+    /// memory, or in a file so state survives restarts.
+    Embedded { file: Option<std::path::PathBuf> },
+    /// DynamoDB Local or AWS, through the real DynamoDB adapter.
+    Dynamo { endpoint: String },
+    /// The in-memory adapter: no DynamoDB at all; the fastest, for load tests of the service itself.
+    Memory,
+}
+
 #[derive(Debug, Clone)]
 pub struct Options {
     pub port: u16,
-    /// DynamoDB Local or AWS; `None` starts the embedded store.
-    pub dynamodb_endpoint: Option<String>,
-    /// A file for the embedded store (state survives restarts); `None` keeps it in memory.
-    pub data_file: Option<std::path::PathBuf>,
+    pub store: StoreChoice,
     pub table: String,
     pub sweep_every: Duration,
     pub config: Config,
@@ -50,8 +61,12 @@ impl Options {
         let config = Config::from_env()?;
         Ok(Self {
             port: 3000,
-            dynamodb_endpoint: config.ddb_endpoint.clone(),
-            data_file: None,
+            store: match &config.ddb_endpoint {
+                Some(endpoint) => StoreChoice::Dynamo {
+                    endpoint: endpoint.clone(),
+                },
+                None => StoreChoice::Embedded { file: None },
+            },
             table: config.table_name.clone().unwrap_or_else(|| "opscore-local".into()),
             sweep_every: Duration::from_secs(1),
             config,
@@ -102,32 +117,7 @@ impl Stack {
             .clone()
             .unwrap_or_else(|| DEFAULT_AGENTKIT_URL.to_owned());
 
-        let (embedded, endpoint, store_description) = match &opts.dynamodb_endpoint {
-            Some(e) => (None, e.clone(), format!("DynamoDB at {e}, table {}", opts.table)),
-            None => {
-                let db = match &opts.data_file {
-                    Some(path) => EmbeddedDynamo::start_with_file(path).await?,
-                    None => EmbeddedDynamo::start().await?,
-                };
-                let where_ = opts
-                    .data_file
-                    .as_ref()
-                    .map(|p| format!("file {}", p.display()))
-                    .unwrap_or_else(|| "in memory".into());
-                let e = db.endpoint.clone();
-                (
-                    Some(db),
-                    e,
-                    format!(
-                        "embedded DynamoDB-compatible store (dynoxide, {where_}), table {}",
-                        opts.table
-                    ),
-                )
-            }
-        };
-        let client = opscore_dynamo::client_for_endpoint(Some(&endpoint)).await;
-        opscore_dynamo::table::ensure_table(&client, &opts.table).await?;
-        let store: Arc<dyn Store> = Arc::new(opscore_dynamo::DynamoStore::new(client, opts.table.clone()));
+        let (store, mut feed, embedded, store_description) = open_store(&opts).await?;
         let settings = Settings {
             history_retention: opts.config.history_retention,
             ..Settings::default()
@@ -156,11 +146,6 @@ impl Stack {
         let addr = listener.local_addr()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let wake = Arc::new(Notify::new());
-        let mut tail = opscore_dynamo::StreamTail::start(
-            opscore_dynamo::streams_client_for_endpoint(Some(&endpoint)).await,
-            &opts.table,
-        )
-        .await?;
 
         let tasks = vec![
             tokio::spawn(serve(listener, api, wake.clone(), shutdown_rx.clone())),
@@ -168,29 +153,9 @@ impl Stack {
                 let runner = runner.clone();
                 let mut stop = shutdown_rx.clone();
                 async move {
-                    // The stream consumer: woken by every write this process serves (and by its own
-                    // writes, by polling until the stream is drained), with a slow fallback poll for
-                    // writes made by other processes on a shared DynamoDB.
-                    loop {
-                        tokio::select! {
-                            _ = wake.notified() => {}
-                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                            _ = stop.changed() => return,
-                        }
-                        loop {
-                            let changes = match tail.poll().await {
-                                Ok(c) => c,
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "stream poll failed");
-                                    break;
-                                }
-                            };
-                            if changes.is_empty() {
-                                break;
-                            }
-                            for change in &changes {
-                                deliver(&runner, change).await;
-                            }
+                    while let Some(changes) = feed.next(&wake, &mut stop).await {
+                        for change in &changes {
+                            deliver(&runner, change).await;
                         }
                     }
                 }
@@ -230,6 +195,93 @@ impl Stack {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
+        }
+    }
+}
+
+type Opened = (Arc<dyn Store>, Feed, Option<EmbeddedDynamo>, String);
+
+async fn open_store(opts: &Options) -> Result<Opened, Box<dyn std::error::Error + Send + Sync>> {
+    let (embedded, endpoint, description) = match &opts.store {
+        StoreChoice::Memory => {
+            let (store, rx) = InMemoryStore::with_changes();
+            return Ok((
+                Arc::new(store),
+                Feed::Channel(rx),
+                None,
+                "in-memory store (no DynamoDB; state is lost on exit)".into(),
+            ));
+        }
+        StoreChoice::Dynamo { endpoint } => (
+            None,
+            endpoint.clone(),
+            format!("DynamoDB at {endpoint}, table {}", opts.table),
+        ),
+        StoreChoice::Embedded { file } => {
+            let db = match file {
+                Some(path) => EmbeddedDynamo::start_with_file(path).await?,
+                None => EmbeddedDynamo::start().await?,
+            };
+            let where_ = file
+                .as_ref()
+                .map(|p| format!("file {}", p.display()))
+                .unwrap_or_else(|| "in memory".into());
+            let e = db.endpoint.clone();
+            (
+                Some(db),
+                e,
+                format!(
+                    "embedded DynamoDB-compatible store (dynoxide, {where_}), table {}",
+                    opts.table
+                ),
+            )
+        }
+    };
+    let client = opscore_dynamo::client_for_endpoint(Some(&endpoint)).await;
+    opscore_dynamo::table::ensure_table(&client, &opts.table).await?;
+    let store = Arc::new(opscore_dynamo::DynamoStore::new(client, opts.table.clone()));
+    let tail = opscore_dynamo::StreamTail::start(
+        opscore_dynamo::streams_client_for_endpoint(Some(&endpoint)).await,
+        &opts.table,
+    )
+    .await?;
+    Ok((store, Feed::Stream(tail), embedded, description))
+}
+
+/// The change feed the runner consumes: the table's stream, or the in-memory store's channel.
+enum Feed {
+    Stream(opscore_dynamo::StreamTail),
+    Channel(UnboundedReceiver<Change>),
+}
+
+impl Feed {
+    /// The next batch of changes, in order; `None` once the stack stops. The stream is read when
+    /// a write this process served wakes it (and drained until empty), with a slow fallback poll
+    /// for writes made by other processes on a shared DynamoDB.
+    async fn next(&mut self, wake: &Notify, stop: &mut watch::Receiver<bool>) -> Option<Vec<Change>> {
+        match self {
+            Feed::Channel(rx) => tokio::select! {
+                first = rx.recv() => {
+                    let mut batch = vec![first?];
+                    while let Ok(c) = rx.try_recv() {
+                        batch.push(c);
+                    }
+                    Some(batch)
+                }
+                _ = stop.changed() => None,
+            },
+            Feed::Stream(tail) => loop {
+                match tail.poll().await {
+                    Ok(changes) if !changes.is_empty() => return Some(changes),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "stream poll failed"),
+                }
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = stop.changed() => return None,
+                }
+            },
         }
     }
 }

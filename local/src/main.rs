@@ -1,6 +1,6 @@
 //! `cargo run --release --bin opscore-local`: the whole stack on 127.0.0.1. See README.md.
 
-use opscore_local::{Options, Stack};
+use opscore_local::{Options, Stack, StoreChoice};
 
 const HELP: &str = "opscore-local: Ops-Core's state API, webhook and workflow runner on 127.0.0.1
 
@@ -8,6 +8,8 @@ Options:
   --port N                  port to listen on (default 3000; 0 picks a free one)
   --dynamodb-endpoint URL   use DynamoDB Local or AWS instead of the embedded store
   --data FILE               keep the embedded store in FILE (default: in memory)
+  --store embedded|memory   embedded DynamoDB-compatible store (default), or the in-memory
+                            store (no DynamoDB; the fastest, for load tests)
   --table NAME              table name (default opscore-local, or OPSCORE_TABLE_NAME)
 Environment: OPSCORE_API_KEY, OPSCORE_WEBHOOK_SECRET (comma-separated; generated when unset),
 AGENTKIT_API_URL (default http://127.0.0.1:8000), RUST_LOG, OPSCORE_LOG_FORMAT=json|text.";
@@ -21,8 +23,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
         match a.as_str() {
             "--port" => opts.port = value("--port")?.parse().map_err(|_| "--port needs a number")?,
-            "--dynamodb-endpoint" => opts.dynamodb_endpoint = Some(value("--dynamodb-endpoint")?),
-            "--data" => opts.data_file = Some(value("--data")?.into()),
+            "--dynamodb-endpoint" => {
+                opts.store = StoreChoice::Dynamo {
+                    endpoint: value("--dynamodb-endpoint")?,
+                }
+            }
+            "--data" => {
+                opts.store = StoreChoice::Embedded {
+                    file: Some(value("--data")?.into()),
+                }
+            }
+            "--store" => {
+                opts.store = match value("--store")?.as_str() {
+                    "embedded" => StoreChoice::Embedded { file: None },
+                    "memory" => StoreChoice::Memory,
+                    other => return Err(format!("--store takes embedded or memory, not {other:?}").into()),
+                }
+            }
             "--table" => opts.table = value("--table")?,
             "-h" | "--help" => {
                 println!("{HELP}");

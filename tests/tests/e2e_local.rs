@@ -4,7 +4,7 @@
 //! operator triggers the 2-step sample workflow, and the session completes.
 
 use opscore_core::config::{Config, Secret};
-use opscore_local::{Options, Stack};
+use opscore_local::{Options, Stack, StoreChoice};
 use opscore_tests::fake::{Behaviour, FakeAgentKit, RunAnswer, SimulatedAgent};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
@@ -19,6 +19,10 @@ struct Env {
 }
 
 async fn env(behaviour: Behaviour) -> Env {
+    env_on(StoreChoice::Embedded { file: None }, behaviour).await
+}
+
+async fn env_on(store: StoreChoice, behaviour: Behaviour) -> Env {
     // AgentKit must exist before the stack (the stack is configured with its URL) and the stack
     // before AgentKit sends webhooks; bind AgentKit first with a webhook URL fixed up below.
     let key = format!("k-{}", uuid::Uuid::new_v4().simple());
@@ -37,8 +41,7 @@ async fn env(behaviour: Behaviour) -> Env {
     };
     let stack = Stack::start(Options {
         port,
-        dynamodb_endpoint: None,
-        data_file: None,
+        store,
         table: "e2e".into(),
         sweep_every: Duration::from_millis(200),
         config,
@@ -116,8 +119,17 @@ impl Env {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sample_workflow_runs_end_to_end() {
-    let e = env(Behaviour::Complete(Duration::from_millis(20))).await;
+async fn the_sample_workflow_runs_end_to_end_on_the_embedded_store() {
+    sample_runs(StoreChoice::Embedded { file: None }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sample_workflow_runs_end_to_end_on_the_memory_store() {
+    sample_runs(StoreChoice::Memory).await;
+}
+
+async fn sample_runs(store: StoreChoice) {
+    let e = env_on(store, Behaviour::Complete(Duration::from_millis(20))).await;
     let agent = e.get(&format!("/v1/opscore/agent/{}", e.agent.id)).await;
     assert_eq!(
         agent["agentName"], "sim-agent",
