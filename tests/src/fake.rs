@@ -210,6 +210,12 @@ impl FakeAgentKit {
         self.server.url()
     }
 
+    /// Makes AgentKit know an agent registered some other way (e.g. by a captured webhook).
+    pub fn know(&self, agent_id: &str, contact_endpoint: &str) {
+        let reg = json!({"agentId": agent_id, "contactEndpoint": contact_endpoint});
+        self.state.lock().unwrap().agents.insert(agent_id.to_owned(), reg);
+    }
+
     pub fn script(&self, answers: impl IntoIterator<Item = RunAnswer>) {
         self.state.lock().unwrap().script.extend(answers);
     }

@@ -7,15 +7,23 @@
 mod client;
 mod counters;
 mod cursor;
+#[cfg(feature = "local")]
 pub mod embedded;
 pub mod items;
 mod store;
 pub mod stream;
 pub mod table;
+#[cfg(feature = "local")]
+pub mod tail;
 
-pub use client::{LOCAL_REGION, client_for_endpoint, sdk_config, streams_client_for_endpoint, usable_endpoint};
+#[cfg(feature = "local")]
+pub use client::streams_client_for_endpoint;
+pub use client::{LOCAL_REGION, client_for_endpoint, sdk_config, usable_endpoint};
 pub use counters::RequestCounts;
+#[cfg(feature = "local")]
 pub use embedded::EmbeddedDynamo;
 pub use store::DynamoStore;
-pub use stream::{StreamTail, decode_stream_record, decode_streams_api_record};
+pub use stream::decode_stream_record;
 pub use table::{create_table, ensure_table};
+#[cfg(feature = "local")]
+pub use tail::{StreamTail, decode_streams_api_record, lambda_event};

@@ -553,6 +553,15 @@ impl DynamoStore {
                     .name("#expiresAt", items::TTL_ATTRIBUTE)
                     .value(":now", n(chrono::Utc::now().timestamp())),
             },
+            // An expired record counts as absent (the condition above); TTL deletes the item.
+            Write::ExpireDeliveryRecord { id } => Prepared::Update {
+                key: key(keys::delivery_pk(id), keys::DELIVERY_SK),
+                update: "SET #expiresAt = :past".into(),
+                condition: "attribute_exists(pk)".into(),
+                expr: Expr::default()
+                    .name("#expiresAt", items::TTL_ATTRIBUTE)
+                    .value(":past", n(chrono::Utc::now().timestamp() - 1)),
+            },
             Write::ClaimAgent { agent_id, inflight } => Prepared::Update {
                 key: agent_key(agent_id),
                 update: "SET #inflight = :dispatch, #inflightSince = :since".into(),
