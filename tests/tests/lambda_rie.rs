@@ -4,6 +4,7 @@
 //! - the state API and notify webhook replay every fixture of `events/manifest.json`;
 //! - the runner gets the table's real stream records as a Lambda DynamoDB event (and the same
 //!   batch again: no second dispatch), then a scheduled event.
+//!
 //! It prints the figures of the packaging issue: binary sizes, init durations, RSS after 1,000
 //! invocations. Run by `.ci/run` after `cargo build --release` (it needs those binaries):
 //! `cargo test -p opscore-tests --test lambda_rie -- --ignored --nocapture`.

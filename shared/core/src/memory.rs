@@ -333,6 +333,7 @@ impl Store for InMemoryStore {
                         _ => return conflict(None),
                     },
                     Write::CreateDeliveryRecord { id, .. } if s.deliveries.contains_key(id) => return conflict(None),
+                    Write::ExpireDeliveryRecord { id } if !s.deliveries.contains_key(id) => return conflict(None),
                     _ => {}
                 }
             }
@@ -380,6 +381,9 @@ impl Store for InMemoryStore {
                     }
                     Write::CreateDeliveryRecord { id, expires_at } => {
                         s.deliveries.insert(id, expires_at);
+                    }
+                    Write::ExpireDeliveryRecord { id } => {
+                        s.deliveries.remove(&id);
                     }
                     Write::CheckSessionOpen(_) => {}
                 }

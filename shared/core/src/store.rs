@@ -114,6 +114,9 @@ pub enum Write {
     /// Must not exist: remembers a signed webhook delivery (by its signature) until `expires_at`,
     /// so a byte-identical replay inside the freshness window has no second effect.
     CreateDeliveryRecord { id: String, expires_at: Timestamp },
+    /// Must exist: makes a delivery record count as absent again (it expires now), so that a
+    /// delivery whose effect failed after it was recorded can be redelivered.
+    ExpireDeliveryRecord { id: String },
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -17,18 +17,18 @@ fn health() {}
 fn openapi_json() {}
 
 #[utoipa::path(get, path = "/v1/opscore/agents", security(("bearer" = [])),
-    params(("state" = Option<String>, Query, description = "Only agents currently in this state"),
-           ("limit" = Option<u32>, Query, minimum = 1, maximum = 100), ("cursor" = Option<String>, Query)),
+    params(("state" = Option<String>, Query, description = "Only agents currently in this state", min_length = 1, max_length = 64),
+           ("limit" = Option<u32>, Query, minimum = 1, maximum = 100), ("cursor" = Option<String>, Query, min_length = 1)),
     responses((status = 200, body = Page<AgentView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 fn list_agents() {}
 
 #[utoipa::path(get, path = "/v1/opscore/agent/{agentId}", security(("bearer" = [])),
-    params(("agentId" = String, Path)),
+    params(("agentId" = String, Path, pattern = "^[A-Za-z0-9._-]{1,128}$")),
     responses((status = 200, body = AgentView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 fn get_agent() {}
 
 #[utoipa::path(post, path = "/v1/opscore/agent/{agentId}/state", security(("bearer" = [])),
-    params(("agentId" = String, Path)), request_body = StateUpdateRequest,
+    params(("agentId" = String, Path, pattern = "^[A-Za-z0-9._-]{1,128}$")), request_body = StateUpdateRequest,
     responses((status = 202, body = StateUpdateAccepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, description = "Unknown agent (the reference agent retries)", body = ErrorBody),
               (status = 409, description = "The agent is deregistered", body = ErrorBody),
@@ -36,17 +36,17 @@ fn get_agent() {}
 fn post_state() {}
 
 #[utoipa::path(get, path = "/v1/opscore/agent/{agentId}/state", security(("bearer" = [])),
-    params(("agentId" = String, Path)),
+    params(("agentId" = String, Path, pattern = "^[A-Za-z0-9._-]{1,128}$")),
     responses((status = 200, body = AgentStateView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 fn get_state() {}
 
 #[utoipa::path(get, path = "/v1/opscore/agent/{agentId}/state/history", security(("bearer" = [])),
-    params(("agentId" = String, Path), ("limit" = Option<u32>, Query, minimum = 1, maximum = 100), ("cursor" = Option<String>, Query)),
+    params(("agentId" = String, Path, pattern = "^[A-Za-z0-9._-]{1,128}$"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 100), ("cursor" = Option<String>, Query, min_length = 1)),
     responses((status = 200, description = "Newest report first", body = Page<HistoryItem>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 fn history() {}
 
 #[utoipa::path(post, path = "/v1/opscore/agent/{agentId}/workflow", security(("bearer" = [])),
-    params(("agentId" = String, Path), ("Idempotency-Key" = Option<String>, Header, description = "A retried request with the same key returns the same session")),
+    params(("agentId" = String, Path, pattern = "^[A-Za-z0-9._-]{1,128}$"), ("Idempotency-Key" = Option<String>, Header, description = "A retried request with the same key returns the same session", pattern = "^[!-~]{1,255}$")),
     request_body = TriggerRequest,
     responses((status = 202, body = TriggerResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, description = "Unknown agent or definition", body = ErrorBody), (status = 409, description = "The agent is deregistered", body = ErrorBody),
@@ -54,7 +54,7 @@ fn history() {}
 fn trigger() {}
 
 #[utoipa::path(get, path = "/v1/opscore/agent/{agentId}/sessions", security(("bearer" = [])),
-    params(("agentId" = String, Path), ("limit" = Option<u32>, Query, minimum = 1, maximum = 100), ("cursor" = Option<String>, Query)),
+    params(("agentId" = String, Path, pattern = "^[A-Za-z0-9._-]{1,128}$"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 100), ("cursor" = Option<String>, Query, min_length = 1)),
     responses((status = 200, description = "Newest first", body = Page<SessionSummary>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 fn list_sessions() {}
 
@@ -69,22 +69,22 @@ fn list_sessions() {}
 fn create_workflow() {}
 
 #[utoipa::path(get, path = "/v1/opscore/workflows", security(("bearer" = [])),
-    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 100), ("cursor" = Option<String>, Query)),
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 100), ("cursor" = Option<String>, Query, min_length = 1)),
     responses((status = 200, body = Page<WorkflowSummary>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 fn list_workflows() {}
 
 #[utoipa::path(get, path = "/v1/opscore/workflows/{workflowId}", security(("bearer" = [])),
-    params(("workflowId" = String, Path), ("version" = Option<String>, Query, description = "Default: the newest")),
+    params(("workflowId" = String, Path, pattern = "^[A-Za-z0-9._-]{1,128}$"), ("version" = Option<String>, Query, description = "Default: the newest", pattern = "^[A-Za-z0-9._-]{1,64}$")),
     responses((status = 200, body = WorkflowView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 fn get_workflow() {}
 
 #[utoipa::path(get, path = "/v1/opscore/sessions/{sessionId}", security(("bearer" = [])),
-    params(("sessionId" = String, Path)),
+    params(("sessionId" = String, Path, description = "A UUID", pattern = "^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")),
     responses((status = 200, body = SessionDetail), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 fn get_session() {}
 
 #[utoipa::path(post, path = "/v1/opscore/sessions/{sessionId}/cancel", security(("bearer" = [])),
-    params(("sessionId" = String, Path)),
+    params(("sessionId" = String, Path, description = "A UUID", pattern = "^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")),
     responses((status = 200, body = SessionDetail), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 409, description = "The session has already ended", body = ErrorBody)))]
 fn cancel_session() {}

@@ -34,8 +34,9 @@ pub async fn handle(app: &App, config: &Config, req: &ApiRequest) -> Result<ApiR
     let event = parse_event(&req.body)?;
     // A byte-identical delivery has the same signature. Remember it for twice the window (past
     // which the timestamp check refuses it anyway), so a replay has no second effect.
+    let delivery_id = signature.unwrap_or_default().trim().to_ascii_lowercase();
     let delivery = Write::CreateDeliveryRecord {
-        id: signature.unwrap_or_default().trim().to_ascii_lowercase(),
+        id: delivery_id.clone(),
         expires_at: after(now, config.webhook_tolerance * 2),
     };
     match app.store.commit(vec![delivery]).await {
@@ -49,6 +50,20 @@ pub async fn handle(app: &App, config: &Config, req: &ApiRequest) -> Result<ApiR
         }
         Err(CommitError::Store(e)) => return Err(HttpError::App(e.into())),
     }
+    let result = apply(app, event).await;
+    if result.is_err() {
+        // The delivery was recorded but its effect did not happen: forget the record, so a
+        // redelivery of the same bytes is applied instead of dropped as a duplicate. Best effort:
+        // if this fails too, a redelivery is dropped until the record expires (2 × the window).
+        let forget = Write::ExpireDeliveryRecord { id: delivery_id };
+        if let Err(e) = app.store.commit(vec![forget]).await {
+            tracing::warn!(error = %e, "could not forget the delivery record of a failed webhook");
+        }
+    }
+    result
+}
+
+async fn apply(app: &App, event: Event) -> Result<ApiResponse, HttpError> {
     match event {
         Event::Register(details) => {
             let id = details.agent_id.clone();
