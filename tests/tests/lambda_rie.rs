@@ -6,7 +6,8 @@
 //!   batch again: no second dispatch), then a scheduled event.
 //!
 //! It prints the figures of the packaging issue: binary sizes, init durations, RSS after 1,000
-//! invocations. Run by `.ci/run` after `cargo build --release` (it needs those binaries):
+//! invocations. Run by `.ci/run` on the bootstraps `sam build` made
+//! (`OPSCORE_SAM_BUILD_DIR=.aws-sam/build`), or by hand after `cargo build --release`:
 //! `cargo test -p opscore-tests --test lambda_rie -- --ignored --nocapture`.
 
 use opscore_tests::ddb_local::DynamoDbLocal;
@@ -130,7 +131,11 @@ async fn release_binaries_under_the_runtime_emulator() {
         .map(PathBuf::from)
         .unwrap_or_else(|_| root().join("tools/bin/aws-lambda-rie"));
     assert!(rie.exists(), "{} is missing: run tools/install-sam.sh", rie.display());
-    let bins = ["state-api", "notify-webhook", "workflow-runner"].map(|b| release.join(b));
+    // `sam build` output (`.aws-sam/build/<Function>/bootstrap`) when given, else cargo's release folder.
+    let bins = match std::env::var("OPSCORE_SAM_BUILD_DIR").map(PathBuf::from) {
+        Ok(dir) => ["StateApiFunction", "NotifyWebhookFunction", "WorkflowRunnerFunction"].map(|f| dir.join(f).join("bootstrap")),
+        Err(_) => ["state-api", "notify-webhook", "workflow-runner"].map(|b| release.join(b)),
+    };
     for b in &bins {
         assert!(b.exists(), "{} is missing: run cargo build --release", b.display());
     }
