@@ -79,12 +79,12 @@ fn list_workflows() {}
 fn get_workflow() {}
 
 #[utoipa::path(get, path = "/v1/opscore/sessions/{sessionId}", security(("bearer" = [])),
-    params(("sessionId" = String, Path, description = "A UUID", pattern = "^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")),
+    params(("sessionId" = String, Path, description = "A UUID", pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")),
     responses((status = 200, body = SessionDetail), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 fn get_session() {}
 
 #[utoipa::path(post, path = "/v1/opscore/sessions/{sessionId}/cancel", security(("bearer" = [])),
-    params(("sessionId" = String, Path, description = "A UUID", pattern = "^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")),
+    params(("sessionId" = String, Path, description = "A UUID", pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")),
     responses((status = 200, body = SessionDetail), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 409, description = "The session has already ended", body = ErrorBody)))]
 fn cancel_session() {}
