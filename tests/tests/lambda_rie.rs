@@ -133,7 +133,8 @@ async fn release_binaries_under_the_runtime_emulator() {
     assert!(rie.exists(), "{} is missing: run tools/install-sam.sh", rie.display());
     // `sam build` output (`.aws-sam/build/<Function>/bootstrap`) when given, else cargo's release folder.
     let bins = match std::env::var("OPSCORE_SAM_BUILD_DIR").map(PathBuf::from) {
-        Ok(dir) => ["StateApiFunction", "NotifyWebhookFunction", "WorkflowRunnerFunction"].map(|f| dir.join(f).join("bootstrap")),
+        Ok(dir) => ["StateApiFunction", "NotifyWebhookFunction", "WorkflowRunnerFunction"]
+            .map(|f| dir.join(f).join("bootstrap")),
         Err(_) => ["state-api", "notify-webhook", "workflow-runner"].map(|b| release.join(b)),
     };
     for b in &bins {
