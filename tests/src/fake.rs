@@ -348,3 +348,36 @@ pub async fn report(http: &reqwest::Client, opscore: &str, key: &str, agent: &st
         .map(|r| r.status().as_u16())
         .unwrap_or(0)
 }
+
+/// AgentKit as the runner's `Dispatcher` port sees it, in process: records every dispatch and
+/// answers from a script (then 202 for ever). For engine tests that need no HTTP.
+#[derive(Default)]
+pub struct ScriptedAgentKit {
+    pub script: Mutex<VecDeque<opscore_core::runner::DispatchOutcome>>,
+    pub seen: Mutex<Vec<opscore_core::runner::DispatchRequest>>,
+}
+
+#[async_trait::async_trait]
+impl opscore_core::runner::Dispatcher for ScriptedAgentKit {
+    async fn dispatch(&self, req: &opscore_core::runner::DispatchRequest) -> opscore_core::runner::DispatchOutcome {
+        self.seen.lock().unwrap().push(req.clone());
+        self.script
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or(opscore_core::runner::DispatchOutcome::Accepted)
+    }
+}
+
+/// Registration details of a test agent (what a REGISTER webhook would carry).
+pub fn agent_details(id: &opscore_core::ids::AgentId, name: &str) -> opscore_core::agent::AgentDetails {
+    opscore_core::agent::AgentDetails {
+        agent_id: id.clone(),
+        agent_name: name.into(),
+        version: "1".into(),
+        capabilities: vec![],
+        contact_endpoint: "http://127.0.0.1:9/t".into(),
+        metadata: Default::default(),
+        registration_time: None,
+    }
+}

@@ -2,7 +2,7 @@
 //! that says what is wrong — never a 5xx, never a panic, and nothing written.
 
 use http::{HeaderMap, HeaderValue, Method};
-use opscore_core::agent::{AgentDetails, StateName, StateReport};
+use opscore_core::agent::{StateName, StateReport};
 use opscore_core::app::{App, Settings};
 use opscore_core::config::{Config, Secret};
 use opscore_core::ids::AgentId;
@@ -11,6 +11,7 @@ use opscore_core::store::{PageRequest, Store};
 use opscore_core::time::{Clock, ManualClock};
 use opscore_http::auth::sign;
 use opscore_http::{Api, ApiRequest, Surface};
+use opscore_tests::fake::agent_details;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
@@ -190,17 +191,7 @@ async fn every_malformed_request_is_a_clear_4xx_and_writes_nothing() {
     let clock = ManualClock::at(chrono::Utc::now());
     let app = App::new(store.clone(), Arc::new(clock.clone()), Settings::default());
     let agent = AgentId::parse(AGENT).unwrap();
-    app.register_agent(AgentDetails {
-        agent_id: agent.clone(),
-        agent_name: "known".into(),
-        version: "1".into(),
-        capabilities: vec![],
-        contact_endpoint: "http://127.0.0.1:9/t".into(),
-        metadata: Default::default(),
-        registration_time: None,
-    })
-    .await
-    .unwrap();
+    app.register_agent(agent_details(&agent, "known")).await.unwrap();
     let first = StateReport {
         agent_id: agent.clone(),
         state: StateName::parse("idle").unwrap(),

@@ -3,41 +3,21 @@
 //! way the reference agent does. Time is a manual clock, so retries, leases and timeouts are
 //! exercised without sleeping.
 
-use async_trait::async_trait;
 use opscore_core::agent::{AgentDetails, StateName, StateReport};
 use opscore_core::app::{App, DefinitionSource, Settings};
 use opscore_core::ids::{AgentId, SessionId};
 use opscore_core::memory::InMemoryStore;
-use opscore_core::runner::{DispatchOutcome, DispatchRequest, Dispatcher, Runner, RunnerError, Step};
+use opscore_core::runner::{DispatchOutcome, DispatchRequest, Runner, RunnerError, Step};
 use opscore_core::session::SessionStatus;
 use opscore_core::store::{Change, Store};
 use opscore_core::task::TaskStatus;
 use opscore_core::time::{Clock, ManualClock};
 use opscore_core::workflow::WorkflowDefinition;
+use opscore_tests::fake::{ScriptedAgentKit, agent_details};
 use serde_json::{Value, json};
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
-
-/// AgentKit as the runner sees it: records every dispatch, answers from a script (default 202).
-#[derive(Default)]
-struct ScriptedAgentKit {
-    script: Mutex<VecDeque<DispatchOutcome>>,
-    seen: Mutex<Vec<DispatchRequest>>,
-}
-
-#[async_trait]
-impl Dispatcher for ScriptedAgentKit {
-    async fn dispatch(&self, req: &DispatchRequest) -> DispatchOutcome {
-        self.seen.lock().unwrap().push(req.clone());
-        self.script
-            .lock()
-            .unwrap()
-            .pop_front()
-            .unwrap_or(DispatchOutcome::Accepted)
-    }
-}
 
 fn unavailable() -> DispatchOutcome {
     DispatchOutcome::Failed {
@@ -466,17 +446,7 @@ async fn the_same_change_delivered_twice_dispatches_once() {
         Duration::from_secs(30),
     );
     let agent = AgentId::parse("dup-agent").unwrap();
-    app.register_agent(AgentDetails {
-        agent_id: agent.clone(),
-        agent_name: "a".into(),
-        version: "1".into(),
-        capabilities: vec![],
-        contact_endpoint: "http://127.0.0.1:9/t".into(),
-        metadata: Default::default(),
-        registration_time: None,
-    })
-    .await
-    .unwrap();
+    app.register_agent(agent_details(&agent, "a")).await.unwrap();
     let report = StateReport {
         agent_id: agent.clone(),
         state: StateName::parse("idle").unwrap(),

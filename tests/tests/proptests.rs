@@ -14,22 +14,22 @@
 //!
 //! Case counts: `PROPTEST_CASES` overrides the defaults below (512 / 48 / 512 / 4096).
 
-use async_trait::async_trait;
 use opscore_core::agent::{AgentDetails, StateName, StateReport};
 use opscore_core::app::{App, DefinitionSource, Settings};
 use opscore_core::ids::{AgentId, SessionId};
 use opscore_core::memory::InMemoryStore;
-use opscore_core::runner::{DispatchOutcome, DispatchRequest, Dispatcher, Runner};
+use opscore_core::runner::{DispatchOutcome, Runner};
 use opscore_core::session::SessionStatus;
 use opscore_core::store::{Change, PageRequest, Store};
 use opscore_core::task::TaskStatus;
 use opscore_core::time::{Clock, ManualClock};
 use opscore_core::workflow::WorkflowDefinition;
 use opscore_dynamo::{DynamoStore, EmbeddedDynamo, create_table};
+use opscore_tests::fake::ScriptedAgentKit;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, TestCaseError};
 use serde_json::{Value, json};
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -225,24 +225,6 @@ fn reports_in_any_order_embedded() {
 
 // ------------------------------------------------------------------------------------------------
 // 2. Session and task state machines under random event sequences
-
-#[derive(Default)]
-struct ScriptedAgentKit {
-    script: Mutex<VecDeque<DispatchOutcome>>,
-    seen: Mutex<Vec<DispatchRequest>>,
-}
-
-#[async_trait]
-impl Dispatcher for ScriptedAgentKit {
-    async fn dispatch(&self, req: &DispatchRequest) -> DispatchOutcome {
-        self.seen.lock().unwrap().push(req.clone());
-        self.script
-            .lock()
-            .unwrap()
-            .pop_front()
-            .unwrap_or(DispatchOutcome::Accepted)
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 enum TaskRef {
