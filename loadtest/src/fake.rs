@@ -60,6 +60,8 @@ pub struct Sessions {
     /// sessionId → first `/run` received
     pub first_run: Mutex<HashMap<String, Instant>>,
     pub runs: std::sync::atomic::AtomicU64,
+    /// When each `/run` arrived (scenario R's steady rate).
+    pub run_times: Mutex<Vec<Instant>>,
 }
 
 pub struct Fakes {
@@ -126,6 +128,7 @@ impl Fakes {
                     // Fake AgentKit: accept, then deliver the same body to the agent.
                     ("POST", ["v1", "agents", id, "run"]) => {
                         s.runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        s.run_times.lock().unwrap().push(arrived);
                         if let Ok(v) = serde_json::from_slice::<Value>(&body)
                             && let Some(sid) = v["opscore_session_id"].as_str()
                         {

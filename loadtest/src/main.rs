@@ -10,6 +10,7 @@ mod chart;
 mod fake;
 mod metrics;
 mod proxy;
+mod throughput;
 
 use clap::{Parser, ValueEnum};
 use fake::{Fakes, Sessions, report};
@@ -33,6 +34,8 @@ enum Scenario {
     S2,
     S3,
     S4,
+    /// Runner throughput: parallel chains of tasks through the whole dispatch/report loop.
+    R,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -52,11 +55,11 @@ enum StoreArg {
     about = "Ops-Core load scenarios S1-S4 against the local stack (127.0.0.1 only)"
 )]
 struct Args {
-    /// Scenarios to run, in order (comma-separated).
+    /// Scenarios to run, in order (comma-separated): s1-s4, and r (runner throughput).
     #[arg(long, value_delimiter = ',', default_value = "s1")]
     scenario: Vec<Scenario>,
-    /// CI preset: S1-S4 shortened (< 60 s in all) on the memory store; exits non-zero on any
-    /// 5xx or any S2 session that does not complete.
+    /// CI preset: S1-S4 and R shortened on the memory store; exits non-zero on any 5xx, any S2
+    /// session that does not complete, or any R session that does not complete.
     #[arg(long)]
     smoke: bool,
     /// Store of the in-process stack.
@@ -115,6 +118,13 @@ struct Args {
     /// How long a simulated agent works on a task (ms).
     #[arg(long, default_value_t = 10)]
     agent_work_ms: u64,
+    /// R: agents, sessions triggered per agent, and tasks per session (a `nextTaskId` chain).
+    #[arg(long)]
+    agents: Option<usize>,
+    #[arg(long)]
+    sessions_per_agent: Option<usize>,
+    #[arg(long)]
+    chain: Option<usize>,
     /// Before starting, wait up to this many seconds until no cargo/rustc process runs.
     #[arg(long, default_value_t = 0)]
     wait_idle: u64,
@@ -158,6 +168,8 @@ fn plan(a: &Args, s: Scenario) -> Plan {
         (Scenario::S2, true) => (10, 20, 3, 8, 300, 800),
         (Scenario::S3, true) => (10, 50, 4, 8, 100, 500),
         (Scenario::S4, true) => (0, 200, 0, 0, 50, 150),
+        // R has its own sizes (throughput::ThroughputPlan); these are unused.
+        (Scenario::R, _) => (0, 0, 0, 0, 0, 0),
     };
     let (s4s, s4u, s4t) = if a.smoke { (50, 50, 3) } else { (100, 100, 10) };
     Plan {
@@ -398,12 +410,12 @@ impl Ctx {
         self.call("get_state", rb, 200).await;
     }
 
-    async fn trigger(&self, agent: &str) {
+    async fn trigger(&self, agent: &str, workflow_id: &str) {
         let rb = self
             .http
             .post(format!("{}/v1/opscore/agent/{agent}/workflow", self.base))
             .bearer_auth(&self.key)
-            .json(&json!({"workflowDefinitionId": "sample_workflow_id"}));
+            .json(&json!({"workflowDefinitionId": workflow_id}));
         let sent = Instant::now();
         if let Some(b) = self.call("trigger", rb, 202).await {
             let answered = Instant::now();
@@ -427,6 +439,9 @@ impl Ctx {
     }
 }
 
+/// The workflow S2-S4 trigger: the original's sample, seeded by the stack.
+const SAMPLE: &str = "sample_workflow_id";
+
 const STATES: [&str; 4] = ["idle", "active", "error", "finished"];
 
 /// One simulated user of a scenario, until told to stop or out of budget.
@@ -441,6 +456,7 @@ async fn user(ctx: Arc<Ctx>, scenario: Scenario, n: usize) {
         Scenario::S2 => ctx.register(&me, &me).await && ctx.post_state(&me, "idle").await,
         // Mixed: one agent whose state is reported at random, and one worker agent (driven only by
         // the simulated agent) that the triggers target, so random reports do not disturb sessions.
+        Scenario::R => false,
         Scenario::S3 | Scenario::S4 => {
             ctx.register(&me, &me).await
                 && ctx.register(&worker, &worker).await
@@ -453,7 +469,8 @@ async fn user(ctx: Arc<Ctx>, scenario: Scenario, n: usize) {
                 Scenario::S1 => {
                     ctx.post_state(&me, STATES[fastrand::usize(..4)]).await;
                 }
-                Scenario::S2 => ctx.trigger(&me).await,
+                Scenario::S2 => ctx.trigger(&me, SAMPLE).await,
+                Scenario::R => {}
                 Scenario::S3 | Scenario::S4 => {
                     let r = fastrand::u32(..100);
                     if r < 80 {
@@ -461,7 +478,7 @@ async fn user(ctx: Arc<Ctx>, scenario: Scenario, n: usize) {
                     } else if r < 95 {
                         ctx.get_state(&me).await;
                     } else {
-                        ctx.trigger(&worker).await;
+                        ctx.trigger(&worker, SAMPLE).await;
                     }
                 }
             }
@@ -609,8 +626,9 @@ struct SessionsReport {
     drain_s: f64,
 }
 
-/// Waits (bounded) until every triggered session has ended; reports how they ended.
-async fn drain_sessions(ctx: &Arc<Ctx>, limit: Duration) -> SessionsReport {
+/// Waits (bounded) until every triggered session has ended, looking every `poll`; reports how
+/// they ended.
+async fn drain_sessions(ctx: &Arc<Ctx>, limit: Duration, poll: Duration) -> SessionsReport {
     let started = Instant::now();
     let mut pending: Vec<String> = ctx.sessions.triggered.lock().unwrap().keys().cloned().collect();
     let mut r = SessionsReport {
@@ -647,7 +665,7 @@ async fn drain_sessions(ctx: &Arc<Ctx>, limit: Duration) -> SessionsReport {
             }
         }
         if !pending.is_empty() {
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            tokio::time::sleep(poll).await;
         }
     }
     r.not_ended = pending.len();
@@ -742,11 +760,15 @@ fn scenario_title(s: Scenario) -> &'static str {
         Scenario::S2 => "S2 workflow initiation",
         Scenario::S3 => "S3 mixed (80 % POST state, 15 % GET state, 5 % trigger)",
         Scenario::S4 => "S4 stress (stepped users)",
+        Scenario::R => "R runner throughput",
     }
 }
 
 /// Runs one scenario on a fresh target; returns (passed the checks, result JSON).
 async fn run_one(a: &Args, s: Scenario) -> Result<(bool, Value), String> {
+    if s == Scenario::R {
+        return throughput::run(a).await;
+    }
     let p = plan(a, s);
     let busy = wait_idle(a.wait_idle).await;
     let load_before = loadavg();
@@ -798,7 +820,7 @@ async fn run_one(a: &Args, s: Scenario) -> Result<(bool, Value), String> {
     let summary = rec.summary(load_elapsed);
     let ddb_after_load = target.proxy.as_ref().map(|p| p.counts());
     let sessions = if matches!(s, Scenario::S2 | Scenario::S3 | Scenario::S4) {
-        Some(drain_sessions(&ctx, Duration::from_secs(p.drain_s)).await)
+        Some(drain_sessions(&ctx, Duration::from_secs(p.drain_s), Duration::from_millis(250)).await)
     } else {
         None
     };
@@ -883,8 +905,8 @@ async fn run_one(a: &Args, s: Scenario) -> Result<(bool, Value), String> {
     print_summary(&result);
     println!("  result {}  chart {}", path.display(), chart_path.display());
     if let Some(stack) = target.stack {
-        // Stack::stop waits for the runner to finish the batch of changes it holds, which after S4
-        // can be tens of thousands: bounded here (the tasks end with the process anyway).
+        // Stack::stop lets the runner finish the changes under way (a dispatch can take up to
+        // AgentKit's timeout): bounded here all the same.
         if tokio::time::timeout(Duration::from_secs(10), stack.stop())
             .await
             .is_err()
@@ -947,7 +969,7 @@ async fn main() {
     if a.smoke {
         a.check = true;
         if a.scenario == vec![Scenario::S1] {
-            a.scenario = vec![Scenario::S1, Scenario::S2, Scenario::S3, Scenario::S4];
+            a.scenario = vec![Scenario::S1, Scenario::S2, Scenario::S3, Scenario::S4, Scenario::R];
         }
         if a.results_dir.as_path() == std::path::Path::new("loadtest/results") {
             a.results_dir = PathBuf::from("target/loadtest-smoke");
@@ -962,6 +984,9 @@ async fn main() {
             .iter()
             .map(|s| {
                 let p = plan(&a, *s);
+                if *s == Scenario::R {
+                    return throughput::ThroughputPlan::of(&a).drain_s + a.wait_idle + 300;
+                }
                 let load = if *s == Scenario::S4 {
                     p.s4_step_s * (p.users.div_ceil(p.s4_step_users.max(1)) as u64 + 1)
                 } else {

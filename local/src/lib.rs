@@ -9,7 +9,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use opscore_core::app::{App, Settings};
 use opscore_core::config::{Config, Secret};
 use opscore_core::memory::InMemoryStore;
-use opscore_core::runner::Runner;
+use opscore_core::runner::{CONCURRENT_AGENTS, Runner, by_agent};
 use opscore_core::store::{Change, Store};
 use opscore_core::time::SystemClock;
 use opscore_core::workflow::{Format, WorkflowDefinition};
@@ -154,9 +154,19 @@ impl Stack {
                 let mut stop = shutdown_rx.clone();
                 async move {
                     while let Some(changes) = feed.next(&wake, &mut stop).await {
-                        for change in &changes {
-                            deliver(&runner, change).await;
-                        }
+                        // Agents concurrently, each agent's changes in order. On stop, the rest
+                        // of the batch is dropped: each task's recheck timer brings it back.
+                        let stopping = stop.clone();
+                        by_agent(&changes, CONCURRENT_AGENTS, |change| {
+                            let (runner, stopping) = (&runner, &stopping);
+                            async move {
+                                if !*stopping.borrow() {
+                                    deliver(runner, change).await;
+                                }
+                                Ok::<(), std::convert::Infallible>(())
+                            }
+                        })
+                        .await;
                     }
                 }
             }),

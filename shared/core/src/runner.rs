@@ -73,6 +73,67 @@ pub struct SweepReport {
     pub parked: usize,
 }
 
+/// How many agents' changes one batch handles at once (see [`by_agent`]).
+pub const CONCURRENT_AGENTS: usize = 64;
+
+/// Runs `handle` over a batch of changes the way the runner needs them ordered: one agent's
+/// changes strictly in batch order, different agents' changes concurrently (at most `limit`
+/// agents at once). Order matters within an agent (its `active` before its `idle`, a task's
+/// claim before its completion); across agents every step is a conditional write, so they may
+/// interleave freely. At an agent's first failure the rest of that agent's changes are skipped,
+/// to be redelivered after it; other agents go on.
+///
+/// Returns the failed changes (position in `changes`, error), in batch order. The skipped ones
+/// all come after a failed one of the same agent, so a consumer that resumes from the earliest
+/// failure (Lambda's checkpoint for partial batch failures) misses none of them.
+pub async fn by_agent<'a, F, Fut, E>(changes: &'a [Change], limit: usize, handle: F) -> Vec<(usize, E)>
+where
+    F: Fn(&'a Change) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+{
+    in_lanes(changes, Change::agent_id, limit, handle).await
+}
+
+/// [`by_agent`] for any items and any lane key.
+pub async fn in_lanes<'a, T, K, F, Fut, E>(
+    items: &'a [T],
+    lane_key: impl Fn(&'a T) -> K,
+    limit: usize,
+    handle: F,
+) -> Vec<(usize, E)>
+where
+    K: std::hash::Hash + Eq,
+    F: Fn(&'a T) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+{
+    use futures::StreamExt;
+    let mut lanes: Vec<Vec<usize>> = Vec::new();
+    let mut lane_of: std::collections::HashMap<K, usize> = std::collections::HashMap::new();
+    for (i, item) in items.iter().enumerate() {
+        let lane = *lane_of.entry(lane_key(item)).or_insert_with(|| {
+            lanes.push(Vec::new());
+            lanes.len() - 1
+        });
+        lanes[lane].push(i);
+    }
+    let handle = &handle;
+    let mut failed: Vec<(usize, E)> = futures::stream::iter(lanes)
+        .map(|lane| async move {
+            for i in lane {
+                if let Err(e) = handle(&items[i]).await {
+                    return Some((i, e));
+                }
+            }
+            None
+        })
+        .buffer_unordered(limit.max(1))
+        .filter_map(std::future::ready)
+        .collect()
+        .await;
+    failed.sort_by_key(|(i, _)| *i);
+    failed
+}
+
 pub struct Runner {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
@@ -170,7 +231,7 @@ impl Runner {
                     return Ok(());
                 };
                 if names_this_attempt || (reported.is_none() && l.task.status == TaskStatus::Running) {
-                    self.complete(dispatch, agent.current.details.clone()).await?;
+                    self.complete(dispatch, agent.current.details.clone(), l).await?;
                 }
             }
             Some(KnownState::Active) if reported.is_none() || names_this_attempt => self.mark_running(dispatch).await?,
@@ -242,15 +303,17 @@ impl Runner {
                 outcome: None,
                 error: None,
             });
-            let session_write = if session.status == SessionStatus::Started {
-                Write::TransitionSession {
+            let (session_write, session_after) = if session.status == SessionStatus::Started {
+                let running = session
+                    .transition(SessionStatus::Running, now)
+                    .expect("started → running");
+                let write = Write::TransitionSession {
                     from: session.status,
-                    next: session
-                        .transition(SessionStatus::Running, now)
-                        .expect("started → running"),
-                }
+                    next: running.clone(),
+                };
+                (write, running)
             } else {
-                Write::CheckSessionOpen(session.session_id)
+                (Write::CheckSessionOpen(session.session_id), session.clone())
             };
             let writes = vec![
                 Write::ClaimAgent {
@@ -287,7 +350,15 @@ impl Runner {
                 .await;
             self.fault(Step::AfterDispatch)?;
             match outcome {
-                DispatchOutcome::Accepted => self.confirm(&dispatch).await?,
+                DispatchOutcome::Accepted => {
+                    // What the claim wrote is what confirm would read back: skip the read (a
+                    // report that changed the task since makes the write conflict and re-read).
+                    let claimed = Loaded {
+                        session: session_after,
+                        task: next,
+                    };
+                    self.confirm(&dispatch, claimed).await?
+                }
                 DispatchOutcome::Failed { retryable, reason } => {
                     self.fail_attempt_of(&dispatch, format!("dispatch failed: {reason}"), retryable)
                         .await?
@@ -299,8 +370,8 @@ impl Runner {
     }
 
     /// AgentKit accepted: the lease becomes a run deadline.
-    async fn confirm(&self, dispatch: &DispatchId) -> Result<(), RunnerError> {
-        self.update_attempt(dispatch, |l, now| {
+    async fn confirm(&self, dispatch: &DispatchId, claimed: Loaded) -> Result<(), RunnerError> {
+        self.update_attempt(dispatch, Some(claimed), |l, now| {
             let mut next = l.task.clone();
             if let Some(a) = next.current_attempt_mut() {
                 a.accepted_at.get_or_insert(now);
@@ -315,7 +386,7 @@ impl Runner {
     }
 
     async fn mark_running(&self, dispatch: &DispatchId) -> Result<(), RunnerError> {
-        self.update_attempt(dispatch, |l, now| {
+        self.update_attempt(dispatch, None, |l, now| {
             if l.task.status != TaskStatus::Dispatched {
                 return None;
             }
@@ -334,10 +405,15 @@ impl Runner {
 
     /// The attempt succeeded: task done, agent released, and the next task created or the
     /// session completed — one transaction.
-    async fn complete(&self, dispatch: &DispatchId, details: Option<Map<String, Value>>) -> Result<(), RunnerError> {
+    async fn complete(
+        &self,
+        dispatch: &DispatchId,
+        details: Option<Map<String, Value>>,
+        loaded: Loaded,
+    ) -> Result<(), RunnerError> {
         self.fault(Step::BeforeComplete)?;
         let recheck = self.settings.recheck_after;
-        self.update_attempt(dispatch, |l, now| {
+        self.update_attempt(dispatch, Some(loaded), |l, now| {
             let mut done = end_task(&l.task, TaskStatus::Succeeded, now, None);
             done.result = details.clone();
             let mut writes = vec![
@@ -388,7 +464,7 @@ impl Runner {
     /// failure is retryable), otherwise the task and its session fail with the cause.
     async fn fail_attempt_of(&self, dispatch: &DispatchId, error: String, retryable: bool) -> Result<(), RunnerError> {
         self.fault(Step::BeforeFailAttempt)?;
-        self.update_attempt(dispatch, |l, now| {
+        self.update_attempt(dispatch, None, |l, now| {
             let mut writes = vec![Write::ReleaseAgent {
                 agent_id: l.task.agent_id.clone(),
                 dispatch: dispatch.clone(),
@@ -458,16 +534,22 @@ impl Runner {
         writes
     }
 
-    /// Re-reads the attempt, builds writes from it, commits; repeats on conflict. Stops quietly
-    /// when the attempt is no longer current (someone else finished it).
+    /// Reads the attempt (or starts from `known`, what the caller just read or wrote), builds
+    /// writes from it, commits; re-reads and repeats on conflict. Stops quietly when the attempt
+    /// is no longer current (someone else finished it).
     async fn update_attempt(
         &self,
         dispatch: &DispatchId,
+        mut known: Option<Loaded>,
         build: impl Fn(&Loaded, Timestamp) -> Option<Vec<Write>>,
     ) -> Result<(), RunnerError> {
         for _ in 0..CONFLICT_RETRIES {
-            let Some(l) = self.load_attempt(dispatch).await? else {
-                return Ok(());
+            let l = match known.take() {
+                Some(l) => l,
+                None => match self.load_attempt(dispatch).await? {
+                    Some(l) => l,
+                    None => return Ok(()),
+                },
             };
             let Some(writes) = build(&l, self.clock.now()) else {
                 return Ok(());
@@ -485,7 +567,7 @@ impl Runner {
     async fn fail_agent_tasks(&self, agent: &Agent) -> Result<(), RunnerError> {
         let why = "agent was deregistered";
         if let Some(i) = &agent.inflight {
-            self.update_attempt(&i.dispatch, |l, now| {
+            self.update_attempt(&i.dispatch, None, |l, now| {
                 let mut w = vec![Write::ReleaseAgent {
                     agent_id: l.task.agent_id.clone(),
                     dispatch: i.dispatch.clone(),
@@ -646,4 +728,108 @@ pub fn describe(t: &TaskInstance) -> String {
         t.attempt,
         render(t.updated_at)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_lanes;
+    use std::sync::Mutex;
+    use std::time::Duration;
+    use tokio::sync::Notify;
+
+    /// (lane, label, fails)
+    type Item = (&'static str, &'static str, bool);
+
+    #[tokio::test]
+    async fn lanes_run_concurrently_and_keep_their_own_order() {
+        let items: Vec<Item> = vec![
+            ("a", "a1", false),
+            ("b", "b1", false),
+            ("a", "a2", false),
+            ("b", "b2", false),
+        ];
+        let seen = Mutex::new(Vec::new());
+        let b_started = Notify::new();
+        // a1 cannot finish until b1 has started: a runner that handled lanes one after the
+        // other would never get there.
+        let failed = tokio::time::timeout(
+            Duration::from_secs(5),
+            in_lanes(
+                &items,
+                |i| i.0,
+                8,
+                |&(_, label, _)| {
+                    let (seen, b_started) = (&seen, &b_started);
+                    async move {
+                        seen.lock().unwrap().push(label);
+                        match label {
+                            "a1" => b_started.notified().await,
+                            "b1" => b_started.notify_one(),
+                            _ => {}
+                        }
+                        Ok::<(), ()>(())
+                    }
+                },
+            ),
+        )
+        .await
+        .expect("lanes ran one after the other");
+        assert!(failed.is_empty());
+        let seen = seen.into_inner().unwrap();
+        let pos = |l: &str| seen.iter().position(|s| *s == l).unwrap();
+        assert_eq!(seen.len(), 4);
+        assert!(pos("a1") < pos("a2") && pos("b1") < pos("b2"), "{seen:?}");
+        assert!(pos("b1") < pos("a2"), "b1 waited for lane a: {seen:?}");
+    }
+
+    #[tokio::test]
+    async fn a_failure_skips_the_rest_of_its_lane_only() {
+        let items: Vec<Item> = vec![
+            ("a", "a1", false),
+            ("b", "b1", true),
+            ("a", "a2", true),
+            ("b", "b2", false),
+            ("a", "a3", false),
+            ("c", "c1", false),
+        ];
+        let seen = Mutex::new(Vec::new());
+        let failed = in_lanes(
+            &items,
+            |i| i.0,
+            8,
+            |&(_, label, fails)| {
+                let seen = &seen;
+                async move {
+                    seen.lock().unwrap().push(label);
+                    if fails { Err(label) } else { Ok(()) }
+                }
+            },
+        )
+        .await;
+        assert_eq!(failed, vec![(1, "b1"), (2, "a2")], "in batch order");
+        let mut seen = seen.into_inner().unwrap();
+        seen.sort();
+        assert_eq!(seen, vec!["a1", "a2", "b1", "c1"], "b2 and a3 wait for redelivery");
+    }
+
+    #[tokio::test]
+    async fn a_limit_of_one_is_one_lane_at_a_time() {
+        let items: Vec<Item> = vec![("a", "a1", false), ("b", "b1", false), ("a", "a2", false)];
+        let seen = Mutex::new(Vec::new());
+        in_lanes(
+            &items,
+            |i| i.0,
+            1,
+            |&(_, label, _)| {
+                let seen = &seen;
+                async move {
+                    tokio::task::yield_now().await;
+                    seen.lock().unwrap().push(label);
+                    Ok::<(), ()>(())
+                }
+            },
+        )
+        .await;
+        assert_eq!(seen.into_inner().unwrap(), vec!["a1", "a2", "b1"]);
+    }
 }

@@ -197,3 +197,14 @@ pub enum Change {
         new: Option<Box<TaskInstance>>,
     },
 }
+
+impl Change {
+    /// The agent the changed item belongs to: the runner keeps each agent's changes in order.
+    pub fn agent_id(&self) -> Option<&AgentId> {
+        match self {
+            Change::Agent { old, new } => new.as_deref().or(old.as_deref()).map(Agent::id),
+            Change::Session { old, new } => new.as_deref().or(old.as_deref()).map(|s| &s.agent_id),
+            Change::Task { old, new } => new.as_deref().or(old.as_deref()).map(|t| &t.agent_id),
+        }
+    }
+}

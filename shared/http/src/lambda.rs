@@ -9,7 +9,7 @@ use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventR
 use lambda_http::{Body, RequestExt};
 use opscore_core::app::{App, Settings};
 use opscore_core::config::{Config, names};
-use opscore_core::runner::Runner;
+use opscore_core::runner::{CONCURRENT_AGENTS, Runner, by_agent};
 use opscore_core::store::Store;
 use opscore_core::time::SystemClock;
 use serde_json::{Value, json};
@@ -151,28 +151,33 @@ pub async fn handle_runner_event(runner: &Runner, event: Value) -> Result<Value,
     Err("unrecognised event: expected a DynamoDB stream batch or a scheduled event".into())
 }
 
-/// Records are handled in order (the stream orders changes per item). At the first failure the
-/// rest of the batch is left for the retry: reporting that record as the failed one makes Lambda
-/// resume from it, so nothing is skipped and nothing before it is redone.
+/// Each agent's records are handled in stream order, different agents' records concurrently
+/// ([`by_agent`]). At an agent's first failing record the rest of that agent's records are left
+/// for the retry; every failing record is reported, and Lambda resumes from the one with the
+/// lowest sequence number, so nothing is skipped. Records of other agents that already succeeded
+/// may then be handled twice, which the runner's conditional writes make harmless.
 pub async fn handle_stream_batch(runner: &Runner, batch: &StreamEvent) -> DynamoDbEventResponse {
-    let mut response = DynamoDbEventResponse::default();
+    let mut changes = Vec::with_capacity(batch.records.len());
+    let mut sources = Vec::with_capacity(batch.records.len());
     for record in &batch.records {
-        let outcome = match opscore_dynamo::decode_stream_record(record) {
-            Ok(Some(change)) => runner.on_change(&change).await.map_err(|e| e.to_string()),
-            Ok(None) => Ok(()),
-            Err(e) => {
-                // A record we cannot read will not become readable by retrying; skip it loudly.
-                tracing::error!(event_id = %record.event_id, error = %e, "undecodable stream record skipped");
-                Ok(())
+        match opscore_dynamo::decode_stream_record(record) {
+            Ok(Some(change)) => {
+                changes.push(change);
+                sources.push(record);
             }
-        };
-        if let Err(e) = outcome {
-            tracing::warn!(event_id = %record.event_id, error = %e, "stream record failed; the rest of the batch will be retried");
-            let mut failure = DynamoDbBatchItemFailure::default();
-            failure.item_identifier = record.change.sequence_number.clone();
-            response.batch_item_failures.push(failure);
-            break;
+            Ok(None) => {}
+            // A record we cannot read will not become readable by retrying; skip it loudly.
+            Err(e) => tracing::error!(event_id = %record.event_id, error = %e, "undecodable stream record skipped"),
         }
+    }
+    let failed = by_agent(&changes, CONCURRENT_AGENTS, |change| runner.on_change(change)).await;
+    let mut response = DynamoDbEventResponse::default();
+    for (i, e) in failed {
+        let record = sources[i];
+        tracing::warn!(event_id = %record.event_id, error = %e, "stream record failed; it and its agent's later records will be retried");
+        let mut failure = DynamoDbBatchItemFailure::default();
+        failure.item_identifier = record.change.sequence_number.clone();
+        response.batch_item_failures.push(failure);
     }
     response
 }
