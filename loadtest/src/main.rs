@@ -335,6 +335,37 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// The users' shared client and counters for a run against `target`; `pool` idle connections
+    /// kept, `budget` requests at most, `wait` = think time (ms).
+    fn new(
+        a: &Args,
+        target: &Target,
+        rec: Arc<Recorder>,
+        pool: usize,
+        budget: i64,
+        wait: (u64, u64),
+    ) -> Result<Arc<Ctx>, String> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(a.timeout_ms))
+            .connect_timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(pool)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Arc::new(Ctx {
+            http,
+            base: target.base.clone(),
+            key: target.key.clone(),
+            secret: target.secret.clone(),
+            fake_addr: target.fakes.addr,
+            rec,
+            sessions: target.fakes.sessions.clone(),
+            budget: AtomicI64::new(budget),
+            stop: AtomicBool::new(false),
+            wait,
+        }))
+    }
+
     fn take_budget(&self) -> bool {
         self.budget.fetch_sub(1, Ordering::Relaxed) > 0
     }
@@ -788,25 +819,14 @@ async fn run_one(a: &Args, s: Scenario) -> Result<(bool, Value), String> {
         p.wait_ms.0,
         p.wait_ms.1
     );
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_millis(a.timeout_ms))
-        .connect_timeout(Duration::from_secs(5))
-        .pool_max_idle_per_host(p.users.max(p.s4_start_users) + 16)
-        .tcp_nodelay(true)
-        .build()
-        .map_err(|e| e.to_string())?;
-    let ctx = Arc::new(Ctx {
-        http,
-        base: target.base.clone(),
-        key: target.key.clone(),
-        secret: target.secret.clone(),
-        fake_addr: target.fakes.addr,
-        rec: rec.clone(),
-        sessions: target.fakes.sessions.clone(),
-        budget: AtomicI64::new(a.max_requests),
-        stop: AtomicBool::new(false),
-        wait: p.wait_ms,
-    });
+    let ctx = Ctx::new(
+        a,
+        &target,
+        rec.clone(),
+        p.users.max(p.s4_start_users) + 16,
+        a.max_requests,
+        p.wait_ms,
+    )?;
     let ddb_before = target.proxy.as_ref().map(|p| p.counts());
     let load_started = Instant::now();
     let stress = match s {

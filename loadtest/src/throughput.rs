@@ -18,7 +18,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// The definition every session runs: `chain` tasks linked by `nextTaskId`.
@@ -78,25 +78,7 @@ pub async fn run(a: &Args) -> Result<(bool, Value), String> {
         target.description,
         target.base
     );
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_millis(a.timeout_ms))
-        .connect_timeout(Duration::from_secs(5))
-        .pool_max_idle_per_host(128)
-        .tcp_nodelay(true)
-        .build()
-        .map_err(|e| e.to_string())?;
-    let ctx = Arc::new(Ctx {
-        http,
-        base: target.base.clone(),
-        key: target.key.clone(),
-        secret: target.secret.clone(),
-        fake_addr: target.fakes.addr,
-        rec: rec.clone(),
-        sessions: target.fakes.sessions.clone(),
-        budget: AtomicI64::new(i64::MAX),
-        stop: AtomicBool::new(false),
-        wait: (0, 0),
-    });
+    let ctx = Ctx::new(a, &target, rec.clone(), 128, i64::MAX, (0, 0))?;
 
     // Setup, not measured: the definition and the agents, idle.
     let def = ctx
