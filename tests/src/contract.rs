@@ -724,6 +724,43 @@ pub async fn delivery_record_is_created_once(f: Fixture) {
     assert_conflict(f.store.commit(vec![w()]).await, 0);
 }
 
+pub async fn delivery_record_counts_as_absent_once_expired(f: Fixture) {
+    let id = "v1=0c1f5ad0d2b4a0f5c7f2a3bc2a8f1c4ed3e0a6b9f8d7c6b5a4f3e2d1c0b9a8f7";
+    let create = |expires_at| Write::CreateDeliveryRecord {
+        id: id.into(),
+        expires_at,
+    };
+    let now = chrono::Utc::now();
+    // Past its expiry (TTL may not have deleted it yet): a new delivery with that id is recorded.
+    f.store
+        .commit(vec![create(now - ChronoDuration::minutes(1))])
+        .await
+        .unwrap();
+    f.store
+        .commit(vec![create(now + ChronoDuration::minutes(5))])
+        .await
+        .unwrap();
+    assert_conflict(f.store.commit(vec![create(now + ChronoDuration::minutes(5))]).await, 0);
+    // Expired on purpose (the delivery's effect failed): a resend is recorded again.
+    f.store
+        .commit(vec![Write::ExpireDeliveryRecord { id: id.into() }])
+        .await
+        .unwrap();
+    f.store
+        .commit(vec![create(now + ChronoDuration::minutes(5))])
+        .await
+        .unwrap();
+    // Only a record that exists can be expired.
+    assert_conflict(
+        f.store
+            .commit(vec![Write::ExpireDeliveryRecord {
+                id: "v1=never-recorded".into(),
+            }])
+            .await,
+        0,
+    );
+}
+
 pub async fn session_transition_needs_status_and_revision(f: Fixture) {
     let s = session("a1", t(0));
     f.store.commit(vec![Write::CreateSession(s.clone())]).await.unwrap();
@@ -1184,6 +1221,7 @@ macro_rules! store_contract_tests {
             batch_is_atomic_when_its_third_write_fails,
             idempotency_key_conflict_names_the_existing_session,
             delivery_record_is_created_once,
+            delivery_record_counts_as_absent_once_expired,
             session_transition_needs_status_and_revision,
             check_session_open_refuses_terminal_and_missing_sessions,
             task_transition_needs_status_and_revision,

@@ -332,7 +332,14 @@ impl Store for InMemoryStore {
                         Some(a) if a.inflight.as_ref().is_some_and(|i| &i.dispatch == dispatch) => {}
                         _ => return conflict(None),
                     },
-                    Write::CreateDeliveryRecord { id, .. } if s.deliveries.contains_key(id) => return conflict(None),
+                    // As in DynamoDB, a record past its expiry counts as absent.
+                    Write::CreateDeliveryRecord { id, .. }
+                        if s.deliveries
+                            .get(id)
+                            .is_some_and(|expires| *expires >= chrono::Utc::now()) =>
+                    {
+                        return conflict(None);
+                    }
                     Write::ExpireDeliveryRecord { id } if !s.deliveries.contains_key(id) => return conflict(None),
                     _ => {}
                 }
@@ -380,6 +387,10 @@ impl Store for InMemoryStore {
                         });
                     }
                     Write::CreateDeliveryRecord { id, expires_at } => {
+                        // What TTL does for the table: expired records go, so a long-running
+                        // in-memory stack does not keep every delivery it ever saw.
+                        let now = chrono::Utc::now();
+                        s.deliveries.retain(|_, expires| *expires >= now);
                         s.deliveries.insert(id, expires_at);
                     }
                     Write::ExpireDeliveryRecord { id } => {
