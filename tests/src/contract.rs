@@ -761,6 +761,32 @@ pub async fn delivery_record_counts_as_absent_once_expired(f: Fixture) {
     );
 }
 
+pub async fn expired_idempotency_key_no_longer_blocks(f: Fixture) {
+    let key = IdempotencyKey::parse("k").unwrap();
+    let create = |session_id| Write::CreateIdempotencyKey {
+        agent_id: aid("a1"),
+        key: key.clone(),
+        session_id,
+        ttl: Duration::ZERO,
+    };
+    // Start early in a second, so that the key (expiring at this second) still holds just after.
+    while chrono::Utc::now().timestamp_subsec_millis() > 300 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s1 = SessionId::new();
+    f.store.commit(vec![create(s1)]).await.unwrap();
+    assert!(matches!(
+        f.store.commit(vec![create(SessionId::new())]).await,
+        Err(CommitError::Conflict { .. })
+    ));
+    // TTL deletes late (up to days on AWS): the condition itself ignores an expired key.
+    let expiry = chrono::Utc::now().timestamp();
+    while chrono::Utc::now().timestamp() <= expiry {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f.store.commit(vec![create(SessionId::new())]).await.unwrap();
+}
+
 pub async fn session_transition_needs_status_and_revision(f: Fixture) {
     let s = session("a1", t(0));
     f.store.commit(vec![Write::CreateSession(s.clone())]).await.unwrap();
@@ -1222,6 +1248,7 @@ macro_rules! store_contract_tests {
             idempotency_key_conflict_names_the_existing_session,
             delivery_record_is_created_once,
             delivery_record_counts_as_absent_once_expired,
+            expired_idempotency_key_no_longer_blocks,
             session_transition_needs_status_and_revision,
             check_session_open_refuses_terminal_and_missing_sessions,
             task_transition_needs_status_and_revision,

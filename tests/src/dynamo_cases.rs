@@ -544,35 +544,6 @@ pub async fn foreign_and_forged_cursors_are_refused(f: Fixture) {
     }
 }
 
-pub async fn expired_idempotency_key_no_longer_blocks(f: Fixture) {
-    let key = IdempotencyKey::parse("k").unwrap();
-    let create = |session_id| Write::CreateIdempotencyKey {
-        agent_id: aid("a1"),
-        key: key.clone(),
-        session_id,
-        ttl: Duration::ZERO,
-    };
-    // Start early in a second, so that the key (expiring at this second) still holds just after.
-    while chrono::Utc::now().timestamp_subsec_millis() > 300 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let s1 = opscore_core::ids::SessionId::new();
-    f.store.commit(vec![create(s1)]).await.unwrap();
-    assert!(matches!(
-        f.store.commit(vec![create(opscore_core::ids::SessionId::new())]).await,
-        Err(CommitError::Conflict { .. })
-    ));
-    // TTL deletes late (up to days on AWS): the condition itself ignores an expired key.
-    let expiry = chrono::Utc::now().timestamp();
-    while chrono::Utc::now().timestamp() <= expiry {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    f.store
-        .commit(vec![create(opscore_core::ids::SessionId::new())])
-        .await
-        .unwrap();
-}
-
 /// Stamps out the DynamoDB-only cases for a fixture of a DynamoDB-backed store.
 #[macro_export]
 macro_rules! dynamo_tests {
@@ -583,7 +554,6 @@ macro_rules! dynamo_tests {
             request_counts_per_operation,
             index_attributes_are_absent_never_null,
             foreign_and_forged_cursors_are_refused,
-            expired_idempotency_key_no_longer_blocks,
         );
     };
     (@cases $fixture:path; $($case:ident),* $(,)?) => {

@@ -23,7 +23,8 @@ struct State {
     workflows: BTreeMap<(WorkflowId, WorkflowVersion), StoredWorkflow>,
     sessions: HashMap<SessionId, Session>,
     tasks: BTreeMap<(SessionId, TaskId), TaskInstance>,
-    idempotency: HashMap<(AgentId, IdempotencyKey), SessionId>,
+    /// → (session, expiry in epoch seconds, the resolution of DynamoDB's TTL attribute)
+    idempotency: HashMap<(AgentId, IdempotencyKey), (SessionId, i64)>,
     deliveries: HashMap<String, Timestamp>,
 }
 
@@ -320,7 +321,9 @@ impl Store for InMemoryStore {
                         }
                     }
                     Write::CreateIdempotencyKey { agent_id, key, .. } => {
-                        if let Some(existing) = s.idempotency.get(&(agent_id.clone(), key.clone())) {
+                        if let Some((existing, expires)) = s.idempotency.get(&(agent_id.clone(), key.clone()))
+                            && !expired(*expires)
+                        {
                             return conflict(Some(Existing::IdempotencyKey(*existing)));
                         }
                     }
@@ -336,7 +339,7 @@ impl Store for InMemoryStore {
                     Write::CreateDeliveryRecord { id, .. }
                         if s.deliveries
                             .get(id)
-                            .is_some_and(|expires| *expires >= chrono::Utc::now()) =>
+                            .is_some_and(|expires| !expired(expires.timestamp())) =>
                     {
                         return conflict(None);
                     }
@@ -364,9 +367,13 @@ impl Store for InMemoryStore {
                         agent_id,
                         key,
                         session_id,
-                        ..
+                        ttl,
                     } => {
-                        s.idempotency.insert((agent_id, key), session_id);
+                        if s.idempotency.len().is_multiple_of(PRUNE_EVERY) {
+                            s.idempotency.retain(|_, (_, expires)| !expired(*expires));
+                        }
+                        let expires = chrono::Utc::now().timestamp() + ttl.as_secs() as i64;
+                        s.idempotency.insert((agent_id, key), (session_id, expires));
                     }
                     Write::ClaimAgent { agent_id, inflight } => {
                         let a = s.agents.get_mut(&agent_id).expect("checked above");
@@ -387,10 +394,9 @@ impl Store for InMemoryStore {
                         });
                     }
                     Write::CreateDeliveryRecord { id, expires_at } => {
-                        // What TTL does for the table: expired records go, so a long-running
-                        // in-memory stack does not keep every delivery it ever saw.
-                        let now = chrono::Utc::now();
-                        s.deliveries.retain(|_, expires| *expires >= now);
+                        if s.deliveries.len().is_multiple_of(PRUNE_EVERY) {
+                            s.deliveries.retain(|_, expires| !expired(expires.timestamp()));
+                        }
                         s.deliveries.insert(id, expires_at);
                     }
                     Write::ExpireDeliveryRecord { id } => {
@@ -463,4 +469,14 @@ impl Store for InMemoryStore {
         due.sort_by_key(|t| t.timer_at);
         Ok(due.into_iter().take(limit as usize).map(TaskInstance::key).collect())
     }
+}
+
+/// Expired idempotency keys and delivery records are dropped (what TTL does for the table) when
+/// their map reaches a multiple of this size, so a long-running in-memory stack stays bounded.
+const PRUNE_EVERY: usize = 1024;
+
+/// Whether a record whose TTL attribute says `expires` (epoch seconds) counts as absent: the
+/// DynamoDB adapter's `expiresAt < :now`, at the same one-second resolution.
+fn expired(expires: i64) -> bool {
+    expires < chrono::Utc::now().timestamp()
 }
