@@ -105,7 +105,7 @@ fn notify() {}
     components(schemas(ErrorBody, Problem, Health, Accepted, StateUpdateRequest, StateUpdateAccepted, AgentStateView, AgentView,
                        HistoryItem, WorkflowSummary, WorkflowView, WorkflowDefinition, TaskDefinition, RetryPolicy,
                        TriggerRequest, TriggerResponse, SessionSummary, SessionDetail, TaskView, Attempt, FailureCause, SessionStatus)),
-    modifiers(&Bearer)
+    modifiers(&Bearer, &TriggerOneOf)
 )]
 struct Doc;
 
@@ -118,6 +118,34 @@ impl utoipa::Modify for Bearer {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// A trigger names a stored definition or carries one inline, never both (422 otherwise): the
+/// derived schema has both fields optional, so `oneOf` over the two `required` sets is added.
+struct TriggerOneOf;
+
+impl utoipa::Modify for TriggerOneOf {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
+        let Some(schemas) = openapi.components.as_mut().map(|c| &mut c.schemas) else {
+            return;
+        };
+        let Some(derived) = schemas.remove("TriggerRequest") else {
+            return;
+        };
+        // Present and not null: the fields are nullable, and a null counts as absent.
+        let present = |field: &str, of: Type| {
+            ObjectBuilder::new()
+                .property(field, ObjectBuilder::new().schema_type(of))
+                .required(field)
+        };
+        let one_of = OneOfBuilder::new()
+            .item(present("workflowDefinitionId", Type::String))
+            .item(present("workflowDefinition", Type::Object))
+            .description(Some("Exactly one of workflowDefinitionId and workflowDefinition."));
+        let schema = AllOfBuilder::new().item(derived).item(one_of).build();
+        schemas.insert("TriggerRequest".to_owned(), Schema::AllOf(schema).into());
     }
 }
 
@@ -142,5 +170,26 @@ mod tests {
         }
         let total: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
         assert_eq!(total, documented, "openapi documents a route the router does not serve");
+    }
+
+    #[test]
+    fn a_trigger_names_a_stored_definition_or_carries_one_never_both() {
+        let doc = serde_json::to_value(super::document()).unwrap();
+        let trigger = &doc["components"]["schemas"]["TriggerRequest"];
+        let parts = trigger["allOf"].as_array().expect("allOf");
+        assert!(parts[0]["properties"]["initialPayload"].is_object(), "{trigger}");
+        let required: Vec<&serde_json::Value> = parts[1]["oneOf"]
+            .as_array()
+            .expect("oneOf")
+            .iter()
+            .map(|s| &s["required"])
+            .collect();
+        assert_eq!(
+            required,
+            [
+                &serde_json::json!(["workflowDefinitionId"]),
+                &serde_json::json!(["workflowDefinition"])
+            ]
+        );
     }
 }
