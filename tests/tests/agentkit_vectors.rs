@@ -25,7 +25,8 @@ async fn every_captured_delivery_verifies_and_registers_its_agent() {
         let raw = d["raw_body"].as_str().unwrap();
         let sent = chrono::DateTime::from_timestamp(ts.parse().unwrap(), 0).unwrap();
         let clock = ManualClock::at(sent);
-        let store = Arc::new(InMemoryStore::new());
+        // The store judges the replay record's expiry by the same pinned time as the app.
+        let store = Arc::new(InMemoryStore::new().with_clock(Arc::new(clock.clone())));
         let app = App::new(store.clone(), Arc::new(clock.clone()), Settings::default());
         let config = Config {
             webhook_secrets: vec![Secret::new(d["secret"].as_str().unwrap())],

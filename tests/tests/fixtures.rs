@@ -22,7 +22,8 @@ async fn every_fixture_gets_its_expected_status_and_a_json_body() {
         serde_json::from_str(&std::fs::read_to_string(events_dir().join("manifest.json")).unwrap()).unwrap();
     let signed_at = chrono::DateTime::from_timestamp(manifest["signedAt"].as_i64().unwrap(), 0).unwrap();
     let clock = ManualClock::at(signed_at);
-    let store = Arc::new(InMemoryStore::new());
+    // The store judges replay records' expiry by the same pinned time as the app.
+    let store = Arc::new(InMemoryStore::new().with_clock(Arc::new(clock.clone())));
     let app = App::new(store, Arc::new(clock.clone()), Settings::default());
     let config = Config {
         api_keys: vec![Secret::new(manifest["apiKey"].as_str().unwrap())],
@@ -71,7 +72,8 @@ async fn base64_delivery_verifies_and_is_recognised_as_a_replay() {
     let manifest: Value =
         serde_json::from_str(&std::fs::read_to_string(events_dir().join("manifest.json")).unwrap()).unwrap();
     let clock = ManualClock::at(chrono::DateTime::from_timestamp(manifest["signedAt"].as_i64().unwrap(), 0).unwrap());
-    let app = App::new(Arc::new(InMemoryStore::new()), Arc::new(clock), Settings::default());
+    let store = InMemoryStore::new().with_clock(Arc::new(clock.clone()));
+    let app = App::new(Arc::new(store), Arc::new(clock), Settings::default());
     let config = Config {
         webhook_secrets: vec![Secret::new(manifest["webhookSecret"].as_str().unwrap())],
         ..Config::default()

@@ -6,11 +6,11 @@ use crate::ids::{AgentId, IdempotencyKey, SessionId, TaskId, WorkflowId, Workflo
 use crate::session::Session;
 use crate::store::*;
 use crate::task::{TaskInstance, TaskKey, TaskStatus};
-use crate::time::{self, Timestamp};
+use crate::time::{self, Clock, SystemClock, Timestamp};
 use crate::workflow::WorkflowDefinition;
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
@@ -28,10 +28,22 @@ struct State {
     deliveries: HashMap<String, Timestamp>,
 }
 
-#[derive(Default)]
 pub struct InMemoryStore {
     state: Mutex<State>,
     changes: Option<UnboundedSender<Change>>,
+    /// What expiry (idempotency keys, delivery records) is judged against: the wall clock, as
+    /// DynamoDB's TTL is, unless a test pins time for the store as it does for the app.
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for InMemoryStore {
+    fn default() -> Self {
+        Self {
+            state: Mutex::default(),
+            changes: None,
+            clock: Arc::new(SystemClock),
+        }
+    }
 }
 
 impl InMemoryStore {
@@ -39,13 +51,19 @@ impl InMemoryStore {
         Self::default()
     }
 
+    /// Judges expiry by `clock` (a test's pinned time) instead of the wall clock.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// A store that also emits every change, like a table stream with new and old images.
     pub fn with_changes() -> (Self, UnboundedReceiver<Change>) {
         let (tx, rx) = unbounded_channel();
         (
             Self {
-                state: Mutex::default(),
                 changes: Some(tx),
+                ..Self::default()
             },
             rx,
         )
@@ -294,6 +312,10 @@ impl Store for InMemoryStore {
 
     async fn commit(&self, writes: Vec<Write>) -> Result<(), CommitError> {
         let mut changes = Vec::new();
+        // A record whose TTL attribute (epoch seconds) is before now counts as absent: the
+        // DynamoDB adapter's `expiresAt < :now`, at the same one-second resolution.
+        let now = self.clock.now().timestamp();
+        let expired = |expires: i64| expires < now;
         {
             let mut s = self.lock();
             // Check every condition first, then apply: all or nothing.
@@ -372,7 +394,7 @@ impl Store for InMemoryStore {
                         if s.idempotency.len().is_multiple_of(PRUNE_EVERY) {
                             s.idempotency.retain(|_, (_, expires)| !expired(*expires));
                         }
-                        let expires = chrono::Utc::now().timestamp() + ttl.as_secs() as i64;
+                        let expires = now + ttl.as_secs() as i64;
                         s.idempotency.insert((agent_id, key), (session_id, expires));
                     }
                     Write::ClaimAgent { agent_id, inflight } => {
@@ -474,9 +496,3 @@ impl Store for InMemoryStore {
 /// Expired idempotency keys and delivery records are dropped (what TTL does for the table) when
 /// their map reaches a multiple of this size, so a long-running in-memory stack stays bounded.
 const PRUNE_EVERY: usize = 1024;
-
-/// Whether a record whose TTL attribute says `expires` (epoch seconds) counts as absent: the
-/// DynamoDB adapter's `expiresAt < :now`, at the same one-second resolution.
-fn expired(expires: i64) -> bool {
-    expires < chrono::Utc::now().timestamp()
-}
