@@ -155,29 +155,12 @@ impl Fakes {
                         let task_id = task["opscore_task_id"].clone();
                         let id = (*id).to_owned();
                         tokio::spawn(async move {
-                            report(
-                                &agents,
-                                &rec,
-                                "agent:state",
-                                &opscore,
-                                &key,
-                                &id,
-                                "active",
-                                json!({"opscore_task_id": task_id}),
-                            )
-                            .await;
+                            let say = async |state: &str, details: Value| {
+                                report(&agents, &rec, "agent:state", &opscore, &key, &id, state, details).await
+                            };
+                            say("active", json!({"opscore_task_id": task_id})).await;
                             tokio::time::sleep(work).await;
-                            report(
-                                &agents,
-                                &rec,
-                                "agent:state",
-                                &opscore,
-                                &key,
-                                &id,
-                                "idle",
-                                json!({"opscore_task_id": task_id, "result": "done"}),
-                            )
-                            .await;
+                            say("idle", json!({"opscore_task_id": task_id, "result": "done"})).await;
                         });
                         json_reply(200, json!({"status": "received"}))
                     }

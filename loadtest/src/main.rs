@@ -201,13 +201,6 @@ struct Target {
     description: String,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
-}
-
 fn loopback_only(url: &str) -> Result<(), String> {
     let rest = url.strip_prefix("http://").ok_or("only http:// targets")?;
     let host = rest.split(['/', ':']).next().unwrap_or_default();
@@ -247,7 +240,7 @@ async fn start_target(a: &Args, rec: Arc<Recorder>) -> Result<Target, String> {
     }
     let key = format!("lt-{}", uuid::Uuid::new_v4().simple());
     let secret = format!("lt-{}", uuid::Uuid::new_v4().simple());
-    let port = free_port();
+    let port = opscore_tests::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let fakes = Fakes::start(0, base.clone(), key.clone(), work, rec)
         .await

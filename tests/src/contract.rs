@@ -730,33 +730,21 @@ pub async fn delivery_record_counts_as_absent_once_expired(f: Fixture) {
         id: id.into(),
         expires_at,
     };
+    let commit = async |w: Write| f.store.commit(vec![w]).await;
     let now = chrono::Utc::now();
     // Past its expiry (TTL may not have deleted it yet): a new delivery with that id is recorded.
-    f.store
-        .commit(vec![create(now - ChronoDuration::minutes(1))])
-        .await
-        .unwrap();
-    f.store
-        .commit(vec![create(now + ChronoDuration::minutes(5))])
-        .await
-        .unwrap();
-    assert_conflict(f.store.commit(vec![create(now + ChronoDuration::minutes(5))]).await, 0);
+    commit(create(now - ChronoDuration::minutes(1))).await.unwrap();
+    commit(create(now + ChronoDuration::minutes(5))).await.unwrap();
+    assert_conflict(commit(create(now + ChronoDuration::minutes(5))).await, 0);
     // Expired on purpose (the delivery's effect failed): a resend is recorded again.
-    f.store
-        .commit(vec![Write::ExpireDeliveryRecord { id: id.into() }])
-        .await
-        .unwrap();
-    f.store
-        .commit(vec![create(now + ChronoDuration::minutes(5))])
-        .await
-        .unwrap();
+    commit(Write::ExpireDeliveryRecord { id: id.into() }).await.unwrap();
+    commit(create(now + ChronoDuration::minutes(5))).await.unwrap();
     // Only a record that exists can be expired.
     assert_conflict(
-        f.store
-            .commit(vec![Write::ExpireDeliveryRecord {
-                id: "v1=never-recorded".into(),
-            }])
-            .await,
+        commit(Write::ExpireDeliveryRecord {
+            id: "v1=never-recorded".into(),
+        })
+        .await,
         0,
     );
 }

@@ -53,13 +53,6 @@ pub fn jar_dir() -> Result<PathBuf, String> {
     dirs.pop().ok_or_else(missing)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free local port")
-}
-
 impl DynamoDbLocal {
     /// The instance of this test binary, started on first use. Panics with the install command
     /// when the jar is missing, and with the log when it does not come up within 60 s.
@@ -87,7 +80,7 @@ impl DynamoDbLocal {
             return Ok(d);
         }
         let dir = jar_dir()?;
-        let port = free_port();
+        let port = crate::free_port();
         let log = std::env::temp_dir().join(format!("opscore-dynamodb-local-{}-{port}.log", std::process::id()));
         let log_file = std::fs::File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
         // The shell owns the JVM and stops it as soon as the test process is gone (however it

@@ -369,15 +369,38 @@ impl opscore_core::runner::Dispatcher for ScriptedAgentKit {
     }
 }
 
-/// Registration details of a test agent (what a REGISTER webhook would carry).
+/// Registration details of a test agent (what a REGISTER webhook would carry). The contact
+/// endpoint is a closed port: the runner talks to AgentKit, never to the agent.
 pub fn agent_details(id: &opscore_core::ids::AgentId, name: &str) -> opscore_core::agent::AgentDetails {
     opscore_core::agent::AgentDetails {
         agent_id: id.clone(),
         agent_name: name.into(),
         version: "1".into(),
         capabilities: vec![],
-        contact_endpoint: "http://127.0.0.1:9/t".into(),
+        contact_endpoint: "http://127.0.0.1:9/task".into(),
         metadata: Default::default(),
         registration_time: None,
     }
+}
+
+/// The claim lease of in-process engines in tests.
+pub const TEST_LEASE: Duration = Duration::from_secs(30);
+
+/// The workflow engine in process: an App and a Runner sharing `store` and `clock` (default
+/// settings, [`TEST_LEASE`]), the runner dispatching through `dispatcher`.
+pub fn engine(
+    store: Arc<dyn opscore_core::store::Store>,
+    clock: &opscore_core::time::ManualClock,
+    dispatcher: Arc<dyn opscore_core::runner::Dispatcher>,
+) -> (opscore_core::app::App, opscore_core::runner::Runner) {
+    use opscore_core::app::{App, Settings};
+    let app = App::new(store.clone(), Arc::new(clock.clone()), Settings::default());
+    let runner = opscore_core::runner::Runner::new(
+        store,
+        Arc::new(clock.clone()),
+        dispatcher,
+        Settings::default(),
+        TEST_LEASE,
+    );
+    (app, runner)
 }

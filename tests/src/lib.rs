@@ -11,6 +11,14 @@ pub mod stores;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+/// A port on 127.0.0.1 that was free a moment ago (the OS picks it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free local port")
+}
+
 /// How long one contract case may take before it counts as hung.
 pub const CASE_TIMEOUT: Duration = Duration::from_secs(120);
 

@@ -27,7 +27,7 @@ async fn env_on(store: StoreChoice, behaviour: Behaviour) -> Env {
     // before AgentKit sends webhooks; bind AgentKit first with a webhook URL fixed up below.
     let key = format!("k-{}", uuid::Uuid::new_v4().simple());
     let secret = format!("s-{}", uuid::Uuid::new_v4().simple());
-    let port = free_port();
+    let port = opscore_tests::free_port();
     let agentkit = FakeAgentKit::start(
         format!("http://127.0.0.1:{port}/v1/opscore/internal/agent/notify"),
         secret.clone(),
@@ -63,14 +63,6 @@ async fn env_on(store: StoreChoice, behaviour: Behaviour) -> Env {
         http: reqwest::Client::new(),
         key,
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Env {

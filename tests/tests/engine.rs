@@ -3,8 +3,8 @@
 //! way the reference agent does. Time is a manual clock, so retries, leases and timeouts are
 //! exercised without sleeping.
 
-use opscore_core::agent::{AgentDetails, StateName, StateReport};
-use opscore_core::app::{App, DefinitionSource, Settings};
+use opscore_core::agent::{StateName, StateReport};
+use opscore_core::app::{App, DefinitionSource};
 use opscore_core::ids::{AgentId, SessionId};
 use opscore_core::memory::InMemoryStore;
 use opscore_core::runner::{DispatchOutcome, DispatchRequest, Runner, RunnerError, Step};
@@ -13,7 +13,7 @@ use opscore_core::store::{Change, Store};
 use opscore_core::task::TaskStatus;
 use opscore_core::time::{Clock, ManualClock};
 use opscore_core::workflow::WorkflowDefinition;
-use opscore_tests::fake::{ScriptedAgentKit, agent_details};
+use opscore_tests::fake::{ScriptedAgentKit, agent_details, engine};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,14 +52,7 @@ impl World {
         let store: Arc<dyn Store> = Arc::new(store);
         let clock = ManualClock::at(chrono::Utc::now());
         let agentkit = Arc::new(ScriptedAgentKit::default());
-        let app = App::new(store.clone(), Arc::new(clock.clone()), Settings::default());
-        let runner = Runner::new(
-            store,
-            Arc::new(clock.clone()),
-            agentkit.clone(),
-            Settings::default(),
-            Duration::from_secs(30),
-        );
+        let (app, runner) = engine(store, &clock, agentkit.clone());
         let agent = AgentId::parse(uuid::Uuid::new_v4().to_string()).unwrap();
         let mut w = Self {
             clock,
@@ -70,18 +63,7 @@ impl World {
             agent,
             reports: 0,
         };
-        w.app
-            .register_agent(AgentDetails {
-                agent_id: w.agent.clone(),
-                agent_name: "sim".into(),
-                version: "1".into(),
-                capabilities: vec![],
-                contact_endpoint: "http://127.0.0.1:9/task".into(),
-                metadata: Default::default(),
-                registration_time: None,
-            })
-            .await
-            .unwrap();
+        w.app.register_agent(agent_details(&w.agent, "sim")).await.unwrap();
         w.pump().await.unwrap();
         w
     }
@@ -435,16 +417,9 @@ async fn deregistration_mid_run_fails_the_session_with_that_cause() {
 async fn the_same_change_delivered_twice_dispatches_once() {
     let (store, mut changes) = InMemoryStore::with_changes();
     let store: Arc<dyn Store> = Arc::new(store);
-    let clock = Arc::new(ManualClock::at(chrono::Utc::now()));
+    let clock = ManualClock::at(chrono::Utc::now());
     let agentkit = Arc::new(ScriptedAgentKit::default());
-    let app = App::new(store.clone(), clock.clone(), Settings::default());
-    let runner = Runner::new(
-        store,
-        clock.clone(),
-        agentkit.clone(),
-        Settings::default(),
-        Duration::from_secs(30),
-    );
+    let (app, runner) = engine(store, &clock, agentkit.clone());
     let agent = AgentId::parse("dup-agent").unwrap();
     app.register_agent(agent_details(&agent, "a")).await.unwrap();
     let report = StateReport {

@@ -17,7 +17,6 @@ use opscore_core::app::{App, DefinitionSource, Settings};
 use opscore_core::config::{Config, Secret};
 use opscore_core::ids::{AgentId, SessionId, WorkflowId, WorkflowVersion};
 use opscore_core::memory::InMemoryStore;
-use opscore_core::runner::Runner;
 use opscore_core::session::Session;
 use opscore_core::store::*;
 use opscore_core::task::{TaskInstance, TaskKey, TaskStatus};
@@ -27,7 +26,7 @@ use opscore_http::agentkit::AgentKitClient;
 use opscore_http::auth::sign;
 use opscore_http::{Api, ApiRequest, Surface};
 use opscore_local::{Options, Stack, StoreChoice};
-use opscore_tests::fake::{FakeAgentKit, RunAnswer};
+use opscore_tests::fake::{FakeAgentKit, RunAnswer, agent_details};
 use serde_json::{Value, json};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -36,14 +35,6 @@ use std::time::{Duration, Instant};
 
 const KEY: &str = "faults-key";
 const SECRET: &str = "faults-secret";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn config(agentkit: Option<String>) -> Config {
     Config {
@@ -147,7 +138,7 @@ impl Ddb {
     async fn start() -> Ddb {
         let dir = std::env::temp_dir().join(format!("opscore-faults-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
-        let port = free_port();
+        let port = opscore_tests::free_port();
         let mut d = Ddb {
             child: Some(Self::spawn(port, &dir)),
             port,
@@ -255,6 +246,11 @@ async fn dynamodb_outage_answers_503_writes_nothing_half_and_recovers() {
     let now = || chrono::Utc::now();
     let ts = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let state_url = format!("{url}/v1/opscore/agent/fa/state");
+    let get = async |u: String| call(&http, reqwest::Method::GET, u, None, &[]).await;
+    let report = async |state: &str, n: u32| {
+        let body = report_body("fa", &ts(now()), state, n);
+        call(&http, reqwest::Method::POST, state_url.clone(), Some(body), &[]).await
+    };
 
     // Healthy: register, report.
     assert_eq!(
@@ -263,43 +259,33 @@ async fn dynamodb_outage_answers_503_writes_nothing_half_and_recovers() {
             .0,
         200
     );
-    let a = call(
-        &http,
-        reqwest::Method::POST,
-        state_url.clone(),
-        Some(report_body("fa", &ts(now()), "idle", 1)),
-        &[],
-    )
-    .await;
+    let a = report("idle", 1).await;
     assert_eq!(a.status, 202, "{:?}", a.body);
 
     // ---- Stopped: the process is gone (connection refused).
     ddb.kill();
     let down_at = Instant::now();
     let mut fail_times = Vec::new();
-    let a = call(
-        &http,
-        reqwest::Method::POST,
-        state_url.clone(),
-        Some(report_body("fa", &ts(now()), "active", 2)),
-        &[],
-    )
-    .await;
+    let a = report("active", 2).await;
     assert_unavailable(&a, "report while stopped");
     fail_times.push(("POST state", a.took));
-    let a = call(&http, reqwest::Method::GET, state_url.clone(), None, &[]).await;
+    let a = get(state_url.clone()).await;
     assert_unavailable(&a, "read while stopped");
     fail_times.push(("GET state", a.took));
     let trigger_url = format!("{url}/v1/opscore/agent/fa/workflow");
     let trigger = json!({"workflowDefinitionId": "sample_workflow_id"});
-    let a = call(
-        &http,
-        reqwest::Method::POST,
-        trigger_url.clone(),
-        Some(trigger.clone()),
-        &[("idempotency-key", "k-outage")],
-    )
-    .await;
+    let trigger_with_key = async || {
+        let key = [("idempotency-key", "k-outage")];
+        call(
+            &http,
+            reqwest::Method::POST,
+            trigger_url.clone(),
+            Some(trigger.clone()),
+            &key,
+        )
+        .await
+    };
+    let a = trigger_with_key().await;
     assert_unavailable(&a, "trigger while stopped");
     fail_times.push(("POST workflow", a.took));
     let wh_body = register_body("fb");
@@ -314,14 +300,7 @@ async fn dynamodb_outage_answers_503_writes_nothing_half_and_recovers() {
     ddb.restart().await;
     let restarted = Instant::now();
     let recovered = loop {
-        let a = call(
-            &http,
-            reqwest::Method::POST,
-            state_url.clone(),
-            Some(report_body("fa", &ts(now()), "idle", 3)),
-            &[],
-        )
-        .await;
+        let a = report("idle", 3).await;
         if a.status == 202 {
             break restarted.elapsed();
         }
@@ -336,18 +315,11 @@ async fn dynamodb_outage_answers_503_writes_nothing_half_and_recovers() {
 
     // Nothing half-written: the refused report left no history, the state is the last accepted
     // one, and the version counts exactly the applied reports.
-    let cur = call(&http, reqwest::Method::GET, state_url.clone(), None, &[]).await;
+    let cur = get(state_url.clone()).await;
     assert_eq!(cur.status, 200);
     assert_eq!(cur.body["state"], "idle");
     assert_eq!(cur.body["details"]["n"], 3);
-    let hist = call(
-        &http,
-        reqwest::Method::GET,
-        format!("{state_url}/history?limit=100"),
-        None,
-        &[],
-    )
-    .await;
+    let hist = get(format!("{state_url}/history?limit=100")).await;
     let ns: Vec<i64> = hist.body["items"]
         .as_array()
         .unwrap()
@@ -361,42 +333,14 @@ async fn dynamodb_outage_answers_503_writes_nothing_half_and_recovers() {
         hist.body
     );
     // The refused trigger, retried with its key, creates exactly one session.
-    let a = call(
-        &http,
-        reqwest::Method::POST,
-        trigger_url.clone(),
-        Some(trigger.clone()),
-        &[("idempotency-key", "k-outage")],
-    )
-    .await;
+    let a = trigger_with_key().await;
     assert_eq!(a.status, 202, "{:?}", a.body);
-    let b = call(
-        &http,
-        reqwest::Method::POST,
-        trigger_url.clone(),
-        Some(trigger),
-        &[("idempotency-key", "k-outage")],
-    )
-    .await;
+    let b = trigger_with_key().await;
     assert_eq!(a.body["sessionId"], b.body["sessionId"]);
-    let sessions = call(
-        &http,
-        reqwest::Method::GET,
-        format!("{url}/v1/opscore/agent/fa/sessions"),
-        None,
-        &[],
-    )
-    .await;
+    let sessions = get(format!("{url}/v1/opscore/agent/fa/sessions")).await;
     assert_eq!(sessions.body["items"].as_array().unwrap().len(), 1, "{}", sessions.body);
     let sid = a.body["sessionId"].as_str().unwrap().to_owned();
-    let s = call(
-        &http,
-        reqwest::Method::GET,
-        format!("{url}/v1/opscore/sessions/{sid}"),
-        None,
-        &[],
-    )
-    .await;
+    let s = get(format!("{url}/v1/opscore/sessions/{sid}")).await;
     assert_eq!(s.status, 200);
     // A session is never without its first task (created in the same transaction).
     assert_eq!(s.body["tasks"][0]["taskId"], "step_1", "{}", s.body);
@@ -404,32 +348,14 @@ async fn dynamodb_outage_answers_503_writes_nothing_half_and_recovers() {
     // The refused webhook, redelivered byte for byte, is not taken for a duplicate.
     let (s, b) = post_webhook(&http, &url, &wh_body, wh_ts).await;
     assert_eq!(s, 200, "{b}");
-    assert_eq!(
-        call(
-            &http,
-            reqwest::Method::GET,
-            format!("{url}/v1/opscore/agent/fb"),
-            None,
-            &[]
-        )
-        .await
-        .status,
-        200
-    );
+    assert_eq!(get(format!("{url}/v1/opscore/agent/fb")).await.status, 200);
 
     // ---- Frozen: the process is there but answers nothing (SIGSTOP).
     ddb.signal("STOP");
-    let a = call(&http, reqwest::Method::GET, state_url.clone(), None, &[]).await;
+    let a = get(state_url.clone()).await;
     eprintln!("store frozen: GET state answered {} after {:?}", a.status, a.took);
     assert_unavailable(&a, "read while frozen");
-    let a = call(
-        &http,
-        reqwest::Method::POST,
-        state_url.clone(),
-        Some(report_body("fa", &ts(now()), "active", 4)),
-        &[],
-    )
-    .await;
+    let a = report("active", 4).await;
     eprintln!("store frozen: POST state answered {} after {:?}", a.status, a.took);
     assert_unavailable(&a, "report while frozen");
     assert!(
@@ -440,7 +366,7 @@ async fn dynamodb_outage_answers_503_writes_nothing_half_and_recovers() {
     ddb.signal("CONT");
     let thawed = Instant::now();
     loop {
-        let a = call(&http, reqwest::Method::GET, state_url.clone(), None, &[]).await;
+        let a = get(state_url.clone()).await;
         if a.status == 200 {
             // A write whose answer was lost may have landed; if it did, it landed whole: the
             // state's version and the applied history entries agree. It may land between two of
@@ -448,18 +374,11 @@ async fn dynamodb_outage_answers_503_writes_nothing_half_and_recovers() {
             let (mut n, mut applied, mut version);
             let settle = Instant::now();
             loop {
-                let hist = call(
-                    &http,
-                    reqwest::Method::GET,
-                    format!("{state_url}/history?limit=100"),
-                    None,
-                    &[],
-                )
-                .await;
+                let hist = get(format!("{state_url}/history?limit=100")).await;
                 let items = hist.body["items"].as_array().unwrap().clone();
                 n = items.len();
                 applied = items.iter().filter(|h| h["applied"] == true).count();
-                let st = call(&http, reqwest::Method::GET, state_url.clone(), None, &[]).await;
+                let st = get(state_url.clone()).await;
                 version = st.body["version"].as_u64().unwrap() as usize;
                 if version == applied || settle.elapsed() > Duration::from_secs(10) {
                     break;
@@ -628,26 +547,9 @@ async fn agentkit_slower_than_the_dispatch_timeout_is_retried_not_lost() {
     let clock = ManualClock::at(chrono::Utc::now());
     let dispatcher =
         AgentKitClient::with_timeouts(&agentkit.url(), Duration::from_millis(200), Duration::from_millis(300)).unwrap();
-    let runner = Runner::new(
-        store.clone(),
-        Arc::new(clock.clone()),
-        Arc::new(dispatcher),
-        Settings::default(),
-        Duration::from_secs(30),
-    );
-    let app = App::new(store.clone(), Arc::new(clock.clone()), Settings::default());
+    let (app, runner) = opscore_tests::fake::engine(store.clone(), &clock, Arc::new(dispatcher));
     let agent = AgentId::parse("slow-agent").unwrap();
-    app.register_agent(AgentDetails {
-        agent_id: agent.clone(),
-        agent_name: "slow".into(),
-        version: "1".into(),
-        capabilities: vec![],
-        contact_endpoint: "http://127.0.0.1:9/task".into(),
-        metadata: Default::default(),
-        registration_time: None,
-    })
-    .await
-    .unwrap();
+    app.register_agent(agent_details(&agent, "slow")).await.unwrap();
     let mut tick = 0;
     let mut report = async |state: &str, task: Option<&str>| {
         tick += 1;

@@ -2,7 +2,6 @@
 //! fuzzer ever crashed on (`fuzz/regressions/<target>/`), so a crash found once stays fixed
 //! without nightly flags or libFuzzer. `tools/fuzz.sh` runs the fuzzers themselves.
 
-use opscore_core::agent::AgentDetails;
 use opscore_core::app::{App, Settings};
 use opscore_core::config::{Config, Secret};
 use opscore_core::ids::AgentId;
@@ -31,17 +30,10 @@ fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
 async fn stack() -> Api {
     let clock = ManualClock::at(chrono::DateTime::from_timestamp(1_795_474_230, 0).unwrap());
     let app = App::new(Arc::new(InMemoryStore::new()), Arc::new(clock), Settings::default());
-    app.register_agent(AgentDetails {
-        agent_id: AgentId::parse("af8e59ab-6b62-47d1-b0af-fcb520de8640").unwrap(),
-        agent_name: "fuzz".into(),
-        version: "1".into(),
-        capabilities: vec![],
-        contact_endpoint: "http://127.0.0.1:9/task".into(),
-        metadata: Default::default(),
-        registration_time: None,
-    })
-    .await
-    .unwrap();
+    let agent = AgentId::parse("af8e59ab-6b62-47d1-b0af-fcb520de8640").unwrap();
+    app.register_agent(opscore_tests::fake::agent_details(&agent, "fuzz"))
+        .await
+        .unwrap();
     let def = WorkflowDefinition::parse(include_bytes!("../../local/sample-workflow.json"), Format::Json).unwrap();
     app.create_workflow(def).await.unwrap();
     let config = Config {

@@ -22,14 +22,6 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Function {
     name: &'static str,
     port: u16,
@@ -40,7 +32,7 @@ struct Function {
 
 impl Function {
     async fn start(name: &'static str, bin: &Path, rie: &Path, env: &[(&str, String)], logs: &Path) -> Self {
-        let (port, api_port) = (free_port(), free_port());
+        let (port, api_port) = (opscore_tests::free_port(), opscore_tests::free_port());
         let log = logs.join(format!("{name}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(rie)

@@ -25,13 +25,12 @@ use opscore_core::task::TaskStatus;
 use opscore_core::time::{Clock, ManualClock};
 use opscore_core::workflow::WorkflowDefinition;
 use opscore_dynamo::{DynamoStore, EmbeddedDynamo, create_table};
-use opscore_tests::fake::ScriptedAgentKit;
+use opscore_tests::fake::{ScriptedAgentKit, engine};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, TestCaseError};
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
 fn cases(default: u32) -> PtConfig {
     let n = std::env::var("PROPTEST_CASES")
@@ -314,14 +313,7 @@ impl Machine {
         let store: Arc<dyn Store> = Arc::new(store);
         let clock = ManualClock::at(base_time());
         let agentkit = Arc::new(ScriptedAgentKit::default());
-        let app = App::new(store.clone(), Arc::new(clock.clone()), Settings::default());
-        let runner = Runner::new(
-            store,
-            Arc::new(clock.clone()),
-            agentkit.clone(),
-            Settings::default(),
-            Duration::from_secs(30),
-        );
+        let (app, runner) = engine(store, &clock, agentkit.clone());
         let agent = AgentId::parse("prop-agent").unwrap();
         app.register_agent(details(&agent)).await.unwrap();
         Self {

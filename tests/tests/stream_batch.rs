@@ -4,20 +4,19 @@
 
 use aws_lambda_events::event::dynamodb::Event as StreamEvent;
 use opscore_core::agent::{StateName, StateReport};
-use opscore_core::app::{App, DefinitionSource, Settings};
+use opscore_core::app::DefinitionSource;
 use opscore_core::ids::AgentId;
-use opscore_core::runner::{Runner, Step};
+use opscore_core::runner::Step;
 use opscore_core::store::Store;
 use opscore_core::time::{Clock, ManualClock};
 use opscore_core::workflow::WorkflowDefinition;
 use opscore_dynamo::StreamTail;
 use opscore_http::lambda::handle_stream_batch;
-use opscore_tests::fake::{ScriptedAgentKit, agent_details};
+use opscore_tests::fake::{ScriptedAgentKit, TEST_LEASE, agent_details, engine};
 use opscore_tests::stores;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 fn one_step() -> WorkflowDefinition {
     WorkflowDefinition::from_value(json!({"id":"one","name":"One","version":"1",
@@ -52,15 +51,8 @@ async fn one_agents_failure_is_checkpointed_and_the_others_go_on() {
     let store: Arc<dyn Store> = fx.store.clone();
     let clock = ManualClock::at(chrono::Utc::now());
     let agentkit = Arc::new(ScriptedAgentKit::default());
-    let app = App::new(store.clone(), Arc::new(clock.clone()), Settings::default());
-    let lease = Duration::from_secs(30);
-    let runner = Runner::new(
-        store,
-        Arc::new(clock.clone()),
-        agentkit.clone(),
-        Settings::default(),
-        lease,
-    );
+    let (app, runner) = engine(store, &clock, agentkit.clone());
+    let lease = TEST_LEASE;
 
     let agents: Vec<AgentId> = (0..3)
         .map(|i| AgentId::parse(format!("batch-agent-{i}")).unwrap())
