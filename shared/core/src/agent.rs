@@ -246,6 +246,21 @@ impl Agent {
     pub fn is_available(&self) -> bool {
         !self.is_deregistered() && self.inflight.is_none() && self.current.state.is(KnownState::Idle)
     }
+
+    /// The agent after `report` became its current state (every store applies a report this way,
+    /// once `current.is_superseded_by` said it is newer).
+    pub fn with_report(&self, report: &StateReport, received_at: Timestamp) -> Agent {
+        let mut agent = self.clone();
+        agent.current = CurrentState {
+            state: report.state.clone(),
+            details: report.details.clone(),
+            timestamp: report.timestamp,
+            ordering_nanos: Some(time::to_nanos(report.timestamp)),
+            version: self.current.version + 1,
+        };
+        agent.updated_at = received_at;
+        agent
+    }
 }
 
 /// A validated state report (the body of `POST /v1/opscore/agent/{id}/state`).
@@ -268,6 +283,19 @@ pub struct HistoryEntry {
     #[serde(with = "time::rfc3339")]
     pub received_at: Timestamp,
     pub applied: bool,
+}
+
+impl HistoryEntry {
+    pub fn of(report: &StateReport, received_at: Timestamp, applied: bool) -> Self {
+        Self {
+            agent_id: report.agent_id.clone(),
+            state: report.state.clone(),
+            details: report.details.clone(),
+            timestamp: report.timestamp,
+            received_at,
+            applied,
+        }
+    }
 }
 
 #[cfg(test)]

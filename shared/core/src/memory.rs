@@ -194,25 +194,10 @@ impl Store for InMemoryStore {
             let seq = s.seq;
             s.history.entry(report.agent_id.clone()).or_default().insert(
                 (time::to_nanos(report.timestamp), seq),
-                HistoryEntry {
-                    agent_id: report.agent_id.clone(),
-                    state: report.state.clone(),
-                    details: report.details.clone(),
-                    timestamp: report.timestamp,
-                    received_at,
-                    applied,
-                },
+                HistoryEntry::of(report, received_at, applied),
             );
             if applied {
-                let mut agent = old.clone();
-                agent.current = crate::agent::CurrentState {
-                    state: report.state.clone(),
-                    details: report.details.clone(),
-                    timestamp: report.timestamp,
-                    ordering_nanos: Some(time::to_nanos(report.timestamp)),
-                    version: old.current.version + 1,
-                };
-                agent.updated_at = received_at;
+                let agent = old.with_report(report, received_at);
                 s.agents.insert(agent.id().clone(), agent.clone());
                 (
                     ReportOutcome::Applied,
