@@ -4,6 +4,7 @@ use crate::ddb_local::DynamoDbLocal;
 use opscore_core::memory::InMemoryStore;
 use opscore_core::store::Store;
 use opscore_dynamo::{DynamoStore, EmbeddedDynamo, create_table};
+use opscore_sqlite::SqliteStore;
 use std::sync::Arc;
 
 /// One store under test.
@@ -42,6 +43,15 @@ pub async fn memory() -> Fixture {
     Fixture {
         name: "memory",
         store: Arc::new(InMemoryStore::new()),
+        dynamo: None,
+    }
+}
+
+/// The local stack's store (SQLite), in a temporary file of its own.
+pub async fn sqlite() -> Fixture {
+    Fixture {
+        name: "sqlite",
+        store: Arc::new(SqliteStore::temporary().expect("temporary sqlite store")),
         dynamo: None,
     }
 }

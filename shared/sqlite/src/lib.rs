@@ -1,0 +1,961 @@
+//! The local stack's store: the storage port on SQLite in WAL mode, in a file (durable across
+//! restarts and crashes) or in a temporary file (a throwaway store for tests).
+//!
+//! - **Writes** go through one writer thread ([`writer`]) that commits waiting writes together;
+//!   each write intent's condition is checked inside the transaction, so the port's semantics
+//!   (the contract suite) hold with no read-modify-write outside a transaction.
+//! - **The change feed**: every committed change to an agent, session or task is appended to the
+//!   `feed` table in the same transaction. [`SqliteStore::read_feed`] gives it in commit order and
+//!   [`SqliteStore::trim_feed`] drops what the consumer has handled, so a consumer that restarts
+//!   (after a crash too) resumes where it stopped: no acknowledged change is ever skipped.
+//! - **Reads** use a small pool of read connections; WAL lets them run beside the writer.
+//! - **Expiry** (history retention, idempotency keys, webhook delivery records) is judged at read
+//!   and condition time like DynamoDB's TTL, and [`SqliteStore::sweep_expired`] deletes.
+//! - **One process per file**: [`lock::DataLock`].
+
+mod cursor;
+pub mod lock;
+mod writer;
+
+use async_trait::async_trait;
+use opscore_core::agent::{Agent, AgentDetails, HistoryEntry, StateName, StateReport};
+use opscore_core::ids::{AgentId, SessionId, WorkflowId, WorkflowVersion};
+use opscore_core::session::Session;
+use opscore_core::store::*;
+use opscore_core::task::{TaskInstance, TaskKey};
+use opscore_core::time::{self, Clock, SystemClock, Timestamp};
+use opscore_core::workflow::WorkflowDefinition;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+use writer::{Tx, Verdict, Writer};
+
+pub use lock::{DataLock, LockError};
+
+/// Bumped when the schema changes incompatibly; a file of another version is refused, not mangled.
+const SCHEMA_VERSION: &str = "1";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS agents (
+    id TEXT PRIMARY KEY, state TEXT NOT NULL, item TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS agents_by_state ON agents (state, id);
+-- seq (the rowid) is the arrival order: it breaks ties between reports with one timestamp, and
+-- oldest-first it is the order in which history expires.
+CREATE TABLE IF NOT EXISTS history (
+    seq INTEGER PRIMARY KEY, agent_id TEXT NOT NULL, ts_secs INTEGER NOT NULL,
+    ts_nanos INTEGER NOT NULL, expires_at INTEGER NOT NULL, item TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS history_by_agent ON history (agent_id, ts_secs, ts_nanos);
+CREATE TABLE IF NOT EXISTS workflows (
+    id TEXT NOT NULL, version TEXT NOT NULL, created_at INTEGER NOT NULL, item TEXT NOT NULL,
+    PRIMARY KEY (id, version)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS workflows_latest ON workflows (id, created_at);
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, started INTEGER NOT NULL,
+    item TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sessions_by_agent ON sessions (agent_id, started, session_id);
+CREATE TABLE IF NOT EXISTS tasks (
+    session_id TEXT NOT NULL, task_id TEXT NOT NULL, agent_id TEXT NOT NULL, status TEXT NOT NULL,
+    due_at INTEGER NOT NULL, timer_at INTEGER, item TEXT NOT NULL,
+    PRIMARY KEY (session_id, task_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tasks_runnable ON tasks (agent_id, due_at) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS tasks_timers ON tasks (timer_at) WHERE timer_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS idempotency (
+    agent_id TEXT NOT NULL, key TEXT NOT NULL, session_id TEXT NOT NULL, expires_at INTEGER NOT NULL,
+    PRIMARY KEY (agent_id, key)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idempotency_expiry ON idempotency (expires_at);
+CREATE TABLE IF NOT EXISTS deliveries (id TEXT PRIMARY KEY, expires_at INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deliveries_expiry ON deliveries (expires_at);
+-- AUTOINCREMENT: a sequence number is never reused, even once the feed is trimmed empty.
+CREATE TABLE IF NOT EXISTS feed (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, old TEXT, new TEXT);
+";
+
+/// How much of the page cache each connection may keep (KiB): bounds memory whatever the file size.
+const CACHE_KIB: i64 = 8 * 1024;
+/// Read connections kept open between reads (more are opened under load, then closed).
+const IDLE_READERS: usize = 8;
+/// Expired history rows deleted per sweep step (oldest first), and steps per sweep at most.
+const SWEEP_BATCH: i64 = 2_000;
+const SWEEP_STEPS: usize = 50;
+
+/// What a commit survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// A crash of the process (SIGKILL, panic, OOM): the WAL is written before a write is
+    /// acknowledged, and synced at checkpoints. A power cut may lose the last moments. The default.
+    Process,
+    /// A power cut too: every commit is synced to disk (`synchronous=FULL`); slower.
+    Sync,
+    /// Nothing: a temporary store deleted when dropped.
+    Throwaway,
+}
+
+pub struct SqliteStore {
+    // Dropped first: the writer finishes what was sent and checkpoints before the files go.
+    writer: Writer,
+    readers: Mutex<Vec<Connection>>,
+    path: PathBuf,
+    durability: Durability,
+    clock: Arc<dyn Clock>,
+    feed: Arc<Notify>,
+    _lock: Option<DataLock>,
+    temp: Option<TempFiles>,
+}
+
+/// Removes a throwaway store's files when the store is dropped.
+struct TempFiles(PathBuf);
+
+impl Drop for TempFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Locked(#[from] LockError),
+    #[error("cannot open {path}: {message}")]
+    Sqlite { path: String, message: String },
+    #[error("{path} holds schema version {found}; this build reads version {SCHEMA_VERSION}")]
+    Schema { path: String, found: String },
+    #[error("cannot create {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Maps an SQLite error to the port's: a busy or locked database is "try again", others too (the
+/// caller answers 503 and the client retries); nothing here is the client's fault.
+pub(crate) fn sql_error(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(format!("sqlite: {e}"))
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(format!("cannot encode an item: {e}")))
+}
+
+fn from_json<T: DeserializeOwned>(s: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("cannot decode an item: {e}")))
+}
+
+/// A sortable key for instants the server made (session starts, due times, timers).
+fn nanos(t: Timestamp) -> i64 {
+    time::to_nanos(t)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `path`, locked to this process.
+    pub fn open(path: &Path, durability: Durability) -> Result<SqliteStore, OpenError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| OpenError::Io {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        let lock = DataLock::acquire(path)?;
+        let mut store = Self::open_unlocked(path, durability)?;
+        store._lock = Some(lock);
+        Ok(store)
+    }
+
+    /// A store in a fresh temporary directory, deleted when the store is dropped: for tests and
+    /// for `opscore-local --ephemeral`.
+    pub fn temporary() -> Result<SqliteStore, OpenError> {
+        let dir = std::env::temp_dir().join(format!("opscore-sqlite-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).map_err(|source| OpenError::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let temp = TempFiles(dir.clone());
+        let mut store = Self::open_unlocked(&dir.join("opscore.db"), Durability::Throwaway)?;
+        store.temp = Some(temp);
+        Ok(store)
+    }
+
+    fn open_unlocked(path: &Path, durability: Durability) -> Result<SqliteStore, OpenError> {
+        let fail = |e: rusqlite::Error| OpenError::Sqlite {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let conn = connect(path, durability, true).map_err(fail)?;
+        conn.execute_batch(SCHEMA).map_err(fail)?;
+        let found: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| r.get(0))
+            .optional()
+            .map_err(fail)?;
+        match found {
+            None => {
+                conn.execute("INSERT INTO meta (key, value) VALUES ('schema', ?1)", [SCHEMA_VERSION])
+                    .map_err(fail)?;
+            }
+            Some(v) if v == SCHEMA_VERSION => {}
+            Some(found) => {
+                return Err(OpenError::Schema {
+                    path: path.display().to_string(),
+                    found,
+                });
+            }
+        }
+        let feed = Arc::new(Notify::new());
+        Ok(SqliteStore {
+            writer: Writer::start(conn, feed.clone()),
+            readers: Mutex::new(Vec::new()),
+            path: path.to_owned(),
+            durability,
+            clock: Arc::new(SystemClock),
+            feed,
+            _lock: None,
+            temp: None,
+        })
+    }
+
+    /// Judges expiry by `clock` (a test's pinned time) instead of the wall clock.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn is_temporary(&self) -> bool {
+        self.temp.is_some()
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let pooled = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => connect(&self.path, self.durability, false).map_err(sql_error)?,
+        };
+        let result = f(&conn);
+        let mut pool = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < IDLE_READERS {
+            pool.push(conn);
+        }
+        result
+    }
+
+    fn now_secs(&self) -> i64 {
+        self.clock.now().timestamp()
+    }
+
+    // ----- the change feed -----
+
+    /// Woken (one permit) after every commit that appended to the feed.
+    pub fn feed_signal(&self) -> Arc<Notify> {
+        self.feed.clone()
+    }
+
+    /// Changes after sequence number `after`, in commit order, at most `limit`.
+    pub fn read_feed(&self, after: u64, limit: usize) -> Result<Vec<(u64, Change)>, StoreError> {
+        self.read(|c| {
+            let mut st = c
+                .prepare_cached("SELECT seq, kind, old, new FROM feed WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+                .map_err(sql_error)?;
+            let rows = st
+                .query_map(params![after as i64, limit as i64], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                    ))
+                })
+                .map_err(sql_error)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, kind, old, new) = row.map_err(sql_error)?;
+                out.push((seq as u64, change_of(&kind, old.as_deref(), new.as_deref())?));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Drops every change up to and including `through`: the consumer has handled them.
+    pub async fn trim_feed(&self, through: u64) -> Result<usize, StoreError> {
+        self.writer
+            .write(move |tx| {
+                let n = tx
+                    .conn
+                    .prepare_cached("DELETE FROM feed WHERE seq <= ?1")
+                    .and_then(|mut s| s.execute([through as i64]))
+                    .map_err(sql_error)?;
+                Ok(Verdict::Keep(n))
+            })
+            .await
+    }
+
+    /// How many changes wait in the feed (for the banner and tests).
+    pub fn feed_len(&self) -> Result<u64, StoreError> {
+        self.read(|c| {
+            c.query_row("SELECT count(*) FROM feed", [], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+                .map_err(sql_error)
+        })
+    }
+
+    /// Deletes what has expired by now: history past its retention, idempotency keys and webhook
+    /// delivery records past their expiry. Until then reads and conditions already ignore them.
+    pub async fn sweep_expired(&self) -> Result<Swept, StoreError> {
+        let now = self.now_secs();
+        self.writer
+            .write(move |tx| {
+                let c = tx.conn;
+                let mut swept = Swept::default();
+                // History expires oldest first: look at the oldest rows and stop at the first
+                // batch that is not all expired, so a sweep never scans the whole table.
+                for _ in 0..SWEEP_STEPS {
+                    let n = c
+                        .prepare_cached(
+                            "DELETE FROM history WHERE seq IN \
+                             (SELECT seq FROM history ORDER BY seq LIMIT ?1) AND expires_at < ?2",
+                        )
+                        .and_then(|mut s| s.execute(params![SWEEP_BATCH, now]))
+                        .map_err(sql_error)?;
+                    swept.history += n;
+                    if (n as i64) < SWEEP_BATCH {
+                        break;
+                    }
+                }
+                swept.idempotency_keys = c
+                    .execute("DELETE FROM idempotency WHERE expires_at < ?1", [now])
+                    .map_err(sql_error)?;
+                swept.delivery_records = c
+                    .execute("DELETE FROM deliveries WHERE expires_at < ?1", [now])
+                    .map_err(sql_error)?;
+                Ok(Verdict::Keep(swept))
+            })
+            .await
+    }
+}
+
+/// What one [`SqliteStore::sweep_expired`] deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub history: usize,
+    pub idempotency_keys: usize,
+    pub delivery_records: usize,
+}
+
+fn connect(path: &Path, durability: Durability, writer: bool) -> rusqlite::Result<Connection> {
+    let flags = if writer {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags)?;
+    let synchronous = match durability {
+        Durability::Process => "NORMAL",
+        Durability::Sync => "FULL",
+        Durability::Throwaway => "OFF",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA busy_timeout = 5000;
+         PRAGMA cache_size = -{CACHE_KIB};
+         PRAGMA temp_store = MEMORY;"
+    ))?;
+    if writer {
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = {synchronous};"
+        ))?;
+    }
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+fn change_of(kind: &str, old: Option<&str>, new: Option<&str>) -> Result<Change, StoreError> {
+    fn image<T: DeserializeOwned>(s: Option<&str>) -> Result<Option<Box<T>>, StoreError> {
+        s.map(|s| from_json(s).map(Box::new)).transpose()
+    }
+    Ok(match kind {
+        "agent" => Change::Agent {
+            old: image(old)?,
+            new: image(new)?,
+        },
+        "session" => Change::Session {
+            old: image(old)?,
+            new: image(new)?,
+        },
+        "task" => Change::Task {
+            old: image(old)?,
+            new: image(new)?,
+        },
+        other => return Err(StoreError::Corrupt(format!("feed entry of unknown kind {other:?}"))),
+    })
+}
+
+fn append_feed(tx: &Tx<'_>, kind: &str, old: Option<&str>, new: &str) -> Result<(), StoreError> {
+    tx.conn
+        .prepare_cached("INSERT INTO feed (kind, old, new) VALUES (?1, ?2, ?3)")
+        .and_then(|mut s| s.execute(params![kind, old, new]))
+        .map_err(sql_error)?;
+    tx.appended_to_feed();
+    Ok(())
+}
+
+/// The agent's stored JSON and its decoded image.
+fn load_agent(c: &Connection, id: &AgentId) -> Result<Option<(String, Agent)>, StoreError> {
+    let raw: Option<String> = c
+        .prepare_cached("SELECT item FROM agents WHERE id = ?1")
+        .and_then(|mut s| s.query_row([id.as_str()], |r| r.get(0)).optional())
+        .map_err(sql_error)?;
+    raw.map(|raw| from_json(&raw).map(|a| (raw, a))).transpose()
+}
+
+/// Writes the agent's new image and appends the change (old image as stored, new as written).
+fn save_agent(tx: &Tx<'_>, old: Option<&str>, agent: &Agent) -> Result<(), StoreError> {
+    let new = to_json(agent)?;
+    tx.conn
+        .prepare_cached("INSERT OR REPLACE INTO agents (id, state, item) VALUES (?1, ?2, ?3)")
+        .and_then(|mut s| s.execute(params![agent.id().as_str(), agent.current.state.as_str(), new]))
+        .map_err(sql_error)?;
+    append_feed(tx, "agent", old, &new)
+}
+
+fn load_session(c: &Connection, id: &SessionId) -> Result<Option<(String, Session)>, StoreError> {
+    let raw: Option<String> = c
+        .prepare_cached("SELECT item FROM sessions WHERE session_id = ?1")
+        .and_then(|mut s| s.query_row([id.to_string()], |r| r.get(0)).optional())
+        .map_err(sql_error)?;
+    raw.map(|raw| from_json(&raw).map(|s| (raw, s))).transpose()
+}
+
+fn load_task(c: &Connection, session: &SessionId, task: &str) -> Result<Option<(String, TaskInstance)>, StoreError> {
+    let raw: Option<String> = c
+        .prepare_cached("SELECT item FROM tasks WHERE session_id = ?1 AND task_id = ?2")
+        .and_then(|mut s| s.query_row(params![session.to_string(), task], |r| r.get(0)).optional())
+        .map_err(sql_error)?;
+    raw.map(|raw| from_json(&raw).map(|t| (raw, t))).transpose()
+}
+
+fn query_items<T: DeserializeOwned>(
+    c: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<T>, StoreError> {
+    let mut st = c.prepare_cached(sql).map_err(sql_error)?;
+    let rows = st.query_map(params, |r| r.get::<_, String>(0)).map_err(sql_error)?;
+    rows.map(|r| r.map_err(sql_error).and_then(|s| from_json(&s))).collect()
+}
+
+/// Cuts a page of `limit + 1` fetched items to `limit`, with a cursor made from the last one kept.
+fn page_of<T>(mut items: Vec<T>, limit: usize, cursor: impl Fn(&T) -> String) -> Page<T> {
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(cursor)
+    } else {
+        None
+    };
+    Page { items, next_cursor }
+}
+
+fn limit_of(page: &PageRequest) -> usize {
+    page.limit.max(1) as usize
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn register_agent(&self, details: AgentDetails, now: Timestamp) -> Result<RegisterOutcome, StoreError> {
+        self.writer
+            .write(move |tx| {
+                Ok(Verdict::Keep(match load_agent(tx.conn, &details.agent_id)? {
+                    None => {
+                        let agent = Agent::new(details, now);
+                        save_agent(tx, None, &agent)?;
+                        RegisterOutcome::Created(agent)
+                    }
+                    Some((_, old)) if old.details.same_registration(&details) && !old.is_deregistered() => {
+                        RegisterOutcome::Unchanged(old)
+                    }
+                    Some((raw, old)) => {
+                        let mut agent = old;
+                        agent.details = details;
+                        agent.deregistered_at = None;
+                        agent.updated_at = now;
+                        save_agent(tx, Some(&raw), &agent)?;
+                        RegisterOutcome::Updated(agent)
+                    }
+                }))
+            })
+            .await
+    }
+
+    async fn deregister_agent(&self, id: &AgentId, now: Timestamp) -> Result<Agent, AgentWriteError> {
+        let id = id.clone();
+        self.writer
+            .write(move |tx| {
+                let Some((raw, old)) = load_agent(tx.conn, &id)? else {
+                    return Ok(Verdict::Undo(Err(AgentWriteError::NotFound)));
+                };
+                if old.is_deregistered() {
+                    return Ok(Verdict::Keep(Ok(old)));
+                }
+                let mut agent = old;
+                agent.deregistered_at = Some(now);
+                agent.updated_at = now;
+                save_agent(tx, Some(&raw), &agent)?;
+                Ok(Verdict::Keep(Ok(agent)))
+            })
+            .await?
+    }
+
+    async fn report_state(
+        &self,
+        report: &StateReport,
+        received_at: Timestamp,
+        history_ttl: Duration,
+    ) -> Result<ReportOutcome, AgentWriteError> {
+        let report = report.clone();
+        let expires_at = received_at.timestamp().saturating_add(history_ttl.as_secs() as i64);
+        self.writer
+            .write(move |tx| {
+                let Some((raw, old)) = load_agent(tx.conn, &report.agent_id)? else {
+                    return Ok(Verdict::Undo(Err(AgentWriteError::NotFound)));
+                };
+                if old.is_deregistered() {
+                    return Ok(Verdict::Undo(Err(AgentWriteError::Deregistered)));
+                }
+                let applied = old.current.is_superseded_by(report.timestamp);
+                let entry = to_json(&HistoryEntry::of(&report, received_at, applied))?;
+                tx.conn
+                    .prepare_cached(
+                        "INSERT INTO history (agent_id, ts_secs, ts_nanos, expires_at, item) \
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            report.agent_id.as_str(),
+                            report.timestamp.timestamp(),
+                            report.timestamp.timestamp_subsec_nanos(),
+                            expires_at,
+                            entry
+                        ])
+                    })
+                    .map_err(sql_error)?;
+                if !applied {
+                    return Ok(Verdict::Keep(Ok(ReportOutcome::Stale { current: old.current })));
+                }
+                save_agent(tx, Some(&raw), &old.with_report(&report, received_at))?;
+                Ok(Verdict::Keep(Ok(ReportOutcome::Applied)))
+            })
+            .await?
+    }
+
+    async fn get_agent(&self, id: &AgentId) -> Result<Option<Agent>, StoreError> {
+        self.read(|c| Ok(load_agent(c, id)?.map(|(_, a)| a)))
+    }
+
+    async fn list_agents(&self, state: Option<&StateName>, page: PageRequest) -> Result<Page<Agent>, StoreError> {
+        const LIST: &str = "agents";
+        let after = match &page.cursor {
+            Some(c) => cursor::decode(c, LIST, 1)?.remove(0),
+            None => String::new(),
+        };
+        let limit = limit_of(&page);
+        let items: Vec<Agent> = self.read(|c| match state {
+            Some(st) => query_items(
+                c,
+                "SELECT item FROM agents WHERE state = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                params![st.as_str(), after, limit as i64 + 1],
+            ),
+            None => query_items(
+                c,
+                "SELECT item FROM agents WHERE id > ?1 ORDER BY id LIMIT ?2",
+                params![after, limit as i64 + 1],
+            ),
+        })?;
+        Ok(page_of(items, limit, |a| cursor::encode(LIST, &[a.id().as_str()])))
+    }
+
+    async fn state_history(&self, id: &AgentId, page: PageRequest) -> Result<Page<HistoryEntry>, StoreError> {
+        let list = format!("history\u{1e}{id}");
+        let after = match &page.cursor {
+            Some(c) => {
+                let k = cursor::decode(c, &list, 3)?;
+                Some((cursor::int(&k[0])?, cursor::int(&k[1])?, cursor::int(&k[2])?))
+            }
+            None => None,
+        };
+        let limit = limit_of(&page);
+        let rows: Vec<(i64, i64, i64, String)> = self.read(|c| {
+            let (secs, ns, seq) = after.unwrap_or((i64::MAX, i64::MAX, i64::MAX));
+            let mut st = c
+                .prepare_cached(
+                    "SELECT ts_secs, ts_nanos, seq, item FROM history \
+                     WHERE agent_id = ?1 AND (ts_secs, ts_nanos, seq) < (?2, ?3, ?4) \
+                     ORDER BY ts_secs DESC, ts_nanos DESC, seq DESC LIMIT ?5",
+                )
+                .map_err(sql_error)?;
+            let rows = st
+                .query_map(params![id.as_str(), secs, ns, seq, limit as i64 + 1], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
+                .map_err(sql_error)?;
+            rows.map(|r| r.map_err(sql_error)).collect()
+        })?;
+        let mut keyed = Vec::with_capacity(rows.len());
+        for (secs, ns, seq, item) in rows {
+            keyed.push(((secs, ns, seq), from_json::<HistoryEntry>(&item)?));
+        }
+        let page = page_of(keyed, limit, |((secs, ns, seq), _)| {
+            cursor::encode(&list, &[&secs.to_string(), &ns.to_string(), &seq.to_string()])
+        });
+        Ok(Page {
+            items: page.items.into_iter().map(|(_, e)| e).collect(),
+            next_cursor: page.next_cursor,
+        })
+    }
+
+    async fn put_workflow(&self, def: &WorkflowDefinition, now: Timestamp) -> Result<PutWorkflowOutcome, StoreError> {
+        let def = def.clone();
+        self.writer
+            .write(move |tx| {
+                let existing: Option<String> = tx
+                    .conn
+                    .prepare_cached("SELECT item FROM workflows WHERE id = ?1 AND version = ?2")
+                    .and_then(|mut s| {
+                        s.query_row(params![def.id.as_str(), def.version.as_str()], |r| r.get(0))
+                            .optional()
+                    })
+                    .map_err(sql_error)?;
+                if let Some(raw) = existing {
+                    let existing: StoredWorkflow = from_json(&raw)?;
+                    return Ok(Verdict::Keep(if existing.definition.same_content(&def) {
+                        PutWorkflowOutcome::Identical(existing)
+                    } else {
+                        PutWorkflowOutcome::Conflict(existing)
+                    }));
+                }
+                let stored = StoredWorkflow {
+                    definition: def,
+                    created_at: now,
+                };
+                let item = to_json(&stored)?;
+                tx.conn
+                    .prepare_cached("INSERT INTO workflows (id, version, created_at, item) VALUES (?1, ?2, ?3, ?4)")
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            stored.definition.id.as_str(),
+                            stored.definition.version.as_str(),
+                            nanos(now),
+                            item
+                        ])
+                    })
+                    .map_err(sql_error)?;
+                Ok(Verdict::Keep(PutWorkflowOutcome::Created(stored)))
+            })
+            .await
+    }
+
+    async fn get_workflow(
+        &self,
+        id: &WorkflowId,
+        version: Option<&WorkflowVersion>,
+    ) -> Result<Option<StoredWorkflow>, StoreError> {
+        self.read(|c| {
+            let found = match version {
+                Some(v) => query_items(
+                    c,
+                    "SELECT item FROM workflows WHERE id = ?1 AND version = ?2",
+                    params![id.as_str(), v.as_str()],
+                )?,
+                None => query_items(
+                    c,
+                    "SELECT item FROM workflows WHERE id = ?1 ORDER BY created_at DESC, version DESC LIMIT 1",
+                    params![id.as_str()],
+                )?,
+            };
+            Ok(found.into_iter().next())
+        })
+    }
+
+    async fn list_workflows(&self, page: PageRequest) -> Result<Page<StoredWorkflow>, StoreError> {
+        const LIST: &str = "workflows";
+        let (id, version) = match &page.cursor {
+            Some(c) => {
+                let mut k = cursor::decode(c, LIST, 2)?;
+                let v = k.pop().unwrap_or_default();
+                (k.pop().unwrap_or_default(), v)
+            }
+            None => (String::new(), String::new()),
+        };
+        let limit = limit_of(&page);
+        let items: Vec<StoredWorkflow> = self.read(|c| {
+            query_items(
+                c,
+                "SELECT item FROM workflows WHERE (id, version) > (?1, ?2) ORDER BY id, version LIMIT ?3",
+                params![id, version, limit as i64 + 1],
+            )
+        })?;
+        Ok(page_of(items, limit, |w| {
+            cursor::encode(LIST, &[w.definition.id.as_str(), w.definition.version.as_str()])
+        }))
+    }
+
+    async fn commit(&self, writes: Vec<Write>) -> Result<(), CommitError> {
+        let now = self.now_secs();
+        self.writer
+            .write(move |tx| match check(tx.conn, &writes, now)? {
+                Err(conflict) => Ok(Verdict::Undo(Err(conflict))),
+                Ok(loaded) => {
+                    apply(tx, writes, loaded, now)?;
+                    Ok(Verdict::Keep(Ok(())))
+                }
+            })
+            .await?
+    }
+
+    async fn get_session(&self, id: &SessionId) -> Result<Option<SessionView>, StoreError> {
+        self.read(|c| {
+            // One read transaction: the session and its tasks from the same snapshot.
+            let tx = c.unchecked_transaction().map_err(sql_error)?;
+            let Some((_, session)) = load_session(&tx, id)? else {
+                return Ok(None);
+            };
+            let tasks = query_items(
+                &tx,
+                "SELECT item FROM tasks WHERE session_id = ?1 ORDER BY task_id",
+                [id.to_string()],
+            )?;
+            Ok(Some(SessionView { session, tasks }))
+        })
+    }
+
+    async fn list_sessions(&self, agent: &AgentId, page: PageRequest) -> Result<Page<Session>, StoreError> {
+        let list = format!("sessions\u{1e}{agent}");
+        let after = match &page.cursor {
+            Some(c) => {
+                let k = cursor::decode(c, &list, 2)?;
+                Some((cursor::int(&k[0])?, k[1].clone()))
+            }
+            None => None,
+        };
+        let limit = limit_of(&page);
+        // Newest first; sessions started in the same nanosecond by session id.
+        let items: Vec<Session> = self.read(|c| match &after {
+            None => query_items(
+                c,
+                "SELECT item FROM sessions WHERE agent_id = ?1 ORDER BY started DESC, session_id LIMIT ?2",
+                params![agent.as_str(), limit as i64 + 1],
+            ),
+            Some((started, sid)) => query_items(
+                c,
+                "SELECT item FROM sessions WHERE agent_id = ?1 \
+                 AND (started < ?2 OR (started = ?2 AND session_id > ?3)) \
+                 ORDER BY started DESC, session_id LIMIT ?4",
+                params![agent.as_str(), started, sid, limit as i64 + 1],
+            ),
+        })?;
+        Ok(page_of(items, limit, |s| {
+            cursor::encode(&list, &[&nanos(s.start_time).to_string(), &s.session_id.to_string()])
+        }))
+    }
+
+    async fn get_task(&self, key: &TaskKey) -> Result<Option<TaskInstance>, StoreError> {
+        self.read(|c| Ok(load_task(c, &key.session_id, key.task_id.as_str())?.map(|(_, t)| t)))
+    }
+
+    async fn runnable_tasks(&self, agent: &AgentId, now: Timestamp, limit: u32) -> Result<Vec<TaskKey>, StoreError> {
+        self.read(|c| {
+            let tasks: Vec<TaskInstance> = query_items(
+                c,
+                "SELECT item FROM tasks WHERE agent_id = ?1 AND status = 'pending' AND due_at <= ?2 \
+                 ORDER BY due_at LIMIT ?3",
+                params![agent.as_str(), nanos(now), limit],
+            )?;
+            Ok(tasks.iter().map(TaskInstance::key).collect())
+        })
+    }
+
+    async fn due_timers(&self, now: Timestamp, limit: u32) -> Result<Vec<TaskKey>, StoreError> {
+        self.read(|c| {
+            let tasks: Vec<TaskInstance> = query_items(
+                c,
+                "SELECT item FROM tasks WHERE timer_at IS NOT NULL AND timer_at <= ?1 ORDER BY timer_at LIMIT ?2",
+                params![nanos(now), limit],
+            )?;
+            Ok(tasks.iter().map(TaskInstance::key).collect())
+        })
+    }
+}
+
+/// The stored image (as JSON) each write replaces, when it replaces one.
+type Loaded = Vec<Option<String>>;
+
+/// Checks every write's condition against the state before the batch (as DynamoDB's
+/// TransactWriteItems does); nothing is written here.
+fn check(c: &Connection, writes: &[Write], now: i64) -> Result<Result<Loaded, CommitError>, StoreError> {
+    let mut loaded = Vec::with_capacity(writes.len());
+    for (index, w) in writes.iter().enumerate() {
+        let conflict = |existing| Ok(Err(CommitError::Conflict { index, existing }));
+        let raw = match w {
+            Write::CreateSession(s) => {
+                if load_session(c, &s.session_id)?.is_some() {
+                    return conflict(None);
+                }
+                None
+            }
+            Write::TransitionSession { from, next } => match load_session(c, &next.session_id)? {
+                Some((raw, cur)) if cur.status == *from && cur.rev + 1 == next.rev => Some(raw),
+                _ => return conflict(None),
+            },
+            Write::CheckSessionOpen(id) => match load_session(c, id)? {
+                Some((_, cur)) if !cur.status.is_terminal() => None,
+                _ => return conflict(None),
+            },
+            Write::CreateTask(t) => {
+                if load_task(c, &t.session_id, t.task_id.as_str())?.is_some() {
+                    return conflict(None);
+                }
+                None
+            }
+            Write::TransitionTask { from, next } => match load_task(c, &next.session_id, next.task_id.as_str())? {
+                Some((raw, cur)) if cur.status == *from && cur.rev + 1 == next.rev => Some(raw),
+                _ => return conflict(None),
+            },
+            Write::CreateIdempotencyKey { agent_id, key, .. } => {
+                let existing: Option<(String, i64)> = c
+                    .prepare_cached("SELECT session_id, expires_at FROM idempotency WHERE agent_id = ?1 AND key = ?2")
+                    .and_then(|mut s| {
+                        s.query_row(params![agent_id.as_str(), key.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+                            .optional()
+                    })
+                    .map_err(sql_error)?;
+                // A key past its expiry counts as absent (DynamoDB's `expiresAt < :now`).
+                if let Some((session, expires)) = existing
+                    && expires >= now
+                {
+                    let session = SessionId::parse(&session)
+                        .map_err(|e| StoreError::Corrupt(format!("idempotency key's session id: {e}")))?;
+                    return conflict(Some(Existing::IdempotencyKey(session)));
+                }
+                None
+            }
+            Write::ClaimAgent { agent_id, .. } => match load_agent(c, agent_id)? {
+                Some((raw, a)) if a.is_available() => Some(raw),
+                _ => return conflict(None),
+            },
+            Write::ReleaseAgent { agent_id, dispatch } => match load_agent(c, agent_id)? {
+                Some((raw, a)) if a.inflight.as_ref().is_some_and(|i| &i.dispatch == dispatch) => Some(raw),
+                _ => return conflict(None),
+            },
+            Write::CreateDeliveryRecord { id, .. } => {
+                let expires: Option<i64> = c
+                    .prepare_cached("SELECT expires_at FROM deliveries WHERE id = ?1")
+                    .and_then(|mut s| s.query_row([id], |r| r.get(0)).optional())
+                    .map_err(sql_error)?;
+                if expires.is_some_and(|e| e >= now) {
+                    return conflict(None);
+                }
+                None
+            }
+            Write::ExpireDeliveryRecord { id } => {
+                let exists: Option<i64> = c
+                    .prepare_cached("SELECT 1 FROM deliveries WHERE id = ?1")
+                    .and_then(|mut s| s.query_row([id], |r| r.get(0)).optional())
+                    .map_err(sql_error)?;
+                if exists.is_none() {
+                    return conflict(None);
+                }
+                None
+            }
+        };
+        loaded.push(raw);
+    }
+    Ok(Ok(loaded))
+}
+
+fn apply(tx: &Tx<'_>, writes: Vec<Write>, loaded: Loaded, now: i64) -> Result<(), StoreError> {
+    let c = tx.conn;
+    let exec = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> Result<(), StoreError> {
+        c.prepare_cached(sql)
+            .and_then(|mut s| s.execute(p))
+            .map(drop)
+            .map_err(sql_error)
+    };
+    for (w, old) in writes.into_iter().zip(loaded) {
+        match w {
+            Write::CreateSession(s) | Write::TransitionSession { next: s, .. } => {
+                let new = to_json(&s)?;
+                exec(
+                    "INSERT OR REPLACE INTO sessions (session_id, agent_id, started, item) VALUES (?1, ?2, ?3, ?4)",
+                    &[&s.session_id.to_string(), &s.agent_id.as_str(), &nanos(s.start_time), &new],
+                )?;
+                append_feed(tx, "session", old.as_deref(), &new)?;
+            }
+            Write::CreateTask(t) | Write::TransitionTask { next: t, .. } => {
+                let new = to_json(&t)?;
+                exec(
+                    "INSERT OR REPLACE INTO tasks (session_id, task_id, agent_id, status, due_at, timer_at, item) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    &[
+                        &t.session_id.to_string(),
+                        &t.task_id.as_str(),
+                        &t.agent_id.as_str(),
+                        &t.status.as_str(),
+                        &nanos(t.due_at),
+                        &t.timer_at.map(nanos),
+                        &new,
+                    ],
+                )?;
+                append_feed(tx, "task", old.as_deref(), &new)?;
+            }
+            Write::CreateIdempotencyKey {
+                agent_id,
+                key,
+                session_id,
+                ttl,
+            } => exec(
+                "INSERT OR REPLACE INTO idempotency (agent_id, key, session_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                &[
+                    &agent_id.as_str(),
+                    &key.as_str(),
+                    &session_id.to_string(),
+                    &now.saturating_add(ttl.as_secs() as i64),
+                ],
+            )?,
+            Write::ClaimAgent { agent_id, inflight } => {
+                let raw = old.as_deref().expect("checked: the agent exists");
+                let mut agent: Agent = from_json(raw)?;
+                debug_assert_eq!(agent.id(), &agent_id);
+                agent.inflight = Some(inflight);
+                save_agent(tx, Some(raw), &agent)?;
+            }
+            Write::ReleaseAgent { .. } => {
+                let raw = old.as_deref().expect("checked: the agent exists");
+                let mut agent: Agent = from_json(raw)?;
+                agent.inflight = None;
+                save_agent(tx, Some(raw), &agent)?;
+            }
+            Write::CreateDeliveryRecord { id, expires_at } => exec(
+                "INSERT OR REPLACE INTO deliveries (id, expires_at) VALUES (?1, ?2)",
+                &[&id, &expires_at.timestamp()],
+            )?,
+            Write::ExpireDeliveryRecord { id } => exec("DELETE FROM deliveries WHERE id = ?1", &[&id])?,
+            Write::CheckSessionOpen(_) => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use opscore_core::task::TaskStatus;
+
+    #[test]
+    fn the_runnable_index_names_the_pending_status() {
+        // tasks_runnable is a partial index on the literal 'pending'.
+        assert_eq!(TaskStatus::Pending.as_str(), "pending");
+    }
+}

@@ -1,0 +1,171 @@
+//! The one writer: a thread that owns the write connection and commits every write of the store.
+//!
+//! Callers send a job and wait for its answer. The thread takes every job that is waiting (up to
+//! [`MAX_GROUP`]) into one transaction, runs each inside its own savepoint (so one job's failed
+//! condition undoes only that job), commits once, and only then answers: an acknowledged write is
+//! committed (group commit — one commit for many writes is what makes a durable store fast).
+
+use opscore_core::store::StoreError;
+use rusqlite::Connection;
+use std::cell::Cell;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use tokio::sync::{Notify, oneshot};
+
+/// At most this many jobs share one transaction: bounds the latency a big group adds.
+pub const MAX_GROUP: usize = 256;
+
+/// What a job's body sees: the connection (inside a transaction and a savepoint), and a flag it
+/// sets when it appended to the change feed, so the feed's consumer is woken after the commit.
+pub struct Tx<'a> {
+    pub conn: &'a Connection,
+    appended: &'a Cell<bool>,
+}
+
+impl Tx<'_> {
+    pub fn appended_to_feed(&self) {
+        self.appended.set(true);
+    }
+}
+
+/// Whether a job's writes stay (`Keep`) or are undone (`Undo`, a condition did not hold).
+pub enum Verdict<T> {
+    Keep(T),
+    Undo(T),
+}
+
+trait Job: Send {
+    /// Runs the body in a savepoint; returns what to answer once the commit's fate is known.
+    fn run(self: Box<Self>, tx: &Tx<'_>) -> Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+    fn fail(self: Box<Self>, e: StoreError);
+}
+
+struct Typed<T, F> {
+    body: F,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> Job for Typed<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&Tx<'_>) -> Result<Verdict<T>, StoreError> + Send,
+{
+    fn run(self: Box<Self>, tx: &Tx<'_>) -> Box<dyn FnOnce(Result<(), StoreError>) + Send> {
+        let this = *self;
+        let outcome = savepoint(tx, this.body);
+        let reply = this.reply;
+        Box::new(move |committed| {
+            let _ = reply.send(committed.and(outcome));
+        })
+    }
+    fn fail(self: Box<Self>, e: StoreError) {
+        let _ = self.reply.send(Err(e));
+    }
+}
+
+fn savepoint<T>(
+    tx: &Tx<'_>,
+    body: impl FnOnce(&Tx<'_>) -> Result<Verdict<T>, StoreError>,
+) -> Result<T, StoreError> {
+    let appended_before = tx.appended.get();
+    tx.conn.execute_batch("SAVEPOINT job").map_err(crate::sql_error)?;
+    let result = body(tx);
+    let undo = !matches!(result, Ok(Verdict::Keep(_)));
+    let end = if undo {
+        tx.appended.set(appended_before);
+        tx.conn.execute_batch("ROLLBACK TO job; RELEASE job")
+    } else {
+        tx.conn.execute_batch("RELEASE job")
+    };
+    end.map_err(crate::sql_error)?;
+    match result? {
+        Verdict::Keep(v) | Verdict::Undo(v) => Ok(v),
+    }
+}
+
+pub struct Writer {
+    jobs: Option<mpsc::Sender<Box<dyn Job>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    pub fn start(conn: Connection, feed: std::sync::Arc<Notify>) -> Writer {
+        let (tx, rx) = mpsc::channel::<Box<dyn Job>>();
+        let thread = std::thread::Builder::new()
+            .name("opscore-sqlite-writer".into())
+            .spawn(move || run(conn, rx, feed))
+            .expect("spawn the writer thread");
+        Writer {
+            jobs: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Runs `body` in the next group's transaction; answers once that transaction committed.
+    pub async fn write<T, F>(&self, body: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Tx<'_>) -> Result<Verdict<T>, StoreError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: Box<dyn Job> = Box::new(Typed { body, reply });
+        self.jobs
+            .as_ref()
+            .expect("open until dropped")
+            .send(job)
+            .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the store's writer stopped".into()))?
+    }
+}
+
+impl Drop for Writer {
+    /// Lets the writer finish every job already sent, checkpoint and close its connection.
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, feed: std::sync::Arc<Notify>) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(j) => group.push(j),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let e = crate::sql_error(e);
+            for job in group {
+                job.fail(e.clone());
+            }
+            continue;
+        }
+        let appended = Cell::new(false);
+        let tx = Tx {
+            conn: &conn,
+            appended: &appended,
+        };
+        let answers: Vec<_> = group.into_iter().map(|job| job.run(&tx)).collect();
+        let committed = conn.execute_batch("COMMIT").map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            crate::sql_error(e)
+        });
+        let ok = committed.is_ok();
+        for answer in answers {
+            answer(committed.clone());
+        }
+        if ok && appended.get() {
+            feed.notify_one();
+        }
+    }
+    // Every sender is gone: fold the WAL into the database so the next start opens a tidy file.
+    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+        tracing::warn!(error = %e, "final checkpoint failed");
+    }
+}
