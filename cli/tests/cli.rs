@@ -37,7 +37,7 @@ impl Env {
         };
         let stack = Stack::start(Options {
             port: 0,
-            store: opscore_local::StoreChoice::Embedded { file: None },
+            store: opscore_local::StoreChoice::Ephemeral,
             table: "opscore-cli-test".into(),
             sweep_every: Duration::from_millis(200),
             config,

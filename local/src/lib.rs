@@ -1,6 +1,9 @@
 //! The whole Ops-Core stack in one process: the state API and webhook routes on 127.0.0.1, and
-//! the workflow runner driven by the table's stream (woken by every write) and a timer sweep, over
-//! an embedded DynamoDB-compatible store, DynamoDB Local, or AWS.
+//! the workflow runner driven by the store's change feed and a timer sweep. The store is SQLite in
+//! a file by default (durable across restarts and crashes), a throwaway one, the in-memory
+//! adapter, or DynamoDB (DynamoDB Local or AWS) through the real adapter and its stream.
+
+pub mod feed;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -9,19 +12,18 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use opscore_core::app::{App, Settings};
 use opscore_core::config::{Config, Secret};
 use opscore_core::memory::InMemoryStore;
-use opscore_core::runner::{CONCURRENT_AGENTS, Runner, by_agent};
-use opscore_core::store::{Change, Store};
+use opscore_core::runner::Runner;
+use opscore_core::store::Store;
 use opscore_core::time::SystemClock;
 use opscore_core::workflow::{Format, WorkflowDefinition};
-use opscore_dynamo::embedded::EmbeddedDynamo;
 use opscore_http::agentkit::AgentKitClient;
 use opscore_http::error::HttpError;
 use opscore_http::{Api, ApiRequest, ApiResponse, Surface};
+use opscore_sqlite::{Durability, SqliteStore};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
@@ -37,13 +39,28 @@ const MAX_READ_BYTES: usize = 1024 * 1024;
 /// Where the stack keeps its state. Every choice passes the same storage contract suite.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StoreChoice {
-    /// dynoxide, an embedded DynamoDB-compatible store, through the real DynamoDB adapter; in
-    /// memory, or in a file so state survives restarts.
-    Embedded { file: Option<std::path::PathBuf> },
-    /// DynamoDB Local or AWS, through the real DynamoDB adapter.
+    /// The default: SQLite in `path` (WAL), durable across restarts and crashes, locked to this
+    /// process.
+    File {
+        path: std::path::PathBuf,
+        durability: Durability,
+    },
+    /// SQLite in a temporary file, deleted on exit: a throwaway store.
+    Ephemeral,
+    /// DynamoDB Local or AWS, through the real DynamoDB adapter and the table's stream.
     Dynamo { endpoint: String },
-    /// The in-memory adapter: no DynamoDB at all; the fastest, for load tests of the service itself.
+    /// The in-memory adapter (no SQLite, no DynamoDB): state is lost on exit.
     Memory,
+}
+
+/// The data file when none is named: `opscore-local.db` in the configured data directory
+/// (`OPSCORE_DATA_DIR`, else `$XDG_DATA_HOME/opscore`, else `~/.local/share/opscore`), else in `./.opscore`.
+pub fn default_data_file(config: &Config) -> std::path::PathBuf {
+    config
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| ".opscore".into())
+        .join("opscore-local.db")
 }
 
 #[derive(Debug, Clone)]
@@ -65,7 +82,10 @@ impl Options {
                 Some(endpoint) => StoreChoice::Dynamo {
                     endpoint: endpoint.clone(),
                 },
-                None => StoreChoice::Embedded { file: None },
+                None => StoreChoice::File {
+                    path: default_data_file(&config),
+                    durability: Durability::Process,
+                },
             },
             table: config.table_name.clone().unwrap_or_else(|| "opscore-local".into()),
             sweep_every: Duration::from_secs(1),
@@ -90,8 +110,8 @@ pub struct Stack {
     pub generated: Generated,
     pub store: Arc<dyn Store>,
     shutdown: watch::Sender<bool>,
+    server: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
-    _embedded: Option<EmbeddedDynamo>,
 }
 
 impl Stack {
@@ -117,7 +137,9 @@ impl Stack {
             .clone()
             .unwrap_or_else(|| DEFAULT_AGENTKIT_URL.to_owned());
 
-        let (store, mut feed, embedded, store_description) = open_store(&opts).await?;
+        let wake = Arc::new(Notify::new());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (store, source, sqlite, store_description) = open_store(&opts, &wake, &shutdown_rx).await?;
         let settings = Settings {
             history_retention: opts.config.history_retention,
             ..Settings::default()
@@ -144,48 +166,35 @@ impl Stack {
 
         let listener = TcpListener::bind(("127.0.0.1", opts.port)).await?;
         let addr = listener.local_addr()?;
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let wake = Arc::new(Notify::new());
 
-        let tasks = vec![
-            tokio::spawn(serve(listener, api, wake.clone(), shutdown_rx.clone())),
-            tokio::spawn({
-                let runner = runner.clone();
-                let mut stop = shutdown_rx.clone();
-                async move {
-                    while let Some(changes) = feed.next(&wake, &mut stop).await {
-                        // Agents concurrently, each agent's changes in order. On stop, the rest
-                        // of the batch is dropped: each task's recheck timer brings it back.
-                        let stopping = stop.clone();
-                        by_agent(&changes, CONCURRENT_AGENTS, |change| {
-                            let (runner, stopping) = (&runner, &stopping);
-                            async move {
-                                if !*stopping.borrow() {
-                                    deliver(runner, change).await;
-                                }
-                                Ok::<(), std::convert::Infallible>(())
-                            }
-                        })
-                        .await;
+        let server = tokio::spawn(serve(listener, api, wake, shutdown_rx.clone()));
+        let mut tasks = vec![tokio::spawn(feed::consume(source, runner.clone(), shutdown_rx.clone()))];
+        tasks.push(tokio::spawn({
+            let mut stop = shutdown_rx.clone();
+            let every = opts.sweep_every;
+            async move {
+                let mut last_expiry = tokio::time::Instant::now();
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(every) => {}
+                        _ = stop.changed() => return,
                     }
-                }
-            }),
-            tokio::spawn({
-                let mut stop = shutdown_rx.clone();
-                let every = opts.sweep_every;
-                async move {
-                    loop {
-                        tokio::select! {
-                            _ = tokio::time::sleep(every) => {}
-                            _ = stop.changed() => return,
-                        }
-                        if let Err(e) = runner.sweep().await {
-                            tracing::warn!(error = %e, "sweep failed");
+                    // Timers of different sessions concurrently: a hung dispatch holds up only its own.
+                    if let Err(e) = runner.sweep().await {
+                        tracing::warn!(error = %e, "sweep failed");
+                    }
+                    if let Some(db) = &sqlite
+                        && last_expiry.elapsed() >= EXPIRY_SWEEP_EVERY
+                    {
+                        last_expiry = tokio::time::Instant::now();
+                        match db.sweep_expired().await {
+                            Ok(swept) => tracing::debug!(?swept, "expired items deleted"),
+                            Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
                         }
                     }
                 }
-            }),
-        ];
+            }
+        }));
         Ok(Stack {
             addr,
             api_key,
@@ -195,145 +204,121 @@ impl Stack {
             generated,
             store,
             shutdown,
+            server,
             tasks,
-            _embedded: embedded,
         })
     }
 
-    /// Stops accepting requests, stops the runner loops, and waits for them.
+    /// Stops gracefully: stops accepting connections, finishes the requests under way, lets the
+    /// runner finish the changes it is handling, and closes the store (a durable store keeps the
+    /// rest of its feed for the next start).
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
+        let _ = self.server.await;
         for t in self.tasks {
             let _ = t.await;
         }
     }
 }
 
-type Opened = (Arc<dyn Store>, Feed, Option<EmbeddedDynamo>, String);
+/// How often expired history, idempotency keys and delivery records are deleted from SQLite.
+const EXPIRY_SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// How long a stop waits for requests under way.
+const REQUEST_GRACE: Duration = Duration::from_secs(10);
 
-async fn open_store(opts: &Options) -> Result<Opened, Box<dyn std::error::Error + Send + Sync>> {
-    let (embedded, endpoint, description) = match &opts.store {
+type Opened = (Arc<dyn Store>, feed::Source, Option<Arc<SqliteStore>>, String);
+
+async fn open_store(
+    opts: &Options,
+    wake: &Arc<Notify>,
+    stop: &watch::Receiver<bool>,
+) -> Result<Opened, Box<dyn std::error::Error + Send + Sync>> {
+    let (sqlite, description) = match &opts.store {
         StoreChoice::Memory => {
             let (store, rx) = InMemoryStore::with_changes();
             return Ok((
                 Arc::new(store),
-                Feed::Channel(rx),
+                feed::Source::Channel { rx, next_position: 0 },
                 None,
-                "in-memory store (no DynamoDB; state is lost on exit)".into(),
+                "in-memory (the in-memory adapter; everything is lost on exit)".into(),
             ));
         }
-        StoreChoice::Dynamo { endpoint } => (
-            None,
-            endpoint.clone(),
-            format!("DynamoDB at {endpoint}, table {}", opts.table),
+        StoreChoice::File { path, durability } => {
+            let path = path.clone();
+            let durability = *durability;
+            let db = tokio::task::spawn_blocking(move || SqliteStore::open(&path, durability)).await??;
+            let description = format!(
+                "{} (SQLite; kept across restarts{})",
+                db.path().display(),
+                if durability == Durability::Sync {
+                    ", every commit synced"
+                } else {
+                    ""
+                }
+            );
+            (db, description)
+        }
+        StoreChoice::Ephemeral => (
+            tokio::task::spawn_blocking(SqliteStore::temporary).await??,
+            "throwaway (SQLite in a temporary file, deleted on exit)".into(),
         ),
-        StoreChoice::Embedded { file } => {
-            let db = match file {
-                Some(path) => EmbeddedDynamo::start_with_file(path).await?,
-                None => EmbeddedDynamo::start().await?,
-            };
-            let where_ = file
-                .as_ref()
-                .map(|p| format!("file {}", p.display()))
-                .unwrap_or_else(|| "in memory".into());
-            let e = db.endpoint.clone();
-            (
-                Some(db),
-                e,
-                format!(
-                    "embedded DynamoDB-compatible store (dynoxide, {where_}), table {}",
-                    opts.table
-                ),
+        StoreChoice::Dynamo { endpoint } => {
+            let client = opscore_dynamo::client_for_endpoint(Some(endpoint)).await;
+            opscore_dynamo::table::ensure_table(&client, &opts.table).await?;
+            let store = Arc::new(opscore_dynamo::DynamoStore::new(client, opts.table.clone()));
+            let tail = opscore_dynamo::StreamTail::start(
+                opscore_dynamo::streams_client_for_endpoint(Some(endpoint)).await,
+                &opts.table,
             )
+            .await?;
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(feed::pump_stream(tail, wake.clone(), tx, stop.clone()));
+            return Ok((
+                store,
+                feed::Source::Channel { rx, next_position: 0 },
+                None,
+                format!("DynamoDB at {endpoint}, table {}", opts.table),
+            ));
         }
     };
-    let client = opscore_dynamo::client_for_endpoint(Some(&endpoint)).await;
-    opscore_dynamo::table::ensure_table(&client, &opts.table).await?;
-    let store = Arc::new(opscore_dynamo::DynamoStore::new(client, opts.table.clone()));
-    let tail = opscore_dynamo::StreamTail::start(
-        opscore_dynamo::streams_client_for_endpoint(Some(&endpoint)).await,
-        &opts.table,
-    )
-    .await?;
-    Ok((store, Feed::Stream(tail), embedded, description))
+    let db = Arc::new(sqlite);
+    Ok((db.clone(), feed::Source::Sqlite(db.clone()), Some(db), description))
 }
 
-/// The change feed the runner consumes: the table's stream, or the in-memory store's channel.
-enum Feed {
-    Stream(opscore_dynamo::StreamTail),
-    Channel(UnboundedReceiver<Change>),
-}
-
-impl Feed {
-    /// The next batch of changes, in order; `None` once the stack stops. The stream is read when
-    /// a write this process served wakes it (and drained until empty), with a slow fallback poll
-    /// for writes made by other processes on a shared DynamoDB.
-    async fn next(&mut self, wake: &Notify, stop: &mut watch::Receiver<bool>) -> Option<Vec<Change>> {
-        match self {
-            Feed::Channel(rx) => tokio::select! {
-                first = rx.recv() => {
-                    let mut batch = vec![first?];
-                    while let Ok(c) = rx.try_recv() {
-                        batch.push(c);
-                    }
-                    Some(batch)
-                }
-                _ = stop.changed() => None,
-            },
-            Feed::Stream(tail) => loop {
-                match tail.poll().await {
-                    Ok(changes) if !changes.is_empty() => return Some(changes),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "stream poll failed"),
-                }
-                tokio::select! {
-                    _ = wake.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    _ = stop.changed() => return None,
-                }
-            },
-        }
-    }
-}
-
-/// Like Lambda's stream event source: a failing record is retried (a few times here) before the
-/// consumer moves on, so one bad record cannot stall the stack.
-async fn deliver(runner: &Runner, change: &opscore_core::store::Change) {
-    for attempt in 1..=3 {
-        match runner.on_change(change).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(attempt, error = %e, "change handling failed");
-                tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
-            }
-        }
-    }
-}
-
+/// Serves connections until `stop`, then stops accepting and lets the requests under way finish
+/// (within [`REQUEST_GRACE`]); idle keep-alive connections are closed.
 async fn serve(listener: TcpListener, api: Arc<Api>, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
-            _ = stop.changed() => return,
+            _ = stop.changed() => break,
         };
         let api = api.clone();
         let wake = wake.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-                let api = api.clone();
-                let wake = wake.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&api, &wake, req).await) }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            let api = api.clone();
+            let wake = wake.clone();
+            async move { Ok::<_, std::convert::Infallible>(handle(&api, &wake, req).await) }
         });
+        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(REQUEST_GRACE, graceful.shutdown()).await.is_err() {
+        tracing::warn!("requests still under way after the grace period; stopping anyway");
     }
 }
 

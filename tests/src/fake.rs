@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-type Handler =
+pub type Handler =
     Arc<dyn Fn(http::Method, String, Bytes) -> futures::future::BoxFuture<'static, (u16, Value)> + Send + Sync>;
 
 /// A minimal HTTP server on 127.0.0.1:0 answering JSON; stops when dropped.

@@ -19,7 +19,7 @@ struct Env {
 }
 
 async fn env(behaviour: Behaviour) -> Env {
-    env_on(StoreChoice::Embedded { file: None }, behaviour).await
+    env_on(StoreChoice::Ephemeral, behaviour).await
 }
 
 async fn env_on(store: StoreChoice, behaviour: Behaviour) -> Env {
@@ -111,8 +111,8 @@ impl Env {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sample_workflow_runs_end_to_end_on_the_embedded_store() {
-    sample_runs(StoreChoice::Embedded { file: None }).await;
+async fn the_sample_workflow_runs_end_to_end_on_the_default_store() {
+    sample_runs(StoreChoice::Ephemeral).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

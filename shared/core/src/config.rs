@@ -34,6 +34,8 @@ pub mod names {
     pub const HISTORY_RETENTION_DAYS: &str = "OPSCORE_HISTORY_RETENTION_DAYS";
     pub const LEASE_SECONDS: &str = "OPSCORE_LEASE_SECONDS";
     pub const LOG_FORMAT: &str = "OPSCORE_LOG_FORMAT";
+    /// The local stack's data directory; else `$XDG_DATA_HOME/opscore`, else `~/.local/share/opscore`.
+    pub const DATA_DIR: &str = "OPSCORE_DATA_DIR";
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -57,6 +59,8 @@ pub struct Config {
     pub history_retention: Duration,
     pub lease: Duration,
     pub json_logs: bool,
+    /// Where the local stack keeps its data file (`None`: no directory could be worked out).
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -71,6 +75,7 @@ impl Default for Config {
             history_retention: Duration::from_secs(30 * 86_400),
             lease: Duration::from_secs(30),
             json_logs: true,
+            data_dir: None,
         }
     }
 }
@@ -140,6 +145,10 @@ impl Config {
             history_retention: retention_days,
             lease: seconds(names::LEASE_SECONDS, d.lease)?,
             json_logs: non_empty(names::LOG_FORMAT).is_none_or(|v| v != "text"),
+            data_dir: non_empty(names::DATA_DIR)
+                .map(std::path::PathBuf::from)
+                .or_else(|| non_empty("XDG_DATA_HOME").map(|d| std::path::Path::new(&d).join("opscore")))
+                .or_else(|| non_empty("HOME").map(|h| std::path::Path::new(&h).join(".local/share/opscore"))),
         })
     }
 }

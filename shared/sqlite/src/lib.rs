@@ -890,7 +890,12 @@ fn apply(tx: &Tx<'_>, writes: Vec<Write>, loaded: Loaded, now: i64) -> Result<()
                 let new = to_json(&s)?;
                 exec(
                     "INSERT OR REPLACE INTO sessions (session_id, agent_id, started, item) VALUES (?1, ?2, ?3, ?4)",
-                    &[&s.session_id.to_string(), &s.agent_id.as_str(), &nanos(s.start_time), &new],
+                    &[
+                        &s.session_id.to_string(),
+                        &s.agent_id.as_str(),
+                        &nanos(s.start_time),
+                        &new,
+                    ],
                 )?;
                 append_feed(tx, "session", old.as_deref(), &new)?;
             }

@@ -63,10 +63,7 @@ where
     }
 }
 
-fn savepoint<T>(
-    tx: &Tx<'_>,
-    body: impl FnOnce(&Tx<'_>) -> Result<Verdict<T>, StoreError>,
-) -> Result<T, StoreError> {
+fn savepoint<T>(tx: &Tx<'_>, body: impl FnOnce(&Tx<'_>) -> Result<Verdict<T>, StoreError>) -> Result<T, StoreError> {
     let appended_before = tx.appended.get();
     tx.conn.execute_batch("SAVEPOINT job").map_err(crate::sql_error)?;
     let result = body(tx);
