@@ -34,6 +34,8 @@ pub mod names {
     pub const HISTORY_RETENTION_DAYS: &str = "OPSCORE_HISTORY_RETENTION_DAYS";
     pub const LEASE_SECONDS: &str = "OPSCORE_LEASE_SECONDS";
     pub const LOG_FORMAT: &str = "OPSCORE_LOG_FORMAT";
+    /// How far ahead of the server clock a state report's timestamp may be (seconds).
+    pub const MAX_CLOCK_SKEW: &str = "OPSCORE_MAX_CLOCK_SKEW_SECONDS";
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -56,6 +58,9 @@ pub struct Config {
     pub webhook_tolerance: Duration,
     pub history_retention: Duration,
     pub lease: Duration,
+    /// A state report whose timestamp is further ahead of the server clock than this is refused
+    /// (422): it would hold the agent's state until real time caught up with it.
+    pub max_clock_skew: Duration,
     pub json_logs: bool,
 }
 
@@ -70,6 +75,7 @@ impl Default for Config {
             webhook_tolerance: Duration::from_secs(300),
             history_retention: Duration::from_secs(30 * 86_400),
             lease: Duration::from_secs(30),
+            max_clock_skew: Duration::from_secs(300),
             json_logs: true,
         }
     }
@@ -139,6 +145,7 @@ impl Config {
             webhook_tolerance: seconds(names::WEBHOOK_TOLERANCE, d.webhook_tolerance)?,
             history_retention: retention_days,
             lease: seconds(names::LEASE_SECONDS, d.lease)?,
+            max_clock_skew: seconds(names::MAX_CLOCK_SKEW, d.max_clock_skew)?,
             json_logs: non_empty(names::LOG_FORMAT).is_none_or(|v| v != "text"),
         })
     }
@@ -182,6 +189,15 @@ mod tests {
         assert_eq!(
             cfg(&[(names::AGENTKIT_API_URL, "ftp://x")]).unwrap_err().name,
             names::AGENTKIT_API_URL
+        );
+        assert_eq!(
+            cfg(&[(names::MAX_CLOCK_SKEW, "-1")]).unwrap_err().name,
+            names::MAX_CLOCK_SKEW
+        );
+        assert_eq!(cfg(&[]).unwrap().max_clock_skew, Duration::from_secs(300));
+        assert_eq!(
+            cfg(&[(names::MAX_CLOCK_SKEW, "60")]).unwrap().max_clock_skew,
+            Duration::from_secs(60)
         );
         assert_eq!(
             cfg(&[(names::HISTORY_RETENTION_DAYS, "0")]).unwrap_err().name,
