@@ -583,8 +583,13 @@ async fn idempotency_key_reused_with_another_request_is_refused() {
         let agent = w.agent.clone();
         let key = key.clone();
         async move {
-            app.trigger(&agent, DefinitionSource::Inline(Box::new(sample(def))), payload, Some(key))
-                .await
+            app.trigger(
+                &agent,
+                DefinitionSource::Inline(Box::new(sample(def))),
+                payload,
+                Some(key),
+            )
+            .await
         }
     };
     let first = trigger(Some(json!({"a": 1, "b": 2})), json!(null)).await.unwrap();
