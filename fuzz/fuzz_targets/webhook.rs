@@ -44,6 +44,8 @@ fuzz_target!(|data: &[u8]| {
     }
     match parse_event(body) {
         Ok(Event::Register(d)) => {
+            // No accepted agent id is a path segment of its own (issue 13).
+            assert!(!matches!(d.agent_id.as_str(), "." | ".."), "{:?}", d.agent_id);
             // What was accepted serialises (it is stored as JSON).
             serde_json::to_vec(&d).expect("details serialise");
         }

@@ -315,7 +315,7 @@ pub async fn reports_apply_only_when_newer_and_history_keeps_all(f: Fixture) {
     let c1 = f.store.get_agent(&aid("a1")).await.unwrap().unwrap().current;
     assert_eq!(c1.state.as_str(), "idle");
     assert_eq!(c1.version, 1);
-    assert_eq!(c1.ordering_nanos, Some(time::to_nanos(t(-1000))));
+    assert_eq!(c1.ordering_nanos, Some(time::order_key(t(-1000))));
     // Newer: applied; no details this time.
     let mut busy = report("a1", "BUSY", t(50));
     busy.details = None;
@@ -324,7 +324,7 @@ pub async fn reports_apply_only_when_newer_and_history_keeps_all(f: Fixture) {
         state: StateName::parse("BUSY").unwrap(),
         details: None,
         timestamp: t(50),
-        ordering_nanos: Some(time::to_nanos(t(50))),
+        ordering_nanos: Some(time::order_key(t(50))),
         version: 2,
     };
     assert_eq!(r2, ReportOutcome::Applied);
@@ -684,6 +684,7 @@ pub async fn idempotency_key_conflict_names_the_existing_session(f: Fixture) {
                 agent_id: s.agent_id.clone(),
                 key: key.clone(),
                 session_id: s.session_id,
+                fingerprint: "fp-1".into(),
                 ttl: Duration::from_secs(86_400),
             },
             Write::CreateSession(s.clone()),
@@ -696,7 +697,10 @@ pub async fn idempotency_key_conflict_names_the_existing_session(f: Fixture) {
         f.store.commit(create(&s2)).await,
         Err(CommitError::Conflict {
             index: 0,
-            existing: Some(Existing::IdempotencyKey(s1.session_id))
+            existing: Some(Existing::IdempotencyKey {
+                session_id: s1.session_id,
+                fingerprint: Some("fp-1".into()),
+            })
         })
     );
     assert_eq!(f.store.get_session(&s2.session_id).await.unwrap(), None);
@@ -707,7 +711,10 @@ pub async fn idempotency_key_conflict_names_the_existing_session(f: Fixture) {
         f.store.commit(alone).await,
         Err(CommitError::Conflict {
             index: 0,
-            existing: Some(Existing::IdempotencyKey(s1.session_id))
+            existing: Some(Existing::IdempotencyKey {
+                session_id: s1.session_id,
+                fingerprint: Some("fp-1".into()),
+            })
         })
     );
     // Keys are per agent.
@@ -755,6 +762,7 @@ pub async fn expired_idempotency_key_no_longer_blocks(f: Fixture) {
         agent_id: aid("a1"),
         key: key.clone(),
         session_id,
+        fingerprint: "fp".into(),
         ttl: Duration::ZERO,
     };
     // Start early in a second, so that the key (expiring at this second) still holds just after.
@@ -1210,6 +1218,252 @@ pub async fn invalid_cursors_are_refused(f: Fixture) {
     }
 }
 
+// ----- issue 13: hostile input -----
+
+/// A timestamp given as an RFC 3339 string (any year chrono can hold).
+fn ts(s: &str) -> Timestamp {
+    time::parse_rfc3339(s).unwrap_or_else(|| panic!("not RFC 3339: {s}"))
+}
+
+/// Issue 13, defect 1: reports are ordered correctly across the whole range of timestamps, not
+/// only 1677-2262 (where nanoseconds fit an i64): a report from year 1 or 1600 is old, not the
+/// newest possible, and cannot freeze the agent.
+pub async fn reports_order_across_the_whole_timestamp_range(f: Fixture) {
+    f.store.register_agent(details("a1"), t(0)).await.unwrap();
+    let apply = async |at: Timestamp, n: i64| {
+        f.store
+            .report_state(&report("a1", "active", at), t(n), HISTORY_TTL)
+            .await
+            .unwrap()
+    };
+    assert_eq!(apply(t(1), 1).await, ReportOutcome::Applied);
+    for old in [
+        "0001-01-01T00:00:00Z",
+        "1600-01-01T00:00:00Z",
+        "1677-09-21T00:12:43.145224191Z",
+        "1969-12-31T23:59:59.999999999Z",
+    ] {
+        assert!(
+            matches!(apply(ts(old), 2).await, ReportOutcome::Stale { .. }),
+            "{old} must be older than {}",
+            t(1)
+        );
+    }
+    assert_eq!(
+        apply(t(2), 3).await,
+        ReportOutcome::Applied,
+        "a later real report still applies"
+    );
+    let a = agent(&f, "a1").await;
+    assert_eq!(a.current.timestamp, t(2));
+    // The far ends, against each other.
+    f.store.register_agent(details("a2"), t(0)).await.unwrap();
+    let order = [
+        "0001-01-01T00:00:00Z",
+        "0001-01-01T00:00:00.000000001Z",
+        "1677-09-21T00:12:43.145224191Z",
+        "1677-09-21T00:12:43.145224192Z",
+        "2262-04-11T23:47:16.854775807Z",
+        "2262-04-11T23:47:16.854775808Z",
+        "9999-12-31T23:59:59.999999999Z",
+    ];
+    for (i, s) in order.iter().enumerate() {
+        let r = f
+            .store
+            .report_state(&report("a2", "active", ts(s)), t(10 + i as i64), HISTORY_TTL)
+            .await
+            .unwrap();
+        assert_eq!(r, ReportOutcome::Applied, "{s} is newer than the one before");
+        assert_eq!(agent(&f, "a2").await.current.timestamp, ts(s));
+    }
+    // Delivered the other way round, each is older than the newest one.
+    for s in order[..order.len() - 1].iter().rev() {
+        let r = f
+            .store
+            .report_state(&report("a2", "idle", ts(s)), t(30), HISTORY_TTL)
+            .await
+            .unwrap();
+        assert!(matches!(r, ReportOutcome::Stale { .. }), "{s}");
+    }
+    let a2 = aid("a2");
+    let h: Vec<Timestamp> = all_pages(3, |p| f.store.state_history(&a2, p))
+        .await
+        .concat()
+        .iter()
+        .map(|e| e.timestamp)
+        .collect();
+    let mut want: Vec<Timestamp> = order
+        .iter()
+        .chain(order[..order.len() - 1].iter())
+        .map(|s| ts(s))
+        .collect();
+    want.sort_by(|a, b| b.cmp(a));
+    assert_eq!(h, want, "history newest first across the whole range");
+}
+
+/// Issue 13, defect 6: an idempotency key remembers a fingerprint of the request it came with,
+/// and a conflict gives it back, so the caller can tell a retry from a reuse.
+pub async fn idempotency_key_keeps_the_fingerprint_of_its_request(f: Fixture) {
+    let key = IdempotencyKey::parse("req-fp").unwrap();
+    let create = |s: &Session, fingerprint: &str| {
+        vec![
+            Write::CreateIdempotencyKey {
+                agent_id: s.agent_id.clone(),
+                key: key.clone(),
+                session_id: s.session_id,
+                fingerprint: fingerprint.to_owned(),
+                ttl: Duration::from_secs(86_400),
+            },
+            Write::CreateSession(s.clone()),
+        ]
+    };
+    let s1 = session("a1", t(0));
+    f.store.commit(create(&s1, "fp-one")).await.unwrap();
+    let s2 = session("a1", t(1));
+    let expected = Err(CommitError::Conflict {
+        index: 0,
+        existing: Some(Existing::IdempotencyKey {
+            session_id: s1.session_id,
+            fingerprint: Some("fp-one".into()),
+        }),
+    });
+    assert_eq!(f.store.commit(create(&s2, "fp-two")).await, expected);
+    let mut alone = create(&s2, "fp-two");
+    alone.truncate(1);
+    assert_eq!(f.store.commit(alone).await, expected);
+}
+
+/// Issue 13, defect 7: concurrent re-registrations of one agent with different details all land
+/// (last writer wins); none is refused as "kept changing concurrently".
+pub async fn concurrent_reregistrations_with_different_details_all_land(f: Fixture) {
+    registered_idle(&f, "a1").await;
+    let n = 48;
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let store = f.store.clone();
+            let mut d = details("a1");
+            d.version = format!("v{i}");
+            tokio::spawn(async move { store.register_agent(d, t(10 + i)).await })
+        })
+        .collect();
+    let mut errors = Vec::new();
+    for h in handles {
+        match h.await.unwrap() {
+            Ok(RegisterOutcome::Updated(_) | RegisterOutcome::Unchanged(_)) => {}
+            Ok(other) => errors.push(format!("unexpected {other:?}")),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    assert!(errors.is_empty(), "{} of {n} failed: {errors:?}", errors.len());
+    let a = agent(&f, "a1").await;
+    assert!(
+        a.details.version.starts_with('v'),
+        "one of the writes won: {}",
+        a.details.version
+    );
+    assert_eq!(a.current.state.as_str(), "idle", "state kept");
+    assert_eq!(a.details.digest(), {
+        let mut d = details("a1");
+        d.version = a.details.version.clone();
+        d.digest()
+    });
+}
+
+/// Issue 13, defect 8: cursors are URL-safe and opaque (no `#`, nothing to escape), paging with
+/// `limit=1` ends, and a cursor is refused by every list but the one that issued it.
+pub async fn cursors_are_url_safe_and_bound_to_their_list(f: Fixture) {
+    for id in ["a1", "a2", "a3"] {
+        registered_idle(&f, id).await;
+        f.store
+            .report_state(&report(id, "idle", t(2)), t(2), HISTORY_TTL)
+            .await
+            .unwrap();
+    }
+    for (i, v) in ["1.0", "2.0"].iter().enumerate() {
+        f.store.put_workflow(&definition("wf", v), t(i as i64)).await.unwrap();
+    }
+    for start in [1, 2] {
+        f.store
+            .commit(vec![Write::CreateSession(session("a1", t(start)))])
+            .await
+            .unwrap();
+    }
+    let first = PageRequest::first(1);
+    let idle = StateName::known(KnownState::Idle);
+    let (a1, a2) = (aid("a1"), aid("a2"));
+    let cursors = [
+        (
+            "agents",
+            f.store.list_agents(None, first.clone()).await.unwrap().next_cursor,
+        ),
+        (
+            "idle agents",
+            f.store
+                .list_agents(Some(&idle), first.clone())
+                .await
+                .unwrap()
+                .next_cursor,
+        ),
+        (
+            "history a1",
+            f.store.state_history(&a1, first.clone()).await.unwrap().next_cursor,
+        ),
+        (
+            "history a2",
+            f.store.state_history(&a2, first.clone()).await.unwrap().next_cursor,
+        ),
+        (
+            "workflows",
+            f.store.list_workflows(first.clone()).await.unwrap().next_cursor,
+        ),
+        (
+            "sessions a1",
+            f.store.list_sessions(&a1, first.clone()).await.unwrap().next_cursor,
+        ),
+    ];
+    for (name, c) in &cursors {
+        let c = c.as_deref().unwrap_or_else(|| panic!("{name}: a second page exists"));
+        assert!(
+            c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+            "{name}: cursor {c:?} is not URL-safe"
+        );
+    }
+    // Every list, fed every cursor: only its own is accepted.
+    for (own, c) in &cursors {
+        let page = PageRequest {
+            limit: 1,
+            cursor: c.clone(),
+        };
+        let answers = [
+            ("agents", f.store.list_agents(None, page.clone()).await.err()),
+            (
+                "idle agents",
+                f.store.list_agents(Some(&idle), page.clone()).await.err(),
+            ),
+            ("history a1", f.store.state_history(&a1, page.clone()).await.err()),
+            ("history a2", f.store.state_history(&a2, page.clone()).await.err()),
+            ("workflows", f.store.list_workflows(page.clone()).await.err()),
+            ("sessions a1", f.store.list_sessions(&a1, page.clone()).await.err()),
+        ];
+        for (list, err) in answers {
+            if list == *own {
+                assert_eq!(err, None, "{list} refused its own cursor");
+            } else {
+                assert_eq!(
+                    err,
+                    Some(StoreError::InvalidCursor),
+                    "{list} accepted a cursor of {own}"
+                );
+            }
+        }
+    }
+    // limit=1 walks every list to its end, each item once.
+    let agents: Vec<_> = all_pages(1, |p| f.store.list_agents(None, p)).await.concat();
+    assert_eq!(agents.len(), 3);
+    let history: Vec<_> = all_pages(1, |p| f.store.state_history(&a1, p)).await.concat();
+    assert_eq!(history.len(), 2);
+}
+
 /// Stamps out one `#[tokio::test]` per contract case for a store fixture
 /// (`async fn() -> Fixture`), inside the calling module.
 #[macro_export]
@@ -1247,6 +1501,10 @@ macro_rules! store_contract_tests {
             runnable_tasks_are_pending_due_oldest_first,
             due_timers_cover_every_task_in_timer_order,
             invalid_cursors_are_refused,
+            reports_order_across_the_whole_timestamp_range,
+            idempotency_key_keeps_the_fingerprint_of_its_request,
+            concurrent_reregistrations_with_different_details_all_land,
+            cursors_are_url_safe_and_bound_to_their_list,
         );
     };
     (@cases $fixture:path; $($case:ident),* $(,)?) => {

@@ -316,6 +316,7 @@ pub async fn request_counts_per_operation(f: Fixture) {
             agent_id: aid("a1"),
             key: IdempotencyKey::parse("k1").unwrap(),
             session_id: s.session_id,
+            fingerprint: "fp".into(),
             ttl: Duration::from_secs(3600),
         },
         Write::CreateSession(s.clone()),

@@ -8,7 +8,7 @@ use opscore_core::config::{Config, Secret};
 use opscore_core::ids::AgentId;
 use opscore_core::memory::InMemoryStore;
 use opscore_core::store::{PageRequest, Store};
-use opscore_core::time::{Clock, ManualClock};
+use opscore_core::time::{self, Clock, ManualClock};
 use opscore_http::auth::sign;
 use opscore_http::{Api, ApiRequest, Surface};
 use opscore_tests::fake::agent_details;
@@ -71,7 +71,13 @@ fn webhook(name: &'static str, body: &str, ts: &str, sig: Option<String>, expect
 
 fn cases(now: i64) -> Vec<Case> {
     let st = format!("/v1/opscore/agent/{AGENT}/state");
-    let ok_ts = json!("2030-01-01T00:00:00Z");
+    // In the past (a report further ahead than the clock-skew allowance is refused).
+    let ok_ts = json!("2025-01-01T00:00:00Z");
+    let ahead = |secs: i64| {
+        json!(time::render(
+            chrono::DateTime::from_timestamp(now + secs, 0).expect("in range")
+        ))
+    };
     let good = report(AGENT, ok_ts.clone(), json!("idle"), json!({}));
     let now_s = now.to_string();
     let signed =
@@ -106,6 +112,10 @@ fn cases(now: i64) -> Vec<Case> {
         case("timestamp prose", Method::POST, &st, report(AGENT, json!("yesterday"), json!("idle"), json!({})), 400),
         case("timestamp without offset", Method::POST, &st, report(AGENT, json!("2030-01-01T00:00:00"), json!("idle"), json!({})), 400),
         case("timestamp month 13", Method::POST, &st, report(AGENT, json!("2030-13-01T00:00:00Z"), json!("idle"), json!({})), 400),
+        // Issue 13, defect 1: a report from further ahead than the clock-skew allowance.
+        case("timestamp 301 s ahead", Method::POST, &st, report(AGENT, ahead(301), json!("idle"), json!({})), 422),
+        case("timestamp year 9999", Method::POST, &st, report(AGENT, json!("9999-12-31T23:59:59.999999999Z"), json!("idle"), json!({})), 422),
+        case("timestamp year 2262+", Method::POST, &st, report(AGENT, json!("2262-04-12T00:00:00Z"), json!("idle"), json!({})), 422),
         case("state missing", Method::POST, &st, serde_json::to_vec(&json!({"agentId": AGENT, "timestamp": ok_ts})).unwrap(), 422),
         case("state empty", Method::POST, &st, report(AGENT, ok_ts.clone(), json!(""), json!({})), 422),
         case("state 65 chars", Method::POST, &st, report(AGENT, ok_ts.clone(), json!("x".repeat(65)), json!({})), 422),
@@ -124,7 +134,9 @@ fn cases(now: i64) -> Vec<Case> {
         case("encoded / in id", Method::GET, "/v1/opscore/agent/a%2Fb/state", "", 400),
         case("id of 129 chars", Method::GET, &format!("/v1/opscore/agent/{}/state", "a".repeat(129)), "", 400),
         case("unicode id", Method::GET, "/v1/opscore/agent/%E2%80%AEagent/state", "", 400),
-        case("dot-dot id", Method::GET, "/v1/opscore/agent/../state", "", 404),
+        case("dot-dot id", Method::GET, "/v1/opscore/agent/../state", "", 400),
+        case("dot id", Method::GET, "/v1/opscore/agent/./state", "", 400),
+        case("dot-dot workflow id", Method::GET, "/v1/opscore/workflows/..", "", 400),
         case("double slash", Method::GET, "//health", "", 404),
         case("empty id", Method::GET, "/v1/opscore/agent//state", "", 400),
         case("unknown route", Method::GET, "/v1/opscore/agentz", "", 404),
@@ -139,6 +151,10 @@ fn cases(now: i64) -> Vec<Case> {
         case("limit twice", Method::GET, "/v1/opscore/agents?limit=1&limit=2", "", 400),
         case("empty cursor", Method::GET, "/v1/opscore/agents?cursor=", "", 400),
         case("empty state filter", Method::GET, "/v1/opscore/agents?state=", "", 400),
+        // Issue 13, defect 8: cursors are opaque; a raw key or a cursor of another list is refused.
+        case("raw key as cursor", Method::GET, &format!("/v1/opscore/agent/{AGENT}/state/history?cursor=00000000000000000001%23x"), "", 400),
+        case("agent id as cursor", Method::GET, "/v1/opscore/agents?cursor=a", "", 400),
+        case("not base64 cursor", Method::GET, "/v1/opscore/agents?cursor=%21%21%21", "", 400),
         case("history of unknown agent", Method::GET, "/v1/opscore/agent/nobody/state/history", "", 404),
         // Triggers.
         case("trigger with both", Method::POST, &tr, serde_json::to_vec(&json!({"workflowDefinitionId": "w", "workflowDefinition": wf_json})).unwrap(), 422),
@@ -147,6 +163,10 @@ fn cases(now: i64) -> Vec<Case> {
         case("trigger inline invalid", Method::POST, &tr, serde_json::to_vec(&json!({"workflowDefinition": {"id": "x", "tasks": []}})).unwrap(), 422),
         case("trigger payload array", Method::POST, &tr, serde_json::to_vec(&json!({"workflowDefinition": wf_json, "initialPayload": [1]})).unwrap(), 422),
         with(case("bad Idempotency-Key", Method::POST, &tr, serde_json::to_vec(&json!({"workflowDefinition": wf_json})).unwrap(), 400), "idempotency-key", "has space"),
+        // Issue 13, defect 6: an Idempotency-Key that is not visible ASCII is refused, not ignored.
+        with(case("non-ASCII Idempotency-Key", Method::POST, &tr, serde_json::to_vec(&json!({"workflowDefinition": wf_json})).unwrap(), 400), "idempotency-key", "k\u{e9}y"),
+        with(case("Idempotency-Key with a tab", Method::POST, &tr, serde_json::to_vec(&json!({"workflowDefinition": wf_json})).unwrap(), 400), "idempotency-key", "a\tb"),
+        with(case("Idempotency-Key of 256 chars", Method::POST, &tr, serde_json::to_vec(&json!({"workflowDefinition": wf_json})).unwrap(), 400), "idempotency-key", &"k".repeat(256)),
         case("trigger unknown agent", Method::POST, "/v1/opscore/agent/nobody/workflow", serde_json::to_vec(&json!({"workflowDefinition": wf_json})).unwrap(), 404),
         case("trigger unknown workflow", Method::POST, &tr, "{\"workflowDefinitionId\": \"nope\"}", 404),
         // Definitions.
@@ -174,6 +194,10 @@ fn cases(now: i64) -> Vec<Case> {
         signed("webhook without agent_details", r#"{"event_type":"REGISTER"}"#, 422),
         signed("webhook details wrong types", r#"{"event_type":"REGISTER","agent_details":{"agentId":"a","agentName":1,"capabilities":"x","contactEndpoint":"ftp://x","metadata":[]}}"#, 422),
         signed("webhook empty agentId", r#"{"event_type":"REGISTER","agent_details":{"agentId":"","agentName":"n","contactEndpoint":"http://h/t"}}"#, 400),
+        // Issue 13, defect 2: ids that are path segments of their own.
+        signed("webhook agentId .", r#"{"event_type":"REGISTER","agent_details":{"agentId":".","agentName":"n","contactEndpoint":"http://h/t"}}"#, 422),
+        signed("webhook agentId ..", r#"{"event_type":"REGISTER","agent_details":{"agentId":"..","agentName":"n","contactEndpoint":"http://h/t"}}"#, 422),
+        signed("webhook deregister ..", r#"{"event_type":"DEREGISTER","agent_details":{"agentId":".."}}"#, 400),
         signed("webhook deregister unknown", r#"{"event_type":"DEREGISTER","agent_details":{"agentId":"nobody"}}"#, 404),
         no_auth(case("webhook GET", Method::GET, "/v1/opscore/internal/agent/notify", "", 405)),
         webhook("webhook over 64 KB", &" ".repeat(70_000), &now_s, Some(sign(SECRET, &now_s, " ".repeat(70_000).as_bytes())), 413),
@@ -214,7 +238,8 @@ async fn every_malformed_request_is_a_clear_4xx_and_writes_nothing() {
     for c in &table {
         let mut headers = HeaderMap::new();
         for (k, v) in &c.headers {
-            headers.insert(*k, HeaderValue::from_str(v).unwrap());
+            // Bytes as given (a non-ASCII header value is what a hostile client can send).
+            headers.insert(*k, HeaderValue::from_bytes(v.as_bytes()).unwrap());
         }
         let resp = api
             .handle(ApiRequest::new(c.method.clone(), &c.path, headers, c.body.clone()))

@@ -570,3 +570,54 @@ async fn idempotency_key_returns_the_same_session() {
         1
     );
 }
+
+/// Issue 13, defect 6: a key is bound to the request it first came with. The same request again
+/// is a replay; another payload or another definition with the same key is refused (422), and
+/// nothing new is created.
+#[tokio::test]
+async fn idempotency_key_reused_with_another_request_is_refused() {
+    let w = World::new().await;
+    let key = opscore_core::ids::IdempotencyKey::parse("req-1").unwrap();
+    let trigger = |payload: Option<serde_json::Value>, def: serde_json::Value| {
+        let app = w.app.clone();
+        let agent = w.agent.clone();
+        let key = key.clone();
+        async move {
+            app.trigger(
+                &agent,
+                DefinitionSource::Inline(Box::new(sample(def))),
+                payload,
+                Some(key),
+            )
+            .await
+        }
+    };
+    let first = trigger(Some(json!({"a": 1, "b": 2})), json!(null)).await.unwrap();
+    assert!(first.created);
+    // The same request (keys in another order): a replay.
+    let again = trigger(Some(json!({"b": 2, "a": 1})), json!(null)).await.unwrap();
+    assert_eq!((again.session_id, again.created), (first.session_id, false));
+    // Another payload, no payload, another definition: refused.
+    for (payload, def) in [
+        (Some(json!({"a": 1, "b": 3})), json!(null)),
+        (None, json!(null)),
+        (Some(json!({"a": 1, "b": 2})), json!({"retryPolicy": {"maxRetries": 1}})),
+    ] {
+        match trigger(payload.clone(), def.clone()).await {
+            Err(opscore_core::AppError::Invalid { message, problems }) => {
+                assert!(message.contains("different request"), "{message}");
+                assert_eq!(problems[0].field, "Idempotency-Key");
+            }
+            other => panic!("{payload:?} {def}: expected 422, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        w.app
+            .list_sessions(&w.agent, opscore_core::store::PageRequest::first(10))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+}

@@ -172,8 +172,10 @@ pub struct CurrentState {
     #[serde(with = "time::rfc3339")]
     pub timestamp: Timestamp,
     /// `None` for the state set by registration: it has no reporter clock, so the first real
-    /// report always wins, however far behind the agent's clock is.
-    pub ordering_nanos: Option<i64>,
+    /// report always wins, however far behind the agent's clock is. Otherwise
+    /// [`time::order_key`] of `timestamp`: nanoseconds as an `i128`, exact over chrono's whole
+    /// range (an `i64` saturated outside 1677-2262, and one such report froze the agent).
+    pub ordering_nanos: Option<i128>,
     pub version: u64,
 }
 
@@ -194,7 +196,7 @@ impl CurrentState {
     pub fn is_superseded_by(&self, report_ts: Timestamp) -> bool {
         match self.ordering_nanos {
             None => true,
-            Some(n) => time::to_nanos(report_ts) > n,
+            Some(n) => time::order_key(report_ts) > n,
         }
     }
 
@@ -255,7 +257,7 @@ impl Agent {
             state: report.state.clone(),
             details: report.details.clone(),
             timestamp: report.timestamp,
-            ordering_nanos: Some(time::to_nanos(report.timestamp)),
+            ordering_nanos: Some(time::order_key(report.timestamp)),
             version: self.current.version + 1,
         };
         agent.updated_at = received_at;
@@ -327,11 +329,95 @@ mod tests {
         let s = CurrentState::registered(now);
         assert!(s.is_superseded_by(now - chrono::Duration::days(365)));
         let applied = CurrentState {
-            ordering_nanos: Some(time::to_nanos(now)),
+            ordering_nanos: Some(time::order_key(now)),
             ..s
         };
         assert!(!applied.is_superseded_by(now));
         assert!(applied.is_superseded_by(now + chrono::Duration::nanoseconds(1)));
+    }
+
+    fn report_at(ts: Timestamp) -> StateReport {
+        StateReport {
+            agent_id: AgentId::parse("a1").unwrap(),
+            state: StateName::known(KnownState::Idle),
+            details: None,
+            timestamp: ts,
+        }
+    }
+
+    /// Any instant chrono can represent: whole seconds from its minimum to its maximum, any nanosecond.
+    fn any_timestamp() -> impl proptest::strategy::Strategy<Value = Timestamp> {
+        use proptest::prelude::*;
+        let (min, max) = (Timestamp::MIN_UTC.timestamp(), Timestamp::MAX_UTC.timestamp());
+        prop_oneof![
+            // The whole range.
+            (min..=max, 0u32..1_000_000_000),
+            // Around the edges of what nanoseconds in an i64 hold (1677 and 2262) and of the epoch.
+            (-9_223_372_100i64..=-9_223_372_000, 0u32..1_000_000_000),
+            (9_223_372_000i64..=9_223_372_100, 0u32..1_000_000_000),
+            (-5i64..=5, 0u32..1_000_000_000),
+            // The far ends themselves.
+            (prop_oneof![Just(min), Just(max)], 0u32..1_000_000_000),
+        ]
+        .prop_filter_map("representable", |(s, n)| chrono::DateTime::from_timestamp(s, n))
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+        /// Issue 13, defect 1: a report supersedes the current state exactly when its timestamp
+        /// is later, over the whole range chrono can represent (not only 1677-2262).
+        #[test]
+        fn ordering_matches_timestamp_order_over_the_whole_range(a in any_timestamp(), b in any_timestamp()) {
+            let now = time::parse_rfc3339("2026-11-23T22:00:00Z").unwrap();
+            let agent = Agent::new(
+                AgentDetails {
+                    agent_id: AgentId::parse("a1").unwrap(),
+                    agent_name: "n".into(),
+                    version: "1".into(),
+                    capabilities: vec![],
+                    contact_endpoint: "http://127.0.0.1/task".into(),
+                    metadata: Map::new(),
+                    registration_time: None,
+                },
+                now,
+            );
+            let at_a = agent.with_report(&report_at(a), now);
+            proptest::prop_assert_eq!(at_a.current.is_superseded_by(b), b > a, "current {}, report {}", a, b);
+            let at_b = agent.with_report(&report_at(b), now);
+            proptest::prop_assert_eq!(at_b.current.is_superseded_by(a), a > b, "current {}, report {}", b, a);
+        }
+    }
+
+    #[test]
+    fn the_far_ends_order_correctly() {
+        let now = time::parse_rfc3339("2026-11-23T22:00:00Z").unwrap();
+        let zero = time::parse_rfc3339("0001-01-01T00:00:00Z").unwrap();
+        let s = CurrentState::registered(now);
+        let at = |t: Timestamp| CurrentState {
+            state: StateName::known(KnownState::Idle),
+            ..Agent::new(
+                AgentDetails {
+                    agent_id: AgentId::parse("a1").unwrap(),
+                    agent_name: "n".into(),
+                    version: "1".into(),
+                    capabilities: vec![],
+                    contact_endpoint: "http://127.0.0.1/task".into(),
+                    metadata: Map::new(),
+                    registration_time: None,
+                },
+                now,
+            )
+            .with_report(&report_at(t), now)
+            .current
+        };
+        assert!(s.is_superseded_by(zero));
+        assert!(
+            at(zero).is_superseded_by(now),
+            "Go's zero time must not freeze the agent"
+        );
+        assert!(!at(now).is_superseded_by(zero));
+        assert!(at(Timestamp::MIN_UTC).is_superseded_by(zero));
+        assert!(!at(Timestamp::MAX_UTC).is_superseded_by(now));
     }
 
     #[test]

@@ -96,6 +96,57 @@ pub(crate) fn new_task(
     }
 }
 
+/// What an `Idempotency-Key` is bound to: SHA-256 (hex) of the trigger as the API read it (the
+/// agent, the definition named or given inline, the initial payload), as canonical JSON (object
+/// keys sorted), so the same request in other spelling or key order has the same fingerprint.
+pub fn trigger_fingerprint(agent_id: &AgentId, source: &DefinitionSource, payload: Option<&Value>) -> String {
+    use sha2::{Digest, Sha256};
+    let source = match source {
+        DefinitionSource::Stored { id, version } => serde_json::json!({
+            "workflowDefinitionId": id.as_str(),
+            "version": version.as_ref().map(WorkflowVersion::as_str),
+        }),
+        DefinitionSource::Inline(d) => serde_json::json!({
+            "workflowDefinition": serde_json::to_value(d.as_ref()).unwrap_or(Value::Null),
+        }),
+    };
+    let request = serde_json::json!([agent_id.as_str(), source, payload]);
+    let mut canonical = String::new();
+    write_canonical(&request, &mut canonical);
+    hex::encode(Sha256::digest(canonical.as_bytes()))
+}
+
+/// JSON with object keys sorted at every level (whatever order a map keeps them in).
+fn write_canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                write_canonical(&m[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(a) => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(x, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
 impl App {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, settings: Settings) -> Self {
         Self { store, clock, settings }
@@ -195,6 +246,7 @@ impl App {
         if agent.is_deregistered() {
             return Err(AppError::Conflict(format!("Agent is deregistered: {agent_id}")));
         }
+        let fingerprint = trigger_fingerprint(agent_id, &source, initial_payload.as_ref());
         let definition = match source {
             DefinitionSource::Inline(d) => *d,
             DefinitionSource::Stored { id, version } => self.workflow(&id, version.as_ref()).await?.definition,
@@ -216,11 +268,12 @@ impl App {
         let task = new_task(&session, &entry, payload, now, self.settings.recheck_after);
         let session_id = session.session_id;
         let mut writes = Vec::new();
-        if let Some(key) = idempotency_key {
+        if let Some(key) = &idempotency_key {
             writes.push(Write::CreateIdempotencyKey {
                 agent_id: agent_id.clone(),
-                key,
+                key: key.clone(),
                 session_id,
+                fingerprint: fingerprint.clone(),
                 ttl: self.settings.idempotency_ttl,
             });
         }
@@ -233,9 +286,28 @@ impl App {
                 created: true,
             }),
             Err(CommitError::Conflict {
-                existing: Some(Existing::IdempotencyKey(existing)),
+                existing:
+                    Some(Existing::IdempotencyKey {
+                        session_id: existing,
+                        fingerprint: stored,
+                    }),
                 ..
             }) => {
+                // A key is bound to the request it first came with (a key stored before
+                // fingerprints were kept has none and is taken as the same request).
+                if stored.as_ref().is_some_and(|f| *f != fingerprint) {
+                    let key = idempotency_key.as_ref().map(IdempotencyKey::as_str).unwrap_or_default();
+                    return Err(AppError::invalid(
+                        format!(
+                            "Idempotency-Key {key:?} was already used with a different request (session {existing}); \
+                             a key is bound to the request it first came with: send that request again, or use a new key"
+                        ),
+                        vec![crate::workflow::Problem::new(
+                            "Idempotency-Key",
+                            "already used with a different request body",
+                        )],
+                    ));
+                }
                 let view = self.session(&existing).await?;
                 Ok(Triggered {
                     session_id: existing,

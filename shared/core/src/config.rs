@@ -36,6 +36,8 @@ pub mod names {
     pub const LOG_FORMAT: &str = "OPSCORE_LOG_FORMAT";
     /// The local stack's data directory; else `$XDG_DATA_HOME/opscore`, else `~/.local/share/opscore`.
     pub const DATA_DIR: &str = "OPSCORE_DATA_DIR";
+    /// How far ahead of the server clock a state report's timestamp may be (seconds).
+    pub const MAX_CLOCK_SKEW: &str = "OPSCORE_MAX_CLOCK_SKEW_SECONDS";
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -58,6 +60,9 @@ pub struct Config {
     pub webhook_tolerance: Duration,
     pub history_retention: Duration,
     pub lease: Duration,
+    /// A state report whose timestamp is further ahead of the server clock than this is refused
+    /// (422): it would hold the agent's state until real time caught up with it.
+    pub max_clock_skew: Duration,
     pub json_logs: bool,
     /// Where the local stack keeps its data file (`None`: no directory could be worked out).
     pub data_dir: Option<std::path::PathBuf>,
@@ -74,6 +79,7 @@ impl Default for Config {
             webhook_tolerance: Duration::from_secs(300),
             history_retention: Duration::from_secs(30 * 86_400),
             lease: Duration::from_secs(30),
+            max_clock_skew: Duration::from_secs(300),
             json_logs: true,
             data_dir: None,
         }
@@ -144,6 +150,7 @@ impl Config {
             webhook_tolerance: seconds(names::WEBHOOK_TOLERANCE, d.webhook_tolerance)?,
             history_retention: retention_days,
             lease: seconds(names::LEASE_SECONDS, d.lease)?,
+            max_clock_skew: seconds(names::MAX_CLOCK_SKEW, d.max_clock_skew)?,
             json_logs: non_empty(names::LOG_FORMAT).is_none_or(|v| v != "text"),
             data_dir: non_empty(names::DATA_DIR)
                 .map(std::path::PathBuf::from)
@@ -191,6 +198,15 @@ mod tests {
         assert_eq!(
             cfg(&[(names::AGENTKIT_API_URL, "ftp://x")]).unwrap_err().name,
             names::AGENTKIT_API_URL
+        );
+        assert_eq!(
+            cfg(&[(names::MAX_CLOCK_SKEW, "-1")]).unwrap_err().name,
+            names::MAX_CLOCK_SKEW
+        );
+        assert_eq!(cfg(&[]).unwrap().max_clock_skew, Duration::from_secs(300));
+        assert_eq!(
+            cfg(&[(names::MAX_CLOCK_SKEW, "60")]).unwrap().max_clock_skew,
+            Duration::from_secs(60)
         );
         assert_eq!(
             cfg(&[(names::HISTORY_RETENTION_DAYS, "0")]).unwrap_err().name,

@@ -15,11 +15,20 @@ pub enum IdError {
     TooLong { max: usize, got: usize },
     #[error("contains a character that is not allowed: {0:?} (allowed: {1})")]
     BadChar(char, &'static str),
+    /// `.` and `..` name the current and the parent path segment: in a URL they would not stay
+    /// an id (a dispatch to `/v1/agents/../run` is a POST to `/v1/run`).
+    #[error("must not be \".\" or \"..\"")]
+    DotSegment,
 }
 
-fn check(s: &str, max: usize, ok: fn(char) -> bool, allowed: &'static str) -> Result<(), IdError> {
+fn check(s: &str, max: usize, ok: fn(char) -> bool, allowed: &'static str, path: bool) -> Result<(), IdError> {
     if s.is_empty() {
         return Err(IdError::Empty);
+    }
+    // Ids that may stand in a URL path (agents, workflows; tasks and versions alike, as they
+    // share the alphabet) must not be a dot segment.
+    if path && (s == "." || s == "..") {
+        return Err(IdError::DotSegment);
     }
     let n = s.chars().count();
     if n > max {
@@ -36,7 +45,7 @@ fn id_char(c: char) -> bool {
 }
 
 macro_rules! id_type {
-    ($(#[$doc:meta])* $name:ident, $max:expr, $pred:expr, $allowed:expr) => {
+    ($(#[$doc:meta])* $name:ident, $max:expr, $pred:expr, $allowed:expr, $path:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -46,7 +55,7 @@ macro_rules! id_type {
             pub const MAX_LEN: usize = $max;
             pub fn parse(s: impl Into<String>) -> Result<Self, IdError> {
                 let s = s.into();
-                check(&s, $max, $pred, $allowed)?;
+                check(&s, $max, $pred, $allowed, $path)?;
                 Ok(Self(s))
             }
             pub fn as_str(&self) -> &str {
@@ -80,23 +89,23 @@ macro_rules! id_type {
 id_type!(
     /// An agent id. AgentKit chooses UUIDs; operators may use other ids, so any
     /// `[A-Za-z0-9._-]` string up to 128 characters is accepted.
-    AgentId, 128, id_char, "letters, digits, '-', '_', '.'"
+    AgentId, 128, id_char, "letters, digits, '-', '_', '.'", true
 );
 id_type!(
     /// A workflow definition id (`sample_workflow_id`).
-    WorkflowId, 128, id_char, "letters, digits, '-', '_', '.'"
+    WorkflowId, 128, id_char, "letters, digits, '-', '_', '.'", true
 );
 id_type!(
     /// A task id inside a workflow definition (`step_1`).
-    TaskId, 128, id_char, "letters, digits, '-', '_', '.'"
+    TaskId, 128, id_char, "letters, digits, '-', '_', '.'", true
 );
 id_type!(
     /// A workflow version label (`1.0`).
-    WorkflowVersion, 64, id_char, "letters, digits, '-', '_', '.'"
+    WorkflowVersion, 64, id_char, "letters, digits, '-', '_', '.'", true
 );
 id_type!(
     /// A client-chosen `Idempotency-Key`: any visible ASCII, 255 characters at most.
-    IdempotencyKey, 255, |c: char| c.is_ascii_graphic(), "visible ASCII"
+    IdempotencyKey, 255, |c: char| c.is_ascii_graphic(), "visible ASCII", false
 );
 
 /// A workflow session id: a UUID minted by Ops-Core.
@@ -187,6 +196,26 @@ mod tests {
         assert!(matches!(AgentId::parse("x".repeat(129)), Err(IdError::TooLong { .. })));
         assert!(IdempotencyKey::parse("req 1").is_err());
         assert!(IdempotencyKey::parse("req-1:abc/def").is_ok());
+    }
+
+    /// Issue 13, defect 2: `.` and `..` are path segments of their own (a dispatch to
+    /// `/v1/agents/../run` is a POST to `/v1/run`): no id that can stand in a path may be one.
+    #[test]
+    fn dot_segments_are_refused_in_every_path_id() {
+        for dots in [".", ".."] {
+            assert!(AgentId::parse(dots).is_err(), "{dots}");
+            assert!(WorkflowId::parse(dots).is_err(), "{dots}");
+            assert!(TaskId::parse(dots).is_err(), "{dots}");
+            assert!(WorkflowVersion::parse(dots).is_err(), "{dots}");
+            assert!(
+                serde_json::from_str::<AgentId>(&format!("\"{dots}\"")).is_err(),
+                "{dots}"
+            );
+        }
+        for fine in ["...", ".a", "a.", "a..b", "1.0"] {
+            assert!(AgentId::parse(fine).is_ok(), "{fine}");
+            assert!(WorkflowVersion::parse(fine).is_ok(), "{fine}");
+        }
     }
 
     #[test]

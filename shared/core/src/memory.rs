@@ -17,14 +17,14 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 #[derive(Default)]
 struct State {
     agents: BTreeMap<AgentId, Agent>,
-    /// Per agent, keyed by (report timestamp, arrival sequence).
-    history: HashMap<AgentId, BTreeMap<(i64, u64), HistoryEntry>>,
+    /// Per agent, keyed by (report order key, arrival sequence).
+    history: HashMap<AgentId, BTreeMap<(i128, u64), HistoryEntry>>,
     seq: u64,
     workflows: BTreeMap<(WorkflowId, WorkflowVersion), StoredWorkflow>,
     sessions: HashMap<SessionId, Session>,
     tasks: BTreeMap<(SessionId, TaskId), TaskInstance>,
-    /// → (session, expiry in epoch seconds, the resolution of DynamoDB's TTL attribute)
-    idempotency: HashMap<(AgentId, IdempotencyKey), (SessionId, i64)>,
+    /// → (session, request fingerprint, expiry in epoch seconds: the resolution of DynamoDB's TTL)
+    idempotency: HashMap<(AgentId, IdempotencyKey), (SessionId, String, i64)>,
     deliveries: HashMap<String, Timestamp>,
 }
 
@@ -82,29 +82,60 @@ impl InMemoryStore {
     }
 }
 
-fn page_of<T: Clone>(items: Vec<(String, T)>, page: &PageRequest) -> Page<T> {
+/// One page of `items` (sorted by key) after the cursor's key. Keys never leave the store as
+/// they are: a cursor is [`encode_cursor`] of the list's name and the last key of the page.
+fn page_of<T: Clone>(items: Vec<(String, T)>, page: &PageRequest, list: &str) -> Result<Page<T>, StoreError> {
     let start = match &page.cursor {
         None => 0,
-        Some(c) => items.iter().position(|(k, _)| k > c).unwrap_or(items.len()),
+        Some(c) => {
+            let after = decode_cursor(c, list)?;
+            items.iter().position(|(k, _)| *k > after).unwrap_or(items.len())
+        }
     };
     let limit = page.limit.max(1) as usize;
     let slice: Vec<_> = items[start..].iter().take(limit).cloned().collect();
     let next_cursor = if start + slice.len() < items.len() {
-        slice.last().map(|(k, _)| k.clone())
+        slice.last().map(|(k, _)| encode_cursor(list, k))
     } else {
         None
     };
-    Page {
+    Ok(Page {
         items: slice.into_iter().map(|(_, v)| v).collect(),
         next_cursor,
+    })
+}
+
+const MAX_CURSOR_LEN: usize = 1024;
+
+/// A cursor: base64url (no padding) of the JSON `[list, key]`. URL-safe, and bound to the list
+/// (its name includes the agent or the filter) that issued it.
+fn encode_cursor(list: &str, key: &str) -> String {
+    use base64::Engine as _;
+    let json = serde_json::to_vec(&(list, key)).expect("strings serialise");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+}
+
+/// The key in a cursor of `list`; anything else (another list's cursor, a raw key, garbage) is
+/// [`StoreError::InvalidCursor`].
+fn decode_cursor(cursor: &str, list: &str) -> Result<String, StoreError> {
+    use base64::Engine as _;
+    if cursor.is_empty() || cursor.len() > MAX_CURSOR_LEN {
+        return Err(StoreError::InvalidCursor);
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| StoreError::InvalidCursor)?;
+    match serde_json::from_slice::<(String, String)>(&bytes) {
+        Ok((l, key)) if l == list && !key.is_empty() => Ok(key),
+        _ => Err(StoreError::InvalidCursor),
     }
 }
 
-/// Cursors are the last key of the page; refuse anything that is not one of our key shapes.
-fn check_cursor(page: &PageRequest) -> Result<(), StoreError> {
-    match &page.cursor {
-        Some(c) if c.is_empty() || c.len() > 512 => Err(StoreError::InvalidCursor),
-        _ => Ok(()),
+/// The name a list's cursors are bound to.
+fn agents_list(state: Option<&StateName>) -> String {
+    match state {
+        None => "agents".into(),
+        Some(s) => format!("agents?state={s}"),
     }
 }
 
@@ -193,7 +224,7 @@ impl Store for InMemoryStore {
             s.seq += 1;
             let seq = s.seq;
             s.history.entry(report.agent_id.clone()).or_default().insert(
-                (time::to_nanos(report.timestamp), seq),
+                (time::order_key(report.timestamp), seq),
                 HistoryEntry::of(report, received_at, applied),
             );
             if applied {
@@ -221,7 +252,6 @@ impl Store for InMemoryStore {
     }
 
     async fn list_agents(&self, state: Option<&StateName>, page: PageRequest) -> Result<Page<Agent>, StoreError> {
-        check_cursor(&page)?;
         let s = self.lock();
         let items = s
             .agents
@@ -229,11 +259,10 @@ impl Store for InMemoryStore {
             .filter(|a| state.is_none_or(|st| &a.current.state == st))
             .map(|a| (a.id().to_string(), a.clone()))
             .collect();
-        Ok(page_of(items, &page))
+        page_of(items, &page, &agents_list(state))
     }
 
     async fn state_history(&self, id: &AgentId, page: PageRequest) -> Result<Page<HistoryEntry>, StoreError> {
-        check_cursor(&page)?;
         let s = self.lock();
         // Newest first: invert the key so that ascending cursor order is newest-first.
         let items = s
@@ -242,11 +271,15 @@ impl Store for InMemoryStore {
             .map(|h| {
                 h.iter()
                     .rev()
-                    .map(|((ts, seq), e)| (format!("{:020}#{:020}", i64::MAX - ts, u64::MAX - seq), e.clone()))
+                    // BOUND - key is in (0, 2 * BOUND): 23 digits sort numerically, newest first.
+                    .map(|((ts, seq), e)| {
+                        let inverted = time::ORDER_KEY_BOUND - ts;
+                        (format!("{inverted:023}#{:020}", u64::MAX - seq), e.clone())
+                    })
                     .collect()
             })
             .unwrap_or_default();
-        Ok(page_of(items, &page))
+        page_of(items, &page, &format!("history/{id}"))
     }
 
     async fn put_workflow(&self, def: &WorkflowDefinition, now: Timestamp) -> Result<PutWorkflowOutcome, StoreError> {
@@ -285,14 +318,13 @@ impl Store for InMemoryStore {
     }
 
     async fn list_workflows(&self, page: PageRequest) -> Result<Page<StoredWorkflow>, StoreError> {
-        check_cursor(&page)?;
         let s = self.lock();
         let items = s
             .workflows
             .iter()
             .map(|((id, v), w)| (format!("{id}#{v}"), w.clone()))
             .collect();
-        Ok(page_of(items, &page))
+        page_of(items, &page, "workflows")
     }
 
     async fn commit(&self, writes: Vec<Write>) -> Result<(), CommitError> {
@@ -328,10 +360,14 @@ impl Store for InMemoryStore {
                         }
                     }
                     Write::CreateIdempotencyKey { agent_id, key, .. } => {
-                        if let Some((existing, expires)) = s.idempotency.get(&(agent_id.clone(), key.clone()))
+                        if let Some((existing, fingerprint, expires)) =
+                            s.idempotency.get(&(agent_id.clone(), key.clone()))
                             && !expired(*expires)
                         {
-                            return conflict(Some(Existing::IdempotencyKey(*existing)));
+                            return conflict(Some(Existing::IdempotencyKey {
+                                session_id: *existing,
+                                fingerprint: Some(fingerprint.clone()),
+                            }));
                         }
                     }
                     Write::ClaimAgent { agent_id, .. } => match s.agents.get(agent_id) {
@@ -374,13 +410,15 @@ impl Store for InMemoryStore {
                         agent_id,
                         key,
                         session_id,
+                        fingerprint,
                         ttl,
                     } => {
                         if s.idempotency.len().is_multiple_of(PRUNE_EVERY) {
-                            s.idempotency.retain(|_, (_, expires)| !expired(*expires));
+                            s.idempotency.retain(|_, (_, _, expires)| !expired(*expires));
                         }
                         let expires = now + ttl.as_secs() as i64;
-                        s.idempotency.insert((agent_id, key), (session_id, expires));
+                        s.idempotency
+                            .insert((agent_id, key), (session_id, fingerprint, expires));
                     }
                     Write::ClaimAgent { agent_id, inflight } => {
                         let a = s.agents.get_mut(&agent_id).expect("checked above");
@@ -434,7 +472,6 @@ impl Store for InMemoryStore {
     }
 
     async fn list_sessions(&self, agent: &AgentId, page: PageRequest) -> Result<Page<Session>, StoreError> {
-        check_cursor(&page)?;
         let s = self.lock();
         let mut items: Vec<(String, Session)> = s
             .sessions
@@ -442,13 +479,17 @@ impl Store for InMemoryStore {
             .filter(|x| &x.agent_id == agent)
             .map(|x| {
                 (
-                    format!("{:020}#{}", i64::MAX - time::to_nanos(x.start_time), x.session_id),
+                    format!(
+                        "{:023}#{}",
+                        time::ORDER_KEY_BOUND - time::order_key(x.start_time),
+                        x.session_id
+                    ),
                     x.clone(),
                 )
             })
             .collect();
         items.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(page_of(items, &page))
+        page_of(items, &page, &format!("sessions/{agent}"))
     }
 
     async fn get_task(&self, key: &TaskKey) -> Result<Option<TaskInstance>, StoreError> {

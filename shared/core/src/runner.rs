@@ -36,6 +36,10 @@ pub enum DispatchOutcome {
     /// Not accepted. `retryable`: 5xx, 429, timeouts, connection errors, 404 (AgentKit may learn
     /// the agent again); not retryable: other 4xx (our request is wrong and will stay wrong).
     Failed { retryable: bool, reason: String },
+    /// AgentKit answered a redirect (3xx). Never followed (a 302 would turn the task into a GET
+    /// elsewhere, a 307 re-post it to another host): the attempt fails, not retried, and the
+    /// session fails with code `dispatch_redirected`.
+    Redirected { status: u16, location: String },
 }
 
 /// The port to AgentKit.
@@ -363,6 +367,13 @@ impl Runner {
                     self.fail_attempt_of(&dispatch, format!("dispatch failed: {reason}"), retryable)
                         .await?
                 }
+                DispatchOutcome::Redirected { status, location } => {
+                    let why = format!(
+                        "dispatch failed: AgentKit answered {status} (redirect to {location:?}); redirects are not followed"
+                    );
+                    self.fail_attempt_with(&dispatch, why, false, "dispatch_redirected")
+                        .await?
+                }
             }
             return Ok(Claim::Dispatched);
         }
@@ -463,13 +474,25 @@ impl Runner {
     /// Ends the current attempt as failed: a retry after backoff while retries remain (and the
     /// failure is retryable), otherwise the task and its session fail with the cause.
     async fn fail_attempt_of(&self, dispatch: &DispatchId, error: String, retryable: bool) -> Result<(), RunnerError> {
+        self.fail_attempt_with(dispatch, error, retryable, "retries_exhausted")
+            .await
+    }
+
+    /// [`Self::fail_attempt_of`] with the failure code the session gets if it fails.
+    async fn fail_attempt_with(
+        &self,
+        dispatch: &DispatchId,
+        error: String,
+        retryable: bool,
+        code: &'static str,
+    ) -> Result<(), RunnerError> {
         self.fault(Step::BeforeFailAttempt)?;
         self.update_attempt(dispatch, None, |l, now| {
             let mut writes = vec![Write::ReleaseAgent {
                 agent_id: l.task.agent_id.clone(),
                 dispatch: dispatch.clone(),
             }];
-            writes.extend(self.fail_writes(l, now, &error, retryable, "retries_exhausted"));
+            writes.extend(self.fail_writes(l, now, &error, retryable, code));
             Some(writes)
         })
         .await

@@ -16,7 +16,7 @@ pub enum StoreError {
     /// The store could not be reached or throttled us: the caller may retry later (→ 503).
     #[error("storage unavailable: {0}")]
     Unavailable(String),
-    /// A pagination cursor that this store did not issue (→ 400).
+    /// A pagination cursor that this store did not issue, or issued for another list (→ 400).
     #[error("invalid pagination cursor")]
     InvalidCursor,
     /// An item in the store that cannot be read back (a bug or a hand edit).
@@ -39,7 +39,8 @@ impl PageRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page<T> {
     pub items: Vec<T>,
-    /// Opaque; pass back to get the next page. `None` on the last page.
+    /// Opaque and URL-safe (`[A-Za-z0-9_-]`); pass back to the same list (same agent, same
+    /// filter) to get the next page; any other list refuses it. `None` on the last page.
     pub next_cursor: Option<String>,
 }
 
@@ -100,11 +101,15 @@ pub enum Write {
     CreateTask(TaskInstance),
     /// Must be in `from` at revision `next.rev - 1`.
     TransitionTask { from: TaskStatus, next: TaskInstance },
-    /// Must not exist; on conflict the existing session id comes back in [`Conflict::Existing`].
+    /// Must not exist (or be expired); on conflict the existing session id and the fingerprint
+    /// stored with it come back in [`Existing::IdempotencyKey`]. `fingerprint` identifies the
+    /// request the key came with (opaque to the store: kept and returned as given), so that a
+    /// key reused with another request can be refused.
     CreateIdempotencyKey {
         agent_id: AgentId,
         key: IdempotencyKey,
         session_id: SessionId,
+        fingerprint: String,
         ttl: Duration,
     },
     /// The agent must exist, not be deregistered, be idle, and hold no task.
@@ -131,7 +136,12 @@ pub enum CommitError {
 /// What stood in the way, where the store can say without a second read.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Existing {
-    IdempotencyKey(SessionId),
+    /// The session the key already names, and the fingerprint of the request it came with
+    /// (`None` for a key stored before fingerprints were kept: treated as the same request).
+    IdempotencyKey {
+        session_id: SessionId,
+        fingerprint: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -42,7 +42,22 @@ impl Clock for ManualClock {
     }
 }
 
-/// Nanoseconds since the epoch; the ordering key for state reports. Valid until 2262.
+/// The ordering key of a state report: nanoseconds since the epoch as an `i128`, exact for every
+/// instant chrono can represent (years -262143 to 262142: at most 22 digits, so it also fits a
+/// DynamoDB number, which holds 38). Strictly increasing with the timestamp, except that a leap
+/// second (`23:59:60.x`, which chrono keeps as nanoseconds above 10^9) orders as the last
+/// nanosecond of the second before it.
+pub fn order_key(t: Timestamp) -> i128 {
+    let nanos = t.timestamp_subsec_nanos().min(999_999_999);
+    i128::from(t.timestamp()) * 1_000_000_000 + i128::from(nanos)
+}
+
+/// Every [`order_key`] lies strictly between `-ORDER_KEY_BOUND` and `ORDER_KEY_BOUND` (10^22), so
+/// `ORDER_KEY_BOUND + key` and `ORDER_KEY_BOUND - key` are positive and at most 23 digits long.
+pub const ORDER_KEY_BOUND: i128 = 10_000_000_000_000_000_000_000;
+
+/// Nanoseconds since the epoch for the server's own clock (timers, test clocks). Saturates
+/// outside 1677-2262: never use it to order timestamps a client sent (see [`order_key`]).
 pub fn to_nanos(t: Timestamp) -> i64 {
     t.timestamp_nanos_opt().unwrap_or(i64::MAX)
 }
@@ -111,6 +126,23 @@ mod tests {
         assert!(parse_rfc3339("yesterday").is_none());
         assert_eq!(from_nanos(to_nanos(a)), a);
         assert_eq!(render(a), "2026-11-23T22:16:20.182002Z");
+    }
+
+    #[test]
+    fn order_key_is_exact_at_the_ends_of_the_range() {
+        let zero = parse_rfc3339("0001-01-01T00:00:00Z").unwrap();
+        let epoch = parse_rfc3339("1970-01-01T00:00:00Z").unwrap();
+        assert!(order_key(Timestamp::MIN_UTC) < order_key(zero));
+        assert!(order_key(zero) < order_key(epoch));
+        assert_eq!(order_key(epoch), 0);
+        assert!(order_key(Timestamp::MAX_UTC) < ORDER_KEY_BOUND, "fits 22 digits");
+        assert!(order_key(Timestamp::MIN_UTC) > -ORDER_KEY_BOUND);
+        let a = parse_rfc3339("2026-11-23T22:16:20.182002Z").unwrap();
+        assert_eq!(
+            order_key(a),
+            i128::from(to_nanos(a)),
+            "the same nanoseconds where an i64 holds them"
+        );
     }
 
     #[test]

@@ -41,12 +41,15 @@ pub mod keys {
     pub fn agent_pk(id: &AgentId) -> String {
         format!("AGENT#{id}")
     }
+    /// Newest report first when queried backwards; ties by arrival, then a random suffix.
+    /// Both instants as `ORDER_KEY_BOUND + order_key` in 23 digits, which sorts every instant
+    /// chrono can represent (the former 20-digit nanoseconds clamped everything before 1970 to
+    /// one value and saturated after 2262).
     pub fn history_sk(report_ts: Timestamp, received_at: Timestamp) -> String {
-        // Newest report first when queried backwards; ties by arrival, then a random suffix.
         format!(
-            "H#{:020}#{:020}#{}",
-            time::to_nanos(report_ts).max(0),
-            time::to_nanos(received_at).max(0),
+            "H#{:023}#{:023}#{}",
+            time::ORDER_KEY_BOUND + time::order_key(report_ts),
+            time::ORDER_KEY_BOUND + time::order_key(received_at),
             uuid::Uuid::new_v4().simple()
         )
     }
@@ -202,9 +205,11 @@ pub struct AgentItem {
     pub state_details: Option<Map<String, Value>>,
     #[serde(with = "ts")]
     pub state_timestamp: Timestamp,
-    /// Report timestamp in nanoseconds; absent for the registration state.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state_order: Option<i64>,
+    /// `time::order_key` of the report timestamp (nanoseconds, an `i128`: up to 22 digits);
+    /// absent for the registration state. A DynamoDB number, written and read by
+    /// [`AgentItem::to_item`] / [`AgentItem::from_item`] because `serde_dynamo` has no `i128`.
+    #[serde(skip)]
+    pub state_order: Option<i128>,
     pub state_version: u64,
     /// `DispatchId::render()` of the task out with the agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -217,7 +222,46 @@ pub struct AgentItem {
     pub gsi2sk: String,
 }
 
+/// The attribute holding [`AgentItem::state_order`].
+pub const STATE_ORDER: &str = "stateOrder";
+
+/// What versions before issue 13 stored for any report outside 1677-2262 (an `i64` saturated):
+/// it froze the agent. Read back as "no ordering" (the next report wins), and the report
+/// condition treats it the same way.
+pub const LEGACY_SATURATED_ORDER: i128 = i64::MAX as i128;
+
 impl AgentItem {
+    /// The item as DynamoDB attributes, `stateOrder` included.
+    pub fn to_item(&self) -> Result<serde_dynamo::Item, StoreError> {
+        let item: serde_dynamo::Item =
+            serde_dynamo::to_item(self).map_err(|e| StoreError::Corrupt(format!("cannot encode agent: {e}")))?;
+        let mut map: std::collections::HashMap<String, serde_dynamo::AttributeValue> = item.into();
+        if let Some(o) = self.state_order {
+            map.insert(STATE_ORDER.into(), serde_dynamo::AttributeValue::N(o.to_string()));
+        }
+        Ok(map.into())
+    }
+
+    /// The item from DynamoDB attributes, `stateOrder` included.
+    pub fn from_item(item: serde_dynamo::Item, what: &str) -> Result<Self, StoreError> {
+        let mut map: std::collections::HashMap<String, serde_dynamo::AttributeValue> = item.into();
+        let order = match map.remove(STATE_ORDER) {
+            None => None,
+            Some(serde_dynamo::AttributeValue::N(n)) => Some(
+                n.parse::<i128>()
+                    .map_err(|e| StoreError::Corrupt(format!("{what}: stateOrder {n:?}: {e}")))?,
+            ),
+            Some(other) => {
+                return Err(StoreError::Corrupt(format!(
+                    "{what}: stateOrder is not a number: {other:?}"
+                )));
+            }
+        };
+        let mut a: AgentItem = decode(map.into(), what)?;
+        a.state_order = order.filter(|o| *o != LEGACY_SATURATED_ORDER);
+        Ok(a)
+    }
+
     pub fn from_agent(a: &Agent) -> Self {
         let d = &a.details;
         Self {
@@ -565,6 +609,9 @@ pub struct IdempotencyItem {
     pub agent_id: AgentId,
     pub key: IdempotencyKey,
     pub session_id: SessionId,
+    /// The fingerprint of the trigger the key came with; absent on keys written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
     pub expires_at: i64,
 }
 
@@ -674,7 +721,7 @@ mod tests {
     fn agent_items_round_trip_exactly_and_hold_no_null() {
         let now = time::parse_rfc3339("2026-11-23T22:16:20.123456789Z").unwrap();
         let mut agent = Agent::new(details(), now);
-        let item: serde_dynamo::Item = serde_dynamo::to_item(AgentItem::from_agent(&agent)).unwrap();
+        let item: serde_dynamo::Item = AgentItem::from_agent(&agent).to_item().unwrap();
         assert_eq!(nulls(&item), Vec::<String>::new());
         for absent in [
             "stateOrder",
@@ -685,18 +732,31 @@ mod tests {
         ] {
             assert!(!item.contains_key(absent), "{absent}");
         }
-        let back = decode::<AgentItem>(item, "agent").unwrap().into_agent().unwrap();
+        let back = AgentItem::from_item(item, "agent").unwrap().into_agent().unwrap();
         assert_eq!(back, agent);
-        agent.current.ordering_nanos = Some(time::to_nanos(now));
+        agent.current.ordering_nanos = Some(time::order_key(now));
         agent.inflight = Some(Inflight {
             dispatch: DispatchId::parse(&format!("{}:t1:2", SessionId::new())).unwrap(),
             since: now,
         });
         agent.deregistered_at = Some(now);
-        let item: serde_dynamo::Item = serde_dynamo::to_item(AgentItem::from_agent(&agent)).unwrap();
+        let item: serde_dynamo::Item = AgentItem::from_agent(&agent).to_item().unwrap();
         assert_eq!(item.get("deregistered"), Some(&Av::Bool(true)));
-        let back = decode::<AgentItem>(item, "agent").unwrap().into_agent().unwrap();
+        let back = AgentItem::from_item(item, "agent").unwrap().into_agent().unwrap();
         assert_eq!(back, agent);
+        // Year 1 (Go's zero time): 20 digits, negative; exact both ways.
+        agent.current.ordering_nanos = Some(time::order_key(time::parse_rfc3339("0001-01-01T00:00:00Z").unwrap()));
+        let item = AgentItem::from_agent(&agent).to_item().unwrap();
+        assert_eq!(item.get("stateOrder"), Some(&Av::N("-62135596800000000000".into())));
+        assert_eq!(
+            AgentItem::from_item(item, "agent").unwrap().into_agent().unwrap(),
+            agent
+        );
+        // The saturated value older versions wrote reads as "no ordering": the next report wins.
+        agent.current.ordering_nanos = Some(i128::from(i64::MAX));
+        let item = AgentItem::from_agent(&agent).to_item().unwrap();
+        let back = AgentItem::from_item(item, "agent").unwrap().into_agent().unwrap();
+        assert_eq!(back.current.ordering_nanos, None);
     }
 
     #[test]
@@ -704,6 +764,12 @@ mod tests {
         let early = time::parse_rfc3339("1969-12-31T23:59:59Z").unwrap();
         let late = time::parse_rfc3339("2026-01-01T00:00:00Z").unwrap();
         assert!(keys::history_sk(early, late) < keys::history_sk(late, late));
+        let zero = time::parse_rfc3339("0001-01-01T00:00:00Z").unwrap();
+        let far = time::parse_rfc3339("9999-12-31T23:59:59.999999999Z").unwrap();
+        assert!(keys::history_sk(Timestamp::MIN_UTC, late) < keys::history_sk(zero, late));
+        assert!(keys::history_sk(zero, late) < keys::history_sk(early, late));
+        assert!(keys::history_sk(late, late) < keys::history_sk(far, late));
+        assert!(keys::history_sk(far, late) < keys::history_sk(Timestamp::MAX_UTC, late));
         assert!(keys::history_sk(late, early) < keys::history_sk(late, late));
         assert!(keys::millis_key(early) < keys::millis_key(late));
         assert_eq!(keys::due_bound(late), format!("{:020}", time::to_millis(late) + 1));

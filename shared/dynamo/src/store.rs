@@ -37,8 +37,6 @@ type RawItem = HashMap<String, AttributeValue>;
 
 /// How often a write cancelled by a concurrent transaction on the same item is retried.
 const CONFLICT_RETRIES: u32 = 12;
-/// How often `register_agent` re-reads a registration that changes under it.
-const REGISTER_ATTEMPTS: u32 = 8;
 
 /// The DynamoDB adapter of [`Store`]. Cheap to clone (the client and counters are shared).
 #[derive(Clone)]
@@ -151,6 +149,10 @@ fn json_string<T: Serialize>(v: &T) -> Result<AttributeValue, StoreError> {
     serde_json::to_string(v)
         .map(AttributeValue::S)
         .map_err(|e| StoreError::Corrupt(format!("cannot encode value: {e}")))
+}
+
+fn decode_agent(raw: RawItem) -> Result<Agent, StoreError> {
+    AgentItem::from_item(serde_dynamo::Item::from(raw), "agent")?.into_agent()
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(raw: RawItem, what: &str) -> Result<T, StoreError> {
@@ -522,6 +524,7 @@ impl DynamoStore {
                 agent_id,
                 key: k,
                 session_id,
+                fingerprint,
                 ttl,
             } => {
                 let now = chrono::Utc::now();
@@ -532,6 +535,7 @@ impl DynamoStore {
                         agent_id: agent_id.clone(),
                         key: k.clone(),
                         session_id: *session_id,
+                        fingerprint: Some(fingerprint.clone()),
                         expires_at: items::expiry(now, *ttl),
                     })?,
                     // An expired key that TTL has not deleted yet no longer counts.
@@ -602,7 +606,10 @@ impl DynamoStore {
         match raw {
             Some(raw) => {
                 let item: IdempotencyItem = decode(raw, "idempotency key")?;
-                Ok(Some(Existing::IdempotencyKey(item.session_id)))
+                Ok(Some(Existing::IdempotencyKey {
+                    session_id: item.session_id,
+                    fingerprint: item.fingerprint,
+                }))
             }
             None => Ok(None),
         }
@@ -612,19 +619,18 @@ impl DynamoStore {
 
     async fn get_agent_item(&self, id: &AgentId) -> Result<Option<Agent>, StoreError> {
         match self.get_raw(agent_key(id)).await? {
-            Some(raw) => Ok(Some(decode::<AgentItem>(raw, "agent")?.into_agent()?)),
+            Some(raw) => Ok(Some(decode_agent(raw)?)),
             None => Ok(None),
         }
     }
 
-    /// Replaces the registration details of an existing agent (and reactivates it), on condition
-    /// that it is still as `old` was. `Ok(None)` when it changed meanwhile.
-    async fn update_registration(
-        &self,
-        details: &AgentDetails,
-        old: &AgentItem,
-        now: Timestamp,
-    ) -> Result<Option<Agent>, StoreError> {
+    /// Replaces the registration details of an existing agent (and reactivates it): last writer
+    /// wins. The only condition is that the agent exists, so concurrent re-registrations with
+    /// different details all land (AgentKit never retries a webhook) instead of failing each
+    /// other's "still as I read it" condition. State, history and the in-flight marker are
+    /// other attributes and are not touched. `Ok(None)` when a concurrent transaction held the
+    /// item (the caller backs off and retries).
+    async fn update_registration(&self, details: &AgentDetails, now: Timestamp) -> Result<Option<Agent>, StoreError> {
         let mut set = vec![
             "#agentName = :agentName",
             "#version = :version",
@@ -654,9 +660,7 @@ impl DynamoStore {
             .value(":metadata", json_string(&details.metadata)?)
             .value(":digest", s(details.digest()))
             .value(":false", b(false))
-            .value(":now", s(items::ts::render(now)))
-            .value(":oldDigest", s(&old.details_digest))
-            .value(":oldDeregistered", b(old.deregistered));
+            .value(":now", s(items::ts::render(now)));
         match details.registration_time {
             Some(t) => {
                 set.push("#registrationTime = :registrationTime");
@@ -672,7 +676,7 @@ impl DynamoStore {
             .table_name(&self.table)
             .set_key(Some(agent_key(&details.agent_id)))
             .update_expression(update)
-            .condition_expression("#detailsDigest = :oldDigest AND #deregistered = :oldDeregistered")
+            .condition_expression("attribute_exists(pk)")
             .set_expression_attribute_names(expr.names_map())
             .set_expression_attribute_values(expr.values_map())
             .return_values(ReturnValue::AllNew)
@@ -683,7 +687,7 @@ impl DynamoStore {
                 let raw = out
                     .attributes
                     .ok_or_else(|| StoreError::Corrupt("UpdateItem returned no attributes".into()))?;
-                Ok(Some(decode::<AgentItem>(raw, "agent")?.into_agent()?))
+                Ok(Some(decode_agent(raw)?))
             }
             Err(e) => match e.as_service_error() {
                 Some(UpdateItemError::ConditionalCheckFailedException(_)) => Ok(None),
@@ -697,36 +701,39 @@ impl DynamoStore {
 #[async_trait]
 impl Store for DynamoStore {
     async fn register_agent(&self, details: AgentDetails, now: Timestamp) -> Result<RegisterOutcome, StoreError> {
-        for attempt in 0..REGISTER_ATTEMPTS {
+        let mut attempt = 0;
+        loop {
             let agent = Agent::new(details.clone(), now);
             let put = Prepared::Put {
-                item: encode(&AgentItem::from_agent(&agent))?,
+                item: AgentItem::from_agent(&agent).to_item()?.into(),
                 condition: "attribute_not_exists(pk)".into(),
                 expr: Expr::default(),
             };
             let old_raw = match self.write_one(put).await {
                 Ok(()) => return Ok(RegisterOutcome::Created(agent)),
                 Err(WriteFailed::Store(e) | WriteFailed::Busy(e)) => return Err(e),
-                Err(WriteFailed::Condition(Some(old))) => old,
-                Err(WriteFailed::Condition(None)) => match self.get_raw(agent_key(&details.agent_id)).await? {
-                    Some(old) => old,
-                    None => continue,
-                },
+                Err(WriteFailed::Condition(Some(old))) => Some(old),
+                Err(WriteFailed::Condition(None)) => self.get_raw(agent_key(&details.agent_id)).await?,
             };
-            let old: AgentItem = decode(old_raw, "agent")?;
-            let old_agent = old.clone().into_agent()?;
-            if old_agent.details.same_registration(&details) && !old_agent.is_deregistered() {
-                return Ok(RegisterOutcome::Unchanged(old_agent));
+            if let Some(old_raw) = old_raw {
+                let old_agent = decode_agent(old_raw)?;
+                if old_agent.details.same_registration(&details) && !old_agent.is_deregistered() {
+                    return Ok(RegisterOutcome::Unchanged(old_agent));
+                }
+                if let Some(updated) = self.update_registration(&details, now).await? {
+                    return Ok(RegisterOutcome::Updated(updated));
+                }
             }
-            if let Some(updated) = self.update_registration(&details, &old, now).await? {
-                return Ok(RegisterOutcome::Updated(updated));
+            // Only a concurrent transaction on the item (or an item that vanished) gets here.
+            if attempt >= CONFLICT_RETRIES {
+                return Err(StoreError::Unavailable(format!(
+                    "agent {} stayed locked by concurrent transactions",
+                    details.agent_id
+                )));
             }
             conflict_backoff(attempt).await;
+            attempt += 1;
         }
-        Err(StoreError::Unavailable(format!(
-            "registration of agent {} kept changing concurrently",
-            details.agent_id
-        )))
     }
 
     async fn deregister_agent(&self, id: &AgentId, now: Timestamp) -> Result<Agent, AgentWriteError> {
@@ -755,7 +762,7 @@ impl Store for DynamoStore {
                     let raw = out
                         .attributes
                         .ok_or_else(|| StoreError::Corrupt("UpdateItem returned no attributes".into()))?;
-                    return Ok(decode::<AgentItem>(raw, "agent")?.into_agent()?);
+                    return Ok(decode_agent(raw)?);
                 }
                 Err(e) => e,
             };
@@ -771,7 +778,7 @@ impl Store for DynamoStore {
                 _ => return Err(unavailable("UpdateItem", e).into()),
             };
             let old = match old {
-                Some(raw) => Some(decode::<AgentItem>(raw, "agent")?.into_agent()?),
+                Some(raw) => Some(decode_agent(raw)?),
                 None => self.get_agent_item(id).await?,
             };
             match old {
@@ -791,7 +798,7 @@ impl Store for DynamoStore {
         received_at: Timestamp,
         history_ttl: Duration,
     ) -> Result<ReportOutcome, AgentWriteError> {
-        let order = time::to_nanos(report.timestamp);
+        let order = time::order_key(report.timestamp);
         let entry = |applied| HistoryEntry {
             agent_id: report.agent_id.clone(),
             state: report.state.clone(),
@@ -822,7 +829,8 @@ impl Store for DynamoStore {
             .value(":received", s(items::ts::render(received_at)))
             .value(":gsi2pk", s(keys::state_gsi2pk(&report.state)))
             .value(":one", n(1))
-            .value(":false", b(false));
+            .value(":false", b(false))
+            .value(":saturated", n(items::LEGACY_SATURATED_ORDER));
         let update = match &report.details {
             Some(d) => {
                 set.push("#stateDetails = :details");
@@ -834,8 +842,11 @@ impl Store for DynamoStore {
         let apply = Prepared::Update {
             key: agent_key(&report.agent_id),
             update,
+            // `:saturated`: what older versions stored for any report outside 1677-2262; it
+            // counts as no ordering, as `AgentItem::from_item` reads it.
             condition: "attribute_exists(pk) AND #deregistered = :false \
-                        AND (attribute_not_exists(#stateOrder) OR #stateOrder < :order)"
+                        AND (attribute_not_exists(#stateOrder) OR #stateOrder < :order \
+                             OR #stateOrder = :saturated)"
                 .into(),
             expr,
         };
@@ -848,7 +859,7 @@ impl Store for DynamoStore {
             TxOutcome::Done => Ok(ReportOutcome::Applied),
             TxOutcome::Cancelled { index: 0, old } => {
                 let old = match old {
-                    Some(raw) => Some(decode::<AgentItem>(raw, "agent")?.into_agent()?),
+                    Some(raw) => Some(decode_agent(raw)?),
                     None => self.get_agent_item(&report.agent_id).await?,
                 };
                 let Some(old) = old else {
@@ -898,10 +909,7 @@ impl Store for DynamoStore {
         let (raws, next_cursor) = self
             .query_page(Some(index), "#pk = :pk", expr, true, shape, &page)
             .await?;
-        let items = raws
-            .into_iter()
-            .map(|r| decode::<AgentItem>(r, "agent")?.into_agent())
-            .collect::<Result<_, _>>()?;
+        let items = raws.into_iter().map(decode_agent).collect::<Result<_, _>>()?;
         Ok(Page { items, next_cursor })
     }
 

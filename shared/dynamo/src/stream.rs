@@ -32,6 +32,13 @@ where
     }
 }
 
+fn agent_image(img: Option<&Item>) -> Result<Option<Box<opscore_core::agent::Agent>>, StoreError> {
+    match img {
+        None => Ok(None),
+        Some(i) => Ok(Some(Box::new(AgentItem::from_item(i.clone(), "agent")?.into_agent()?))),
+    }
+}
+
 /// Decodes the images of one record. Agents, sessions and tasks become a [`Change`]; every
 /// other item (history, workflow definitions, idempotency keys, delivery records) is `None`.
 pub fn decode_images(
@@ -41,8 +48,8 @@ pub fn decode_images(
 ) -> Result<Option<Change>, StoreError> {
     Ok(match kind_of_record(keys, new, old) {
         Kind::Agent => Some(Change::Agent {
-            old: image(old, "agent", AgentItem::into_agent)?,
-            new: image(new, "agent", AgentItem::into_agent)?,
+            old: agent_image(old)?,
+            new: agent_image(new)?,
         }),
         Kind::Session => Some(Change::Session {
             old: image(old, "session", |s: SessionItem| Ok(s.into_session()))?,

@@ -206,6 +206,7 @@ impl Api {
 
     async fn post_state(&self, id: &AgentId, req: &ApiRequest) -> Result<ApiResponse, HttpError> {
         let report = parse_state_report(id, &req.body)?;
+        check_report_clock(&report, self.app.now(), self.config.max_clock_skew)?;
         let outcome = self.app.report_state(&report).await?;
         let applied = matches!(outcome, opscore_core::store::ReportOutcome::Applied);
         tracing::info!(state = %report.state, applied, "state report");
@@ -295,12 +296,7 @@ impl Api {
     }
 
     async fn trigger(&self, id: &AgentId, req: &ApiRequest) -> Result<ApiResponse, HttpError> {
-        let key = match req.header("idempotency-key") {
-            None => None,
-            Some(k) => {
-                Some(IdempotencyKey::parse(k).map_err(|e| HttpError::bad_request(format!("Idempotency-Key: {e}")))?)
-            }
-        };
+        let key = idempotency_key(req)?;
         let (source, payload) = parse_trigger(&req.body)?;
         let t = self.app.trigger(id, source, payload, key).await?;
         tracing::info!(session_id = %t.session_id, workflow_id = %t.workflow_id, created = t.created, "workflow triggered");
@@ -346,6 +342,61 @@ fn agent_id(s: &str) -> Result<AgentId, HttpError> {
     let id = AgentId::parse(s).map_err(|e| HttpError::bad_request(format!("agent id in the path: {e}")))?;
     tracing::Span::current().record("agent_id", id.as_str());
     Ok(id)
+}
+
+/// The `Idempotency-Key` header, if sent. Present but unusable (not visible ASCII, sent twice,
+/// empty, too long) is a 400: ignoring it would start a second session on a retry.
+fn idempotency_key(req: &ApiRequest) -> Result<Option<IdempotencyKey>, HttpError> {
+    let mut values = req.headers.get_all("idempotency-key").iter();
+    let Some(raw) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(HttpError::bad_request("Idempotency-Key is given more than once"));
+    }
+    let k = std::str::from_utf8(raw.as_bytes())
+        .ok()
+        .filter(|s| s.is_ascii())
+        .ok_or_else(|| HttpError::bad_request("Idempotency-Key: must be visible ASCII (1-255 characters)"))?;
+    IdempotencyKey::parse(k)
+        .map(Some)
+        .map_err(|e| HttpError::bad_request(format!("Idempotency-Key: {e}")))
+}
+
+/// A report from further ahead than the clock-skew allowance is refused: as the newest state it
+/// would hold the agent until real time caught up (for good, before issue 13, past 2262).
+pub fn check_report_clock(
+    report: &StateReport,
+    now: time::Timestamp,
+    max_skew: std::time::Duration,
+) -> Result<(), HttpError> {
+    let limit = chrono::Duration::from_std(max_skew)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(time::Timestamp::MAX_UTC);
+    if report.timestamp <= limit {
+        return Ok(());
+    }
+    let message = format!(
+        "is {} ahead of the server clock ({}); at most {} s ahead is accepted (any time before {} is)",
+        describe_ahead(report.timestamp - now),
+        time::render(now),
+        max_skew.as_secs(),
+        time::render(limit),
+    );
+    Err(HttpError::invalid(
+        format!("invalid state report: timestamp {message}"),
+        vec![Problem::new("timestamp", message)],
+    ))
+}
+
+fn describe_ahead(d: chrono::Duration) -> String {
+    let s = d.num_seconds();
+    if s < 3 * 86_400 {
+        format!("{s} s")
+    } else {
+        format!("{} days", s / 86_400)
+    }
 }
 
 fn session_id(s: &str) -> Result<SessionId, HttpError> {
