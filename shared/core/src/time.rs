@@ -72,8 +72,15 @@ pub fn to_millis(t: Timestamp) -> i64 {
 }
 
 /// RFC 3339 in UTC with microseconds: what the API returns.
+/// Nanoseconds only when the instant has them (a client may send them): rendering never loses
+/// precision, so a stored item read back orders exactly as it was written.
 pub fn render(t: Timestamp) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+    let format = if t.timestamp_subsec_nanos() % 1_000 == 0 {
+        SecondsFormat::Micros
+    } else {
+        SecondsFormat::Nanos
+    };
+    t.to_rfc3339_opts(format, true)
 }
 
 /// Parses RFC 3339 with `Z` or an offset (`+00:00`), as AgentKit's SDK and other clients send.

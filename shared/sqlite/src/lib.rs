@@ -65,8 +65,8 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE INDEX IF NOT EXISTS tasks_runnable ON tasks (agent_id, due_at) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS tasks_timers ON tasks (timer_at) WHERE timer_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS idempotency (
-    agent_id TEXT NOT NULL, key TEXT NOT NULL, session_id TEXT NOT NULL, expires_at INTEGER NOT NULL,
-    PRIMARY KEY (agent_id, key)) WITHOUT ROWID;
+    agent_id TEXT NOT NULL, key TEXT NOT NULL, session_id TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    expires_at INTEGER NOT NULL, PRIMARY KEY (agent_id, key)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_expiry ON idempotency (expires_at);
 CREATE TABLE IF NOT EXISTS deliveries (id TEXT PRIMARY KEY, expires_at INTEGER NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS deliveries_expiry ON deliveries (expires_at);
@@ -557,9 +557,10 @@ impl Store for SqliteStore {
     }
 
     async fn list_agents(&self, state: Option<&StateName>, page: PageRequest) -> Result<Page<Agent>, StoreError> {
-        const LIST: &str = "agents";
+        // The filter is part of the list: a cursor of all agents is no cursor of the idle ones.
+        let list = format!("agents\u{1e}{}", state.map(StateName::as_str).unwrap_or("*"));
         let after = match &page.cursor {
-            Some(c) => cursor::decode(c, LIST, 1)?.remove(0),
+            Some(c) => cursor::decode(c, &list, 1)?.remove(0),
             None => String::new(),
         };
         let limit = limit_of(&page);
@@ -575,7 +576,7 @@ impl Store for SqliteStore {
                 params![after, limit as i64 + 1],
             ),
         })?;
-        Ok(page_of(items, limit, |a| cursor::encode(LIST, &[a.id().as_str()])))
+        Ok(page_of(items, limit, |a| cursor::encode(&list, &[a.id().as_str()])))
     }
 
     async fn state_history(&self, id: &AgentId, page: PageRequest) -> Result<Page<HistoryEntry>, StoreError> {
@@ -825,20 +826,27 @@ fn check(c: &Connection, writes: &[Write], now: i64) -> Result<Result<Loaded, Co
                 _ => return conflict(None),
             },
             Write::CreateIdempotencyKey { agent_id, key, .. } => {
-                let existing: Option<(String, i64)> = c
-                    .prepare_cached("SELECT session_id, expires_at FROM idempotency WHERE agent_id = ?1 AND key = ?2")
+                let existing: Option<(String, String, i64)> = c
+                    .prepare_cached(
+                        "SELECT session_id, fingerprint, expires_at FROM idempotency WHERE agent_id = ?1 AND key = ?2",
+                    )
                     .and_then(|mut s| {
-                        s.query_row(params![agent_id.as_str(), key.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
-                            .optional()
+                        s.query_row(params![agent_id.as_str(), key.as_str()], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                        })
+                        .optional()
                     })
                     .map_err(sql_error)?;
                 // A key past its expiry counts as absent (DynamoDB's `expiresAt < :now`).
-                if let Some((session, expires)) = existing
+                if let Some((session, fingerprint, expires)) = existing
                     && expires >= now
                 {
-                    let session = SessionId::parse(&session)
+                    let session_id = SessionId::parse(&session)
                         .map_err(|e| StoreError::Corrupt(format!("idempotency key's session id: {e}")))?;
-                    return conflict(Some(Existing::IdempotencyKey(session)));
+                    return conflict(Some(Existing::IdempotencyKey {
+                        session_id,
+                        fingerprint: Some(fingerprint),
+                    }));
                 }
                 None
             }
@@ -920,13 +928,16 @@ fn apply(tx: &Tx<'_>, writes: Vec<Write>, loaded: Loaded, now: i64) -> Result<()
                 agent_id,
                 key,
                 session_id,
+                fingerprint,
                 ttl,
             } => exec(
-                "INSERT OR REPLACE INTO idempotency (agent_id, key, session_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT OR REPLACE INTO idempotency (agent_id, key, session_id, fingerprint, expires_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
                 &[
                     &agent_id.as_str(),
                     &key.as_str(),
                     &session_id.to_string(),
+                    &fingerprint,
                     &now.saturating_add(ttl.as_secs() as i64),
                 ],
             )?,
