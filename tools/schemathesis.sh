@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The OpenAPI contract, checked by schemathesis (from PyPI, pinned) against the local stack.
 #
-#   bash tools/schemathesis.sh --smoke              # CI: memory store, a few examples per operation
-#   bash tools/schemathesis.sh [--store memory|embedded] [--examples N] [--max-time S]
+#   bash tools/schemathesis.sh --smoke              # CI: the default store, a few examples per operation
+#   bash tools/schemathesis.sh [--store file|memory] [--examples N] [--max-time S]
+#   (file: the default SQLite store, in a data file under .tmp/schemathesis/file)
 #
 # Starts target/{release,debug}/opscore-local (builds the debug one if neither exists) on a free
 # 127.0.0.1 port with a known API key and webhook secret, runs every operation of its
@@ -13,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 ST_VERSION=4.32.5
-STORE=memory
+STORE=file
 EXAMPLES=100
 MAX_TIME=""
 while (($#)); do
@@ -51,7 +52,8 @@ OUT=$REPO/.tmp/schemathesis/$STORE
 rm -rf "$OUT"
 mkdir -p "$OUT"
 OPSCORE_API_KEY=$KEY OPSCORE_WEBHOOK_SECRET=$SECRET AGENTKIT_API_URL=http://127.0.0.1:9 RUST_LOG=${RUST_LOG:-warn} \
-  "$BIN" --port "$PORT" --store "$STORE" >"$OUT/stack.log" 2>&1 &
+  "$BIN" --port "$PORT" $(if [[ $STORE == file ]]; then echo --data "$OUT/opscore.db"; else echo --store "$STORE"; fi) \
+  >"$OUT/stack.log" 2>&1 &
 STACK_PID=$!
 trap 'kill "$STACK_PID" 2>/dev/null || true; wait "$STACK_PID" 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do

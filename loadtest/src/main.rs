@@ -41,6 +41,9 @@ enum Scenario {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 enum StoreArg {
+    /// The local stack's default store: SQLite in a data file (in a temporary directory here),
+    /// durable against a crash of the process.
+    Sqlite,
     /// The in-memory adapter (passes the storage contract suite; the fastest).
     Memory,
     /// dynoxide (SQLite) through the real DynamoDB adapter.
@@ -247,7 +250,7 @@ async fn start_target(a: &Args, rec: Arc<Recorder>) -> Result<Target, String> {
         .map_err(|e| format!("fake AgentKit: {e}"))?;
     let mut embedded = None;
     let upstream = match (a.store, &a.dynamodb_endpoint) {
-        (StoreArg::Memory, _) => None,
+        (StoreArg::Memory | StoreArg::Sqlite, _) => None,
         (_, Some(ep)) => {
             loopback_only(ep)?;
             Some(ep.clone())
@@ -266,6 +269,12 @@ async fn start_target(a: &Args, rec: Arc<Recorder>) -> Result<Target, String> {
     };
     let mut proxy = None;
     let store = match upstream {
+        None if a.store == StoreArg::Sqlite => StoreChoice::File {
+            path: std::env::temp_dir()
+                .join(format!("opscore-loadgen-{}", uuid::Uuid::new_v4().simple()))
+                .join("opscore.db"),
+            durability: opscore_sqlite::Durability::Process,
+        },
         None => StoreChoice::Memory,
         Some(ep) if a.no_ddb_count => StoreChoice::Dynamo { endpoint: ep },
         Some(ep) => {
@@ -294,6 +303,7 @@ async fn start_target(a: &Args, rec: Arc<Recorder>) -> Result<Target, String> {
     .map_err(|e| format!("local stack: {e}"))?;
     let description = match a.store {
         StoreArg::Memory => "in-process opscore_local::Stack, in-memory store".to_owned(),
+        StoreArg::Sqlite => "in-process opscore_local::Stack, the default store (SQLite data file, WAL)".to_owned(),
         StoreArg::Embedded => {
             "in-process opscore_local::Stack, embedded store (dynoxide, in memory) via the DynamoDB adapter".to_owned()
         }
@@ -773,6 +783,7 @@ fn store_name(a: &Args) -> &'static str {
     }
     match a.store {
         StoreArg::Memory => "memory",
+        StoreArg::Sqlite => "sqlite",
         StoreArg::Embedded => "embedded",
         StoreArg::DynamodbLocal => "dynamodb-local",
     }

@@ -16,7 +16,7 @@ use tokio::sync::{Notify, watch};
 /// Changes read but not yet handled, at most: bounds memory when the runner falls behind.
 const MAX_AHEAD: usize = 10_000;
 /// Changes read from the source at once.
-const READ_BATCH: usize = 1_000;
+const READ_BATCH: usize = 256;
 /// How long a stop waits for the changes being handled (a dispatch's own timeout is 10 s).
 const STOP_GRACE: Duration = Duration::from_secs(15);
 
@@ -44,9 +44,14 @@ impl Source {
                     // Register for the signal before reading, so a commit in between is not missed.
                     let signal = store.feed_signal();
                     let notified = signal.notified();
-                    match store.read_feed(after, READ_BATCH) {
-                        Ok(changes) if !changes.is_empty() => return Some(changes),
-                        Ok(_) => {}
+                    // Off the async workers: decoding a batch takes a while, and those threads
+                    // serve the HTTP requests.
+                    let db = store.clone();
+                    let read = tokio::task::spawn_blocking(move || db.read_feed(after, READ_BATCH)).await;
+                    match read {
+                        Ok(Ok(changes)) if !changes.is_empty() => return Some(changes),
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, "reading the change feed failed"),
                         Err(e) => tracing::warn!(error = %e, "reading the change feed failed"),
                     }
                     tokio::select! {
@@ -221,6 +226,9 @@ fn spawn_lane(
             let (position, change) = next;
             deliver(&runner, &change).await;
             let _ = done.send(position);
+            // A busy agent's lane would otherwise run its whole queue without giving the worker
+            // back (its reads do not yield): the HTTP requests on that worker would wait.
+            tokio::task::yield_now().await;
         }
     });
     tx

@@ -200,3 +200,45 @@ async fn an_agent_that_always_fails_fails_the_session_with_its_cause() {
     );
     e.stack.stop().await;
 }
+
+/// Issue 13, defect 5: while AgentKit hangs on agent A's `/run`, agent B's one-task workflow
+/// completes within a second (before: 9.6 s, the whole batch waited for A's dispatch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_dispatch_holds_up_no_other_agent() {
+    let e = env(Behaviour::Complete(Duration::from_millis(20))).await;
+    let b = SimulatedAgent::start(
+        &e.agentkit.url(),
+        &e.stack.url(),
+        &e.key,
+        "agent-b",
+        Arc::new(Mutex::new(Behaviour::Complete(Duration::from_millis(20)))),
+    )
+    .await;
+    let one_task = json!({"workflowDefinition": {"id": "one", "name": "one", "version": "1",
+        "tasks": [{"taskId": "only", "name": "Only", "parameters": {}, "nextTaskId": null}]}});
+    // A's dispatch: AgentKit answers only after 30 s (the client gives up at 10 s).
+    e.agentkit.script([RunAnswer::Slow(Duration::from_secs(30))]);
+    let a_session = e.trigger(one_task.clone()).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while e.agentkit.runs().is_empty() {
+        assert!(Instant::now() < deadline, "A's task never reached AgentKit");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = Instant::now();
+    let r = e
+        .http
+        .post(format!("{}/v1/opscore/agent/{}/workflow", e.stack.url(), b.id))
+        .bearer_auth(&e.key)
+        .json(&one_task)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let b_session = r.json::<Value>().await.unwrap()["sessionId"].as_str().unwrap().to_owned();
+    let v = e.wait_for_end(&b_session, Duration::from_secs(1)).await;
+    assert_eq!(v["status"], "completed", "{v:#}");
+    eprintln!("agent B's workflow completed in {:?} while A's dispatch hung", started.elapsed());
+    let a = e.get(&format!("/v1/opscore/sessions/{a_session}")).await;
+    assert_eq!(a["status"], "running", "A is still waiting for AgentKit: {a:#}");
+    e.stack.stop().await;
+}

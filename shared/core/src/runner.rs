@@ -629,19 +629,45 @@ impl Runner {
     }
 
     /// Handles every task whose timer has fired: due retries, expired leases, deadlines.
+    /// Sessions are handled concurrently (a session's tasks in timer order), so one hung dispatch
+    /// holds up only its own session's timers.
     pub async fn sweep(&self) -> Result<SweepReport, RunnerError> {
-        let mut report = SweepReport::default();
-        for key in self.store.due_timers(self.clock.now(), 100).await? {
-            report.examined += 1;
-            if let Err(e) = self.on_timer(&key, &mut report).await {
-                // One bad task must not stop the sweep of the others; it stays due and comes back.
-                tracing::warn!(session_id = %key.session_id, task_id = %key.task_id, error = %e, "timer handling failed");
-                if matches!(e, RunnerError::Aborted(_)) {
-                    return Err(e);
+        let keys = self.store.due_timers(self.clock.now(), 100).await?;
+        let report = Mutex::new(SweepReport {
+            examined: keys.len(),
+            ..SweepReport::default()
+        });
+        let failed = in_lanes(
+            &keys,
+            |k: &TaskKey| k.session_id,
+            CONCURRENT_AGENTS,
+            |key| {
+                let report = &report;
+                async move {
+                    let mut mine = SweepReport::default();
+                    let result = self.on_timer(key, &mut mine).await;
+                    let mut total = report.lock().unwrap_or_else(|e| e.into_inner());
+                    total.dispatched += mine.dispatched;
+                    total.failed_attempts += mine.failed_attempts;
+                    total.parked += mine.parked;
+                    match result {
+                        // Only an injected fault stops the sweep (tests of crash recovery).
+                        Err(e @ RunnerError::Aborted(_)) => Err(e),
+                        Err(e) => {
+                            // One bad task must not stop the sweep of the others; it stays due.
+                            tracing::warn!(session_id = %key.session_id, task_id = %key.task_id, error = %e, "timer handling failed");
+                            Ok(())
+                        }
+                        Ok(()) => Ok(()),
+                    }
                 }
-            }
+            },
+        )
+        .await;
+        if let Some((_, e)) = failed.into_iter().next() {
+            return Err(e);
         }
-        Ok(report)
+        Ok(report.into_inner().unwrap_or_else(|e| e.into_inner()))
     }
 
     async fn on_timer(&self, key: &TaskKey, report: &mut SweepReport) -> Result<(), RunnerError> {

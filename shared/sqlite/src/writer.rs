@@ -64,17 +64,22 @@ where
 }
 
 fn savepoint<T>(tx: &Tx<'_>, body: impl FnOnce(&Tx<'_>) -> Result<Verdict<T>, StoreError>) -> Result<T, StoreError> {
-    let appended_before = tx.appended.get();
-    tx.conn.execute_batch("SAVEPOINT job").map_err(crate::sql_error)?;
-    let result = body(tx);
-    let undo = !matches!(result, Ok(Verdict::Keep(_)));
-    let end = if undo {
-        tx.appended.set(appended_before);
-        tx.conn.execute_batch("ROLLBACK TO job; RELEASE job")
-    } else {
-        tx.conn.execute_batch("RELEASE job")
+    // Cached statements: parsing these three on every write was measurable.
+    let run = |sql: &str| {
+        tx.conn
+            .prepare_cached(sql)
+            .and_then(|mut s| s.execute([]))
+            .map(drop)
+            .map_err(crate::sql_error)
     };
-    end.map_err(crate::sql_error)?;
+    let appended_before = tx.appended.get();
+    run("SAVEPOINT job")?;
+    let result = body(tx);
+    if !matches!(result, Ok(Verdict::Keep(_))) {
+        tx.appended.set(appended_before);
+        run("ROLLBACK TO job")?;
+    }
+    run("RELEASE job")?;
     match result? {
         Verdict::Keep(v) | Verdict::Undo(v) => Ok(v),
     }
@@ -136,7 +141,10 @@ fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, feed: std::sync::Arc<
                 Err(_) => break,
             }
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let begin = conn
+            .prepare_cached("BEGIN IMMEDIATE")
+            .and_then(|mut s| s.execute([]));
+        if let Err(e) = begin {
             let e = crate::sql_error(e);
             for job in group {
                 job.fail(e.clone());
@@ -149,7 +157,7 @@ fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, feed: std::sync::Arc<
             appended: &appended,
         };
         let answers: Vec<_> = group.into_iter().map(|job| job.run(&tx)).collect();
-        let committed = conn.execute_batch("COMMIT").map_err(|e| {
+        let committed = conn.prepare_cached("COMMIT").and_then(|mut s| s.execute([])).map(drop).map_err(|e| {
             let _ = conn.execute_batch("ROLLBACK");
             crate::sql_error(e)
         });
