@@ -1,6 +1,7 @@
 -- wrk script: POST state reports to one agent, each newer than the last (so each one applies).
 -- Used by loadtest/wrk/bench-reports.sh; AGENT and KEY come from the environment.
 local agent = os.getenv("AGENT") or "bench-agent"
+local state = os.getenv("STATE") or "idle"
 local key = os.getenv("KEY") or ""
 local counter = 0
 local base = os.time()
@@ -11,7 +12,7 @@ request = function()
   counter = counter + 1
   local secs = base + math.floor(counter / 1000000)
   local ts = os.date("!%Y-%m-%dT%H:%M:%S", secs) .. string.format(".%06d+00:00", counter % 1000000)
-  local body = '{"agentId":"' .. agent .. '","timestamp":"' .. ts .. '","state":"idle","details":{"n":' .. counter .. '}}'
+  local body = '{"agentId":"' .. agent .. '","timestamp":"' .. ts .. '","state":"' .. state .. '","details":{"n":' .. counter .. '}}'
   return wrk.format("POST", path, headers, body)
 end
 

@@ -234,10 +234,16 @@ async fn a_hanging_dispatch_holds_up_no_other_agent() {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    let b_session = r.json::<Value>().await.unwrap()["sessionId"].as_str().unwrap().to_owned();
+    let b_session = r.json::<Value>().await.unwrap()["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let v = e.wait_for_end(&b_session, Duration::from_secs(1)).await;
     assert_eq!(v["status"], "completed", "{v:#}");
-    eprintln!("agent B's workflow completed in {:?} while A's dispatch hung", started.elapsed());
+    eprintln!(
+        "agent B's workflow completed in {:?} while A's dispatch hung",
+        started.elapsed()
+    );
     let a = e.get(&format!("/v1/opscore/sessions/{a_session}")).await;
     assert_eq!(a["status"], "running", "A is still waiting for AgentKit: {a:#}");
     e.stack.stop().await;

@@ -25,6 +25,7 @@ use opscore_core::task::TaskStatus;
 use opscore_core::time::{Clock, ManualClock};
 use opscore_core::workflow::WorkflowDefinition;
 use opscore_dynamo::{DynamoStore, EmbeddedDynamo, create_table};
+use opscore_sqlite::SqliteStore;
 use opscore_tests::fake::{ScriptedAgentKit, engine};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, TestCaseError};
@@ -204,6 +205,18 @@ fn reports_in_any_order_memory() {
 }
 
 #[test]
+fn reports_in_any_order_sqlite() {
+    // A fresh store per case, as for the in-memory store: the two timings compare the stores.
+    let mut runner = proptest::test_runner::TestRunner::new(cases(512));
+    runner
+        .run(&reports_strategy(), |(agents, reps, conc)| {
+            let store = Arc::new(SqliteStore::temporary().expect("temporary sqlite store"));
+            rt().block_on(check_reports(store, agents, reps, conc))
+        })
+        .unwrap();
+}
+
+#[test]
 fn reports_in_any_order_embedded() {
     // One embedded store for all cases (fresh agents per case).
     let store: Arc<dyn Store> = rt().block_on(async {
@@ -281,7 +294,7 @@ struct Machine {
     app: App,
     runner: Runner,
     agentkit: Arc<ScriptedAgentKit>,
-    changes: tokio::sync::mpsc::UnboundedReceiver<Change>,
+    changes: Changes,
     agent: AgentId,
     sessions: Vec<SessionId>,
     ticks: i64,
@@ -307,11 +320,55 @@ fn chain(tasks: usize, max_retries: u32) -> WorkflowDefinition {
     .unwrap()
 }
 
+/// Where the machine's changes come from: the in-memory store's channel, or the SQLite store's
+/// durable feed (read, then trimmed, as the local stack does).
+enum Changes {
+    Channel(tokio::sync::mpsc::UnboundedReceiver<Change>),
+    Feed(Arc<SqliteStore>, u64),
+}
+
+impl Changes {
+    async fn next_batch(&mut self) -> Vec<Change> {
+        match self {
+            Changes::Channel(rx) => std::iter::from_fn(|| rx.try_recv().ok()).collect(),
+            Changes::Feed(store, after) => {
+                let batch = store.read_feed(*after, 1_000).expect("feed reads");
+                if let Some((last, _)) = batch.last() {
+                    *after = *last;
+                    store.trim_feed(*last).await.expect("feed trims");
+                }
+                batch.into_iter().map(|(_, c)| c).collect()
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum StoreKind {
+    Memory,
+    Sqlite,
+}
+
 impl Machine {
-    async fn new() -> Self {
-        let (store, changes) = InMemoryStore::with_changes();
-        let store: Arc<dyn Store> = Arc::new(store);
+    async fn new(kind: StoreKind) -> Self {
         let clock = ManualClock::at(base_time());
+        let (store, changes): (Arc<dyn Store>, Changes) = match kind {
+            StoreKind::Memory => {
+                let (store, rx) = InMemoryStore::with_changes();
+                (
+                    Arc::new(store.with_clock(Arc::new(clock.clone()))),
+                    Changes::Channel(rx),
+                )
+            }
+            StoreKind::Sqlite => {
+                let store = Arc::new(
+                    SqliteStore::temporary()
+                        .expect("temporary sqlite store")
+                        .with_clock(Arc::new(clock.clone())),
+                );
+                (store.clone(), Changes::Feed(store, 0))
+            }
+        };
         let agentkit = Arc::new(ScriptedAgentKit::default());
         let (app, runner) = engine(store, &clock, agentkit.clone());
         let agent = AgentId::parse("prop-agent").unwrap();
@@ -404,14 +461,19 @@ impl Machine {
 
     /// Feeds every change to the checker and the runner (a stream consumer), until quiet.
     async fn pump(&mut self) -> Result<(), TestCaseError> {
-        while let Ok(c) = self.changes.try_recv() {
-            self.check(&c)?;
-            self.runner
-                .on_change(&c)
-                .await
-                .map_err(|e| TestCaseError::fail(format!("runner failed on a change: {e}")))?;
+        loop {
+            let batch = self.changes.next_batch().await;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            for c in batch {
+                self.check(&c)?;
+                self.runner
+                    .on_change(&c)
+                    .await
+                    .map_err(|e| TestCaseError::fail(format!("runner failed on a change: {e}")))?;
+            }
         }
-        Ok(())
     }
 
     async fn step(&mut self, ev: &Ev) -> Result<(), TestCaseError> {
@@ -507,14 +569,23 @@ impl Machine {
 static SEEN_TRANSITIONS: OnceLock<Mutex<BTreeSet<String>>> = OnceLock::new();
 
 #[test]
-fn session_and_task_state_machines() {
+fn session_and_task_state_machines_memory() {
+    state_machines(StoreKind::Memory);
+}
+
+#[test]
+fn session_and_task_state_machines_sqlite() {
+    state_machines(StoreKind::Sqlite);
+}
+
+fn state_machines(kind: StoreKind) {
     let mut runner = proptest::test_runner::TestRunner::new(cases(512));
     let events = proptest::collection::vec(ev_strategy(), 1..80);
     let total_changes = std::sync::atomic::AtomicUsize::new(0);
     runner
         .run(&events, |evs| {
             rt().block_on(async {
-                let mut m = Machine::new().await;
+                let mut m = Machine::new(kind).await;
                 m.pump().await?;
                 // Every sequence starts with a session so that something is always in play.
                 m.step(&Ev::Trigger {

@@ -75,7 +75,7 @@ pub fn to_millis(t: Timestamp) -> i64 {
 /// Nanoseconds only when the instant has them (a client may send them): rendering never loses
 /// precision, so a stored item read back orders exactly as it was written.
 pub fn render(t: Timestamp) -> String {
-    let format = if t.timestamp_subsec_nanos() % 1_000 == 0 {
+    let format = if t.timestamp_subsec_nanos().is_multiple_of(1_000) {
         SecondsFormat::Micros
     } else {
         SecondsFormat::Nanos

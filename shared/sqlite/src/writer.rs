@@ -141,9 +141,7 @@ fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, feed: std::sync::Arc<
                 Err(_) => break,
             }
         }
-        let begin = conn
-            .prepare_cached("BEGIN IMMEDIATE")
-            .and_then(|mut s| s.execute([]));
+        let begin = conn.prepare_cached("BEGIN IMMEDIATE").and_then(|mut s| s.execute([]));
         if let Err(e) = begin {
             let e = crate::sql_error(e);
             for job in group {
@@ -157,10 +155,14 @@ fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, feed: std::sync::Arc<
             appended: &appended,
         };
         let answers: Vec<_> = group.into_iter().map(|job| job.run(&tx)).collect();
-        let committed = conn.prepare_cached("COMMIT").and_then(|mut s| s.execute([])).map(drop).map_err(|e| {
-            let _ = conn.execute_batch("ROLLBACK");
-            crate::sql_error(e)
-        });
+        let committed = conn
+            .prepare_cached("COMMIT")
+            .and_then(|mut s| s.execute([]))
+            .map(drop)
+            .map_err(|e| {
+                let _ = conn.execute_batch("ROLLBACK");
+                crate::sql_error(e)
+            });
         let ok = committed.is_ok();
         for answer in answers {
             answer(committed.clone());
