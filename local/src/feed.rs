@@ -5,7 +5,7 @@
 
 use opscore_core::ids::AgentId;
 use opscore_core::runner::Runner;
-use opscore_core::store::{Change, StoreError};
+use opscore_core::store::Change;
 use opscore_sqlite::SqliteStore;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -75,15 +75,6 @@ impl Source {
             }
         }
     }
-
-    /// Everything up to `position` is handled: a durable source forgets it.
-    async fn handled_through(&self, position: u64) -> Result<(), StoreError> {
-        match self {
-            Source::Sqlite(store) => store.trim_feed(position).await.map(drop),
-            // A stream keeps its own 24 h; the in-memory channel has already let go.
-            Source::Channel { .. } => Ok(()),
-        }
-    }
 }
 
 /// Follows DynamoDB's stream (DynamoDB Local or AWS) into a channel for [`Source::Channel`]: a
@@ -131,16 +122,20 @@ type Lane = UnboundedSender<(u64, Change)>;
 /// Runs until `stop`: reads the source, handles every change through `runner` in per-agent
 /// lanes, and tells the source how far it is safe to forget. On stop, the changes being handled
 /// are finished (within [`STOP_GRACE`]); queued ones stay in a durable source for the next start.
-pub async fn consume(mut source: Source, runner: Arc<Runner>, mut stop: watch::Receiver<bool>) {
+pub async fn consume(source: Source, runner: Arc<Runner>, mut stop: watch::Receiver<bool>) {
+    let trimmer = Trimmer::of(&source);
+    // The reader runs on its own and hands over whole batches: a read is never cancelled half-way
+    // (with the SQLite feed that would be a decoded batch thrown away), and a full channel holds
+    // it back when the lanes fall behind.
+    let (batches_tx, mut batches) = tokio::sync::mpsc::channel::<Vec<(u64, Change)>>(2);
+    let reader = tokio::spawn(read_all(source, batches_tx, stop.clone()));
     let lanes: Arc<Mutex<HashMap<Option<AgentId>, Lane>>> = Arc::default();
     let (done_tx, mut done_rx) = unbounded_channel::<u64>();
     let mut pending: BTreeSet<u64> = BTreeSet::new();
     let mut last_read = 0u64;
-    let mut acked = 0u64;
-    let mut source_stop = stop.clone();
     loop {
         tokio::select! {
-            batch = source.next(last_read, &mut source_stop), if pending.len() < MAX_AHEAD => {
+            batch = batches.recv(), if pending.len() < MAX_AHEAD => {
                 let Some(batch) = batch else { break };
                 let mut map = lanes.lock().unwrap_or_else(|e| e.into_inner());
                 for (position, change) in batch {
@@ -162,8 +157,9 @@ pub async fn consume(mut source: Source, runner: Arc<Runner>, mut stop: watch::R
             }
             _ = stop.changed() => break,
         }
-        acked = ack(&source, &pending, last_read, acked).await;
+        trimmer.handled_through(watermark(&pending, last_read));
     }
+    reader.abort();
     // Stopping: wait for the changes being handled now, then record how far we got.
     drop(done_tx);
     let deadline = tokio::time::Instant::now() + STOP_GRACE;
@@ -176,20 +172,87 @@ pub async fn consume(mut source: Source, runner: Arc<Runner>, mut stop: watch::R
             Ok(None) | Err(_) => break,
         }
     }
-    ack(&source, &pending, last_read, acked).await;
+    trimmer.finish(watermark(&pending, last_read)).await;
 }
 
-/// Forgets everything below the oldest change still pending (or all that was read).
-async fn ack(source: &Source, pending: &BTreeSet<u64>, last_read: u64, acked: u64) -> u64 {
-    let through = pending.first().map(|p| p - 1).unwrap_or(last_read);
-    if through <= acked {
-        return acked;
+/// Everything below the oldest change still pending is handled (or all that was read).
+fn watermark(pending: &BTreeSet<u64>, last_read: u64) -> u64 {
+    pending.first().map(|p| p - 1).unwrap_or(last_read)
+}
+
+async fn read_all(
+    mut source: Source,
+    to: tokio::sync::mpsc::Sender<Vec<(u64, Change)>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut after = 0;
+    while let Some(batch) = source.next(after, &mut stop).await {
+        after = batch.last().map(|(p, _)| *p).unwrap_or(after);
+        if to.send(batch).await.is_err() {
+            return;
+        }
     }
-    match source.handled_through(through).await {
-        Ok(()) => through,
-        Err(e) => {
-            tracing::warn!(error = %e, "recording the feed position failed; it is retried");
-            acked
+}
+
+/// Records how far the feed is handled, off the consumer's path (a trim is a write): at most one
+/// trim under way, and not more often than [`TRIM_EVERY`].
+struct Trimmer {
+    store: Option<Arc<SqliteStore>>,
+    state: Arc<Mutex<TrimState>>,
+}
+
+#[derive(Default)]
+struct TrimState {
+    trimmed: u64,
+    running: Option<tokio::task::JoinHandle<()>>,
+    last: Option<tokio::time::Instant>,
+}
+
+/// How often the handled part of the feed is trimmed at most.
+const TRIM_EVERY: Duration = Duration::from_millis(100);
+
+impl Trimmer {
+    fn of(source: &Source) -> Trimmer {
+        Trimmer {
+            store: match source {
+                Source::Sqlite(store) => Some(store.clone()),
+                // A stream keeps its own 24 h; the in-memory channel has already let go.
+                Source::Channel { .. } => None,
+            },
+            state: Arc::default(),
+        }
+    }
+
+    fn handled_through(&self, through: u64) {
+        let Some(store) = &self.store else { return };
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let busy = st.running.as_ref().is_some_and(|t| !t.is_finished());
+        let recent = st.last.is_some_and(|t| t.elapsed() < TRIM_EVERY);
+        if through <= st.trimmed || busy || recent {
+            return;
+        }
+        st.last = Some(tokio::time::Instant::now());
+        let (store, state) = (store.clone(), self.state.clone());
+        st.running = Some(tokio::spawn(async move {
+            match store.trim_feed(through).await {
+                Ok(_) => {
+                    let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+                    st.trimmed = st.trimmed.max(through);
+                }
+                Err(e) => tracing::warn!(error = %e, "recording the feed position failed; it is retried"),
+            }
+        }));
+    }
+
+    /// At stop: waits for the trim under way, then records the final position.
+    async fn finish(&self, through: u64) {
+        let Some(store) = &self.store else { return };
+        let running = self.state.lock().unwrap_or_else(|e| e.into_inner()).running.take();
+        if let Some(t) = running {
+            let _ = t.await;
+        }
+        if let Err(e) = store.trim_feed(through).await {
+            tracing::warn!(error = %e, "recording the final feed position failed; the rest is handled again");
         }
     }
 }
