@@ -286,17 +286,34 @@ async fn open_store(
 }
 
 /// Serves connections until `stop`, then stops accepting and lets the requests under way finish
-/// (within [`REQUEST_GRACE`]); idle keep-alive connections are closed.
+/// (within [`REQUEST_GRACE`]).
+///
+/// Hardened against clients that hold resources: a request's headers must arrive within
+/// [`HEADER_TIMEOUT`] (which also closes a keep-alive connection idle that long), at most
+/// [`MAX_CONNECTIONS`] are open at once (the next ones wait in the kernel's backlog), and when
+/// accepting fails (out of file descriptors) the loop backs off and logs at most once a second.
 async fn serve(listener: TcpListener, api: Arc<Api>, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut last_accept_warning: Option<tokio::time::Instant> = None;
     loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => s.expect("never closed"),
+            _ = stop.changed() => break,
+        };
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    if last_accept_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        tracing::warn!(error = %e, "accept failed; backing off");
+                        last_accept_warning = Some(tokio::time::Instant::now());
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -314,6 +331,7 @@ async fn serve(listener: TcpListener, api: Arc<Api>, wake: Arc<Notify>, mut stop
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = conn.await;
+            drop(slot);
         });
     }
     drop(listener);
@@ -322,8 +340,24 @@ async fn serve(listener: TcpListener, api: Arc<Api>, wake: Arc<Notify>, mut stop
     }
 }
 
+/// A request's headers must arrive within this; an idle keep-alive connection is closed after it.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(15);
+/// Connections served at once, at most.
+const MAX_CONNECTIONS: usize = 4_096;
+
 async fn handle(api: &Api, wake: &Notify, req: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
+    let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    // Refused anyway (no route, wrong method, no valid key)? Then without reading the body.
+    let head = ApiRequest::new(
+        parts.method.clone(),
+        path_and_query,
+        parts.headers.clone(),
+        Bytes::new(),
+    );
+    if let Some(refusal) = api.refusal_before_body(&head) {
+        return to_hyper(refusal);
+    }
     let body = match Limited::new(body, MAX_READ_BYTES).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
@@ -336,7 +370,6 @@ async fn handle(api: &Api, wake: &Notify, req: hyper::Request<Incoming>) -> hype
             );
         }
     };
-    let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let writes = parts.method == http::Method::POST;
     let resp = api
         .handle(ApiRequest::new(parts.method, path_and_query, parts.headers, body))

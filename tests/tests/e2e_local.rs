@@ -248,3 +248,27 @@ async fn a_hanging_dispatch_holds_up_no_other_agent() {
     assert_eq!(a["status"], "running", "A is still waiting for AgentKit: {a:#}");
     e.stack.stop().await;
 }
+
+/// A request that is refused anyway (no valid key) is answered from its head: the server does not
+/// wait for (or read) a body of a megabyte first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_request_is_refused_before_its_body_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let e = env(Behaviour::Complete(Duration::from_millis(20))).await;
+    let mut s = tokio::net::TcpStream::connect(e.stack.addr).await.unwrap();
+    s.write_all(
+        b"POST /v1/opscore/agent/a1/state HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 1000000\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+        .await
+        .expect("answered without the body")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(answer.contains("\"code\":\"unauthorized\""), "{answer}");
+    e.stack.stop().await;
+}

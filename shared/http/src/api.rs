@@ -159,7 +159,14 @@ impl Api {
         .await
     }
 
-    async fn route(&self, req: &ApiRequest) -> Result<ApiResponse, HttpError> {
+    /// What the request would be refused for before its body matters: an unknown route, a method
+    /// the route does not take, or missing or wrong credentials. A server calls it before it reads
+    /// a body, so a client without a key cannot make it read (up to a megabyte of) one.
+    pub fn refusal_before_body(&self, req: &ApiRequest) -> Option<ApiResponse> {
+        self.check_route(req).err().map(HttpError::into_response)
+    }
+
+    fn check_route<'r>(&self, req: &'r ApiRequest) -> Result<Route<'r>, HttpError> {
         let route = Route::parse(&req.path)
             .filter(|r| r.served_by(self.surface))
             .ok_or_else(|| HttpError::NoRoute(format!("{} {}", req.method, req.path)))?;
@@ -173,6 +180,11 @@ impl Api {
         if route.needs_key() {
             auth::check_bearer(req.header("authorization"), &self.config.api_keys)?;
         }
+        Ok(route)
+    }
+
+    async fn route(&self, req: &ApiRequest) -> Result<ApiResponse, HttpError> {
+        let route = self.check_route(req)?;
         let limit = if route == Route::Workflows {
             MAX_DEFINITION_UPLOAD_BYTES
         } else {
