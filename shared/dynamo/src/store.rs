@@ -799,14 +799,7 @@ impl Store for DynamoStore {
         history_ttl: Duration,
     ) -> Result<ReportOutcome, AgentWriteError> {
         let order = time::order_key(report.timestamp);
-        let entry = |applied| HistoryEntry {
-            agent_id: report.agent_id.clone(),
-            state: report.state.clone(),
-            details: report.details.clone(),
-            timestamp: report.timestamp,
-            received_at,
-            applied,
-        };
+        let entry = |applied| HistoryEntry::of(report, received_at, applied);
         let mut set = vec![
             "#state = :state",
             "#stateTimestamp = :ts",
