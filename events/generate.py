@@ -6,7 +6,7 @@ notify webhook. The Rust handler tests (tests/tests/fixtures.rs) replay every fi
 order against one store and check the status; tools/sam-check.sh feeds the same files to
 `sam local invoke`. Run `python3 events/generate.py` after changing it; commit the output.
 
-The webhook fixtures carry real AgentKit deliveries (../shared/reference/agentkit-webhook-vectors.json)
+The webhook fixtures carry real AgentKit deliveries (events/agentkit-webhook-vectors.json)
 signed at their capture time: tests pin the clock to it; sam-check re-signs them at run time.
 """
 import base64, hashlib, hmac, json, os, pathlib

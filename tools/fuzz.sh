@@ -8,7 +8,7 @@
 #
 # cargo fuzz needs nightly-only rustc flags (-Zsanitizer); the stable toolchain accepts them with
 # RUSTC_BOOTSTRAP=1. Installs cargo-fuzz from crates.io if it is missing. Seeds: events/*.json (the
-# Lambda fixtures), the AgentKit webhook vectors (../shared/reference), fuzz/seeds/ (stream
+# Lambda fixtures), the AgentKit webhook vectors (events/agentkit-webhook-vectors.json), fuzz/seeds/ (stream
 # records). Corpora grow in fuzz/corpus/<target> (git-ignored), crashes land in
 # fuzz/artifacts/<target>, logs in fuzz/logs/[smoke/]<target>.log. Exit status non-zero on any
 # crash; a crash input belongs in fuzz/regressions/<target>/ (replayed by `cargo test`).

@@ -1,4 +1,4 @@
-//! Fakes of what is outside Ops-Core, following ../shared/reference/agentkit-contract.md:
+//! Fakes of what is outside Ops-Core, following docs/agentkit-contract.md:
 //! AgentKit (agent registration → signed webhook; `/run` → 202, then the same body to the agent's
 //! `contactEndpoint`) and a reference agent (reports `idle`, retrying on 404; takes tasks,
 //! reports `active`, then `idle` with `opscore_task_id`).

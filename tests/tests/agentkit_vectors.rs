@@ -1,5 +1,5 @@
-//! The real deliveries captured from AgentKit (`events/agentkit-webhook-vectors.json`, a copy of
-//! `../shared/reference/agentkit-webhook-vectors.json`): each verifies byte for byte with the clock
+//! The real deliveries captured from AgentKit (`events/agentkit-webhook-vectors.json`, as AgentKit
+//! signed them): each verifies byte for byte with the clock
 //! pinned to its timestamp, registers its agent with every field as sent, is refused once the
 //! clock moves past the window, and a replay has no second effect.
 
