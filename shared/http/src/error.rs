@@ -23,6 +23,17 @@ pub enum HttpError {
     NoRoute(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    // The three below are refusals of the HTTP layer itself, before any route sees the request:
+    // only the local stack's server answers them (on AWS, API Gateway and the function URL refuse
+    // such requests in front of the function).
+    /// The request line or a header is not HTTP/1.1 syntax (or an invalid Content-Length /
+    /// Transfer-Encoding).
+    #[error("the request line or headers could not be parsed as HTTP/1.1")]
+    MalformedRequest,
+    #[error("URI longer than {limit} bytes")]
+    UriTooLong { limit: usize },
+    #[error("request headers larger than {bytes} bytes (request line included) or more than {fields} header fields")]
+    HeadersTooLarge { bytes: usize, fields: usize },
 }
 
 impl HttpError {
@@ -49,6 +60,9 @@ impl HttpError {
             HttpError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             HttpError::NoRoute(_) => StatusCode::NOT_FOUND,
             HttpError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            HttpError::MalformedRequest => StatusCode::BAD_REQUEST,
+            HttpError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            HttpError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
@@ -69,6 +83,9 @@ impl HttpError {
             HttpError::MethodNotAllowed { .. } => "method_not_allowed",
             HttpError::NoRoute(_) => "no_route",
             HttpError::UnsupportedMediaType(_) => "unsupported_media_type",
+            HttpError::MalformedRequest => "malformed_request",
+            HttpError::UriTooLong { .. } => "uri_too_long",
+            HttpError::HeadersTooLarge { .. } => "headers_too_large",
         }
     }
 
