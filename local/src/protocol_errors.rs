@@ -3,8 +3,8 @@
 //! When hyper cannot parse a request (malformed request line or header, URI or head too long) it
 //! never calls our service: it writes a response of its own — `400`, `414` or `431` with
 //! `content-length: 0` and no body — and closes the connection. hyper 1.x has no hook to shape that
-//! response (`Http1Transaction::on_error` in `proto/h1/role.rs` is private and fixed), so every
-//! client of ours would get the one error of the API that is not `{"detail", "code"}`.
+//! response (`Http1Transaction::on_error` in `proto/h1/role.rs` is private and fixed), so these
+//! were the only errors of the API without its `{"detail", "code"}` body.
 //!
 //! [`JsonProtocolErrors`] sits between hyper and the socket and replaces that response, and only
 //! it, by the API's own error response ([`HttpError::into_response`]) with the same status. It
@@ -16,11 +16,15 @@
 //! ```
 //!
 //! (`HTTP/1.0` and no `connection` header when the connection had spoken HTTP/1.0). That response
-//! is the last thing hyper writes on the connection and it is all of one write: hyper starts
-//! writing a response head only once the previous response is out of its buffer, and writes the
-//! error head into an empty buffer, so it starts the write and nothing follows it. None of our own
-//! responses has that form: every one is built by `ApiResponse::json`, so it carries
-//! `content-type: application/json` and a non-empty body (a status line alone never matches).
+//! is the last thing hyper writes on the connection and it is all of one write: a connection reads
+//! its next request only once the previous response has been flushed, so the error head lands in
+//! an empty write buffer, starts the write and nothing follows it — on the first request of a
+//! connection as on a later one. (One exception, left as it was: a client that pipelines a
+//! malformed request behind a request refused before its body was read, without reading the
+//! refusal, can find the previous response still buffered; then nothing matches and hyper's
+//! empty response goes out unchanged.) None of our own responses has that form: every one is
+//! built by `ApiResponse::json`, so it carries `content-type: application/json` and a non-empty
+//! body (a status line alone never matches).
 //!
 //! The normal path pays one comparison of the first bytes of each write (a 2xx is rejected at its
 //! status code; our own 400/414/431 at their first header line). Reads are not looked at.
@@ -28,8 +32,8 @@
 //! After the replacement, closing lingers: the write side is shut (FIN) and whatever the client is
 //! still sending is read and thrown away, up to [`LINGER_FOR`] and [`LINGER_BYTES`], before the
 //! socket is dropped. Without it, closing a socket with unread request bytes (the rest of 1 MB of
-//! headers) sends a reset that can discard the response before the client has read it, and a client
-//! still writing gets "connection reset" instead of our answer.
+//! headers) sends a reset: what of the response is not yet sent is dropped, and a client still
+//! writing its request gets "connection reset" instead of reading our answer.
 
 use crate::{MAX_HEAD_BYTES, MAX_HEADER_FIELDS, MAX_URI_BYTES};
 use bytes::Bytes;
