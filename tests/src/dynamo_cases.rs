@@ -11,6 +11,7 @@ use opscore_core::store::*;
 use opscore_core::task::TaskStatus;
 use opscore_dynamo::{RequestCounts, StreamTail, decode_stream_record, decode_streams_api_record};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 type Raw = HashMap<String, AttributeValue>;
@@ -136,15 +137,15 @@ pub async fn stream_records_decode_every_item_kind(f: Fixture) {
         Some(&raw0),
         Some(Change::Agent {
             old: None,
-            new: Some(Box::new(a0.clone())),
+            new: Some(Arc::new(a0.clone())),
         }),
     );
     check_both(
         Some(&raw0),
         Some(&raw1),
         Some(Change::Agent {
-            old: Some(Box::new(a0)),
-            new: Some(Box::new(a1.clone())),
+            old: Some(Arc::new(a0)),
+            new: Some(Arc::new(a1.clone())),
         }),
     );
     // Session and task: INSERT, MODIFY, REMOVE.
@@ -161,7 +162,7 @@ pub async fn stream_records_decode_every_item_kind(f: Fixture) {
         Some(&raw_s),
         Some(Change::Session {
             old: None,
-            new: Some(Box::new(s.clone())),
+            new: Some(Arc::new(s.clone())),
         }),
     );
     let t1 = crate::contract::moved(&t0, TaskStatus::Cancelled);
@@ -176,15 +177,15 @@ pub async fn stream_records_decode_every_item_kind(f: Fixture) {
         Some(&raw_t0),
         Some(&raw_t1),
         Some(Change::Task {
-            old: Some(Box::new(t0)),
-            new: Some(Box::new(t1.clone())),
+            old: Some(Arc::new(t0)),
+            new: Some(Arc::new(t1.clone())),
         }),
     );
     check_both(
         Some(&raw_t1),
         None,
         Some(Change::Task {
-            old: Some(Box::new(t1)),
+            old: Some(Arc::new(t1)),
             new: None,
         }),
     );
@@ -233,11 +234,11 @@ pub async fn stream_tail_reports_changes_with_old_and_new_images(f: Fixture) {
     st.commit(vec![Write::CreateSession(s.clone())]).await.unwrap();
     let first = Change::Agent {
         old: None,
-        new: Some(Box::new(a0)),
+        new: Some(Arc::new(a0)),
     };
     let third = Change::Session {
         old: None,
-        new: Some(Box::new(s.clone())),
+        new: Some(Arc::new(s.clone())),
     };
     let want = 3;
     let mut got = Vec::new();

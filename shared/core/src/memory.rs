@@ -152,7 +152,7 @@ impl Store for InMemoryStore {
                         RegisterOutcome::Created(agent.clone()),
                         Some(Change::Agent {
                             old: None,
-                            new: Some(Box::new(agent)),
+                            new: Some(Arc::new(agent)),
                         }),
                     )
                 }
@@ -168,8 +168,8 @@ impl Store for InMemoryStore {
                     (
                         RegisterOutcome::Updated(agent.clone()),
                         Some(Change::Agent {
-                            old: Some(Box::new(old)),
-                            new: Some(Box::new(agent)),
+                            old: Some(Arc::new(old)),
+                            new: Some(Arc::new(agent)),
                         }),
                     )
                 }
@@ -195,8 +195,8 @@ impl Store for InMemoryStore {
             (
                 agent.clone(),
                 Change::Agent {
-                    old: Some(Box::new(old)),
-                    new: Some(Box::new(agent)),
+                    old: Some(Arc::new(old)),
+                    new: Some(Arc::new(agent)),
                 },
             )
         };
@@ -233,8 +233,8 @@ impl Store for InMemoryStore {
                 (
                     ReportOutcome::Applied,
                     Some(Change::Agent {
-                        old: Some(Box::new(old)),
-                        new: Some(Box::new(agent)),
+                        old: Some(Arc::new(old)),
+                        new: Some(Arc::new(agent)),
                     }),
                 )
             } else {
@@ -395,15 +395,15 @@ impl Store for InMemoryStore {
                     Write::CreateSession(x) | Write::TransitionSession { next: x, .. } => {
                         let old = s.sessions.insert(x.session_id, x.clone());
                         changes.push(Change::Session {
-                            old: old.map(Box::new),
-                            new: Some(Box::new(x)),
+                            old: old.map(Arc::new),
+                            new: Some(Arc::new(x)),
                         });
                     }
                     Write::CreateTask(t) | Write::TransitionTask { next: t, .. } => {
                         let old = s.tasks.insert((t.session_id, t.task_id.clone()), t.clone());
                         changes.push(Change::Task {
-                            old: old.map(Box::new),
-                            new: Some(Box::new(t)),
+                            old: old.map(Arc::new),
+                            new: Some(Arc::new(t)),
                         });
                     }
                     Write::CreateIdempotencyKey {
@@ -425,8 +425,8 @@ impl Store for InMemoryStore {
                         let old = a.clone();
                         a.inflight = Some(inflight);
                         changes.push(Change::Agent {
-                            old: Some(Box::new(old)),
-                            new: Some(Box::new(a.clone())),
+                            old: Some(Arc::new(old)),
+                            new: Some(Arc::new(a.clone())),
                         });
                     }
                     Write::ReleaseAgent { agent_id, .. } => {
@@ -434,8 +434,8 @@ impl Store for InMemoryStore {
                         let old = a.clone();
                         a.inflight = None;
                         changes.push(Change::Agent {
-                            old: Some(Box::new(old)),
-                            new: Some(Box::new(a.clone())),
+                            old: Some(Arc::new(old)),
+                            new: Some(Arc::new(a.clone())),
                         });
                     }
                     Write::CreateDeliveryRecord { id, expires_at } => {

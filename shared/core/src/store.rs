@@ -9,6 +9,7 @@ use crate::time::Timestamp;
 use crate::workflow::WorkflowDefinition;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -195,16 +196,16 @@ pub trait Store: Send + Sync + 'static {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     Agent {
-        old: Option<Box<Agent>>,
-        new: Option<Box<Agent>>,
+        old: Option<Arc<Agent>>,
+        new: Option<Arc<Agent>>,
     },
     Session {
-        old: Option<Box<Session>>,
-        new: Option<Box<Session>>,
+        old: Option<Arc<Session>>,
+        new: Option<Arc<Session>>,
     },
     Task {
-        old: Option<Box<TaskInstance>>,
-        new: Option<Box<TaskInstance>>,
+        old: Option<Arc<TaskInstance>>,
+        new: Option<Arc<TaskInstance>>,
     },
 }
 

@@ -4,6 +4,7 @@
 use crate::items::{self, AgentItem, Kind, SessionItem, TaskItem};
 use opscore_core::store::{Change, StoreError};
 use serde_dynamo::Item;
+use std::sync::Arc;
 
 pub(crate) fn non_empty(i: &Item) -> Option<&Item> {
     (!i.is_empty()).then_some(i)
@@ -22,20 +23,20 @@ fn image<T, U>(
     img: Option<&Item>,
     what: &str,
     f: impl Fn(T) -> Result<U, StoreError>,
-) -> Result<Option<Box<U>>, StoreError>
+) -> Result<Option<Arc<U>>, StoreError>
 where
     T: serde::de::DeserializeOwned,
 {
     match img {
         None => Ok(None),
-        Some(i) => Ok(Some(Box::new(f(items::decode(i.clone(), what)?)?))),
+        Some(i) => Ok(Some(Arc::new(f(items::decode(i.clone(), what)?)?))),
     }
 }
 
-fn agent_image(img: Option<&Item>) -> Result<Option<Box<opscore_core::agent::Agent>>, StoreError> {
+fn agent_image(img: Option<&Item>) -> Result<Option<Arc<opscore_core::agent::Agent>>, StoreError> {
     match img {
         None => Ok(None),
-        Some(i) => Ok(Some(Box::new(AgentItem::from_item(i.clone(), "agent")?.into_agent()?))),
+        Some(i) => Ok(Some(Arc::new(AgentItem::from_item(i.clone(), "agent")?.into_agent()?))),
     }
 }
 

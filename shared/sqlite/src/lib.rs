@@ -8,18 +8,22 @@
 //!   `feed` table in the same transaction. [`SqliteStore::read_feed`] gives it in commit order and
 //!   [`SqliteStore::trim_feed`] drops what the consumer has handled, so a consumer that restarts
 //!   (after a crash too) resumes where it stopped: no acknowledged change is ever skipped.
-//! - **Reads** use a small pool of read connections; WAL lets them run beside the writer.
+//! - **Reads** of agents and open sessions come from a cache of decoded items that the writer keeps
+//!   coherent ([`cache`]); other reads use a small pool of read connections, which WAL lets run
+//!   beside the writer.
 //! - **Expiry** (history retention, idempotency keys, webhook delivery records) is judged at read
 //!   and condition time like DynamoDB's TTL, and [`SqliteStore::sweep_expired`] deletes.
 //! - **One process per file**: [`lock::DataLock`].
 
+mod cache;
 mod cursor;
 pub mod lock;
 mod writer;
 
 use async_trait::async_trait;
+use cache::{Image, ItemCache, SessionEntry};
 use opscore_core::agent::{Agent, AgentDetails, HistoryEntry, StateName, StateReport};
-use opscore_core::ids::{AgentId, SessionId, WorkflowId, WorkflowVersion};
+use opscore_core::ids::{AgentId, SessionId, TaskId, WorkflowId, WorkflowVersion};
 use opscore_core::session::Session;
 use opscore_core::store::*;
 use opscore_core::task::{TaskInstance, TaskKey};
@@ -103,6 +107,7 @@ pub struct SqliteStore {
     writer: Writer,
     _checkpointer: Option<Checkpointer>,
     readers: Mutex<Vec<Connection>>,
+    cache: Arc<ItemCache>,
     path: PathBuf,
     durability: Durability,
     clock: Arc<dyn Clock>,
@@ -209,11 +214,13 @@ impl SqliteStore {
             }
         }
         let feed = Arc::new(Notify::new());
+        let cache = Arc::new(ItemCache::default());
         let checkpointer = Checkpointer::start(path, durability).map_err(fail)?;
         Ok(SqliteStore {
-            writer: Writer::start(conn, feed.clone()),
+            writer: Writer::start(conn, feed.clone(), cache.clone()),
             _checkpointer: Some(checkpointer),
             readers: Mutex::new(Vec::new()),
+            cache,
             path: path.to_owned(),
             durability,
             clock: Arc::new(SystemClock),
@@ -263,7 +270,14 @@ impl SqliteStore {
     }
 
     /// Changes after sequence number `after`, in commit order, at most `limit`.
+    ///
+    /// Changes committed since the consumer last caught up come from memory, with their old
+    /// images; older ones (after a restart, or a consumer far behind) from the feed table,
+    /// without (see [`append_feed`]).
     pub fn read_feed(&self, after: u64, limit: usize) -> Result<Vec<(u64, Change)>, StoreError> {
+        if let Some(changes) = self.cache.changes_after(after, limit) {
+            return Ok(changes);
+        }
         self.read(|c| {
             let mut st = c
                 .prepare_cached("SELECT seq, kind, old, new FROM feed WHERE seq > ?1 ORDER BY seq LIMIT ?2")
@@ -289,6 +303,7 @@ impl SqliteStore {
 
     /// Drops every change up to and including `through`: the consumer has handled them.
     pub async fn trim_feed(&self, through: u64) -> Result<usize, StoreError> {
+        self.cache.forget_changes(through);
         self.writer
             .write(move |tx| {
                 let n = tx
@@ -434,8 +449,8 @@ fn connect(path: &Path, durability: Durability, writer: bool) -> rusqlite::Resul
 }
 
 fn change_of(kind: &str, old: Option<&str>, new: Option<&str>) -> Result<Change, StoreError> {
-    fn image<T: DeserializeOwned>(s: Option<&str>) -> Result<Option<Box<T>>, StoreError> {
-        s.map(|s| from_json(s).map(Box::new)).transpose()
+    fn image<T: DeserializeOwned>(s: Option<&str>) -> Result<Option<Arc<T>>, StoreError> {
+        s.map(|s| from_json(s).map(Arc::new)).transpose()
     }
     Ok(match kind {
         "agent" => Change::Agent {
@@ -454,48 +469,127 @@ fn change_of(kind: &str, old: Option<&str>, new: Option<&str>) -> Result<Change,
     })
 }
 
-fn append_feed(tx: &Tx<'_>, kind: &str, old: Option<&str>, new: &str) -> Result<(), StoreError> {
+/// Appends a change to the feed table and stages it, decoded, for the consumer.
+///
+/// The row keeps only the new image: the consumer gets the old one from the staged change, and
+/// after a restart (rows read back from the table) it handles a change with no old image, which
+/// the runner treats as "anything may have changed" (it is safe to handle a change twice).
+/// Writing the old image too doubled the feed's bytes for nothing a restart needs.
+fn append_feed(tx: &Tx<'_>, kind: &str, new: &str, change: Change) -> Result<(), StoreError> {
     tx.conn
-        .prepare_cached("INSERT INTO feed (kind, old, new) VALUES (?1, ?2, ?3)")
-        .and_then(|mut s| s.execute(params![kind, old, new]))
+        .prepare_cached("INSERT INTO feed (kind, new) VALUES (?1, ?2)")
+        .and_then(|mut s| s.execute(params![kind, new]))
         .map_err(sql_error)?;
+    let seq = tx.conn.last_insert_rowid() as u64;
+    tx.staged.borrow_mut().push_change(seq, change);
     tx.appended_to_feed();
     Ok(())
 }
 
-/// The agent's stored JSON and its decoded image.
-fn load_agent(c: &Connection, id: &AgentId) -> Result<Option<(String, Agent)>, StoreError> {
+/// The agent as stored in SQLite (its JSON and decoded).
+fn read_agent(c: &Connection, id: &AgentId) -> Result<Option<Image<Agent>>, StoreError> {
     let raw: Option<String> = c
         .prepare_cached("SELECT item FROM agents WHERE id = ?1")
         .and_then(|mut s| s.query_row([id.as_str()], |r| r.get(0)).optional())
         .map_err(sql_error)?;
-    raw.map(|raw| from_json(&raw).map(|a| (raw, a))).transpose()
+    raw.map(|raw| from_json(&raw).map(|a| Image::new(raw, a))).transpose()
 }
 
-/// Writes the agent's new image and appends the change (old image as stored, new as written).
-fn save_agent(tx: &Tx<'_>, old: Option<&str>, agent: &Agent) -> Result<(), StoreError> {
-    let new = to_json(agent)?;
-    tx.conn
-        .prepare_cached("INSERT OR REPLACE INTO agents (id, state, item) VALUES (?1, ?2, ?3)")
-        .and_then(|mut s| s.execute(params![agent.id().as_str(), agent.current.state.as_str(), new]))
-        .map_err(sql_error)?;
-    append_feed(tx, "agent", old, &new)
-}
-
-fn load_session(c: &Connection, id: &SessionId) -> Result<Option<(String, Session)>, StoreError> {
+/// The session and every task it has, as stored in SQLite (one snapshot when `c` is in a
+/// transaction).
+fn read_session(c: &Connection, id: &SessionId) -> Result<Option<SessionEntry>, StoreError> {
+    let sid = id.to_string();
     let raw: Option<String> = c
         .prepare_cached("SELECT item FROM sessions WHERE session_id = ?1")
-        .and_then(|mut s| s.query_row([id.to_string()], |r| r.get(0)).optional())
+        .and_then(|mut s| s.query_row([&sid], |r| r.get(0)).optional())
         .map_err(sql_error)?;
-    raw.map(|raw| from_json(&raw).map(|s| (raw, s))).transpose()
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let session = Image::new(raw.as_str(), from_json(&raw)?);
+    let mut st = c
+        .prepare_cached("SELECT item FROM tasks WHERE session_id = ?1 ORDER BY task_id")
+        .map_err(sql_error)?;
+    let rows = st.query_map([&sid], |r| r.get::<_, String>(0)).map_err(sql_error)?;
+    let mut tasks = Vec::new();
+    for raw in rows {
+        let raw = raw.map_err(sql_error)?;
+        tasks.push(Image::new(raw.as_str(), from_json(&raw)?));
+    }
+    Ok(Some(SessionEntry { session, tasks }))
 }
 
-fn load_task(c: &Connection, session: &SessionId, task: &str) -> Result<Option<(String, TaskInstance)>, StoreError> {
-    let raw: Option<String> = c
-        .prepare_cached("SELECT item FROM tasks WHERE session_id = ?1 AND task_id = ?2")
-        .and_then(|mut s| s.query_row(params![session.to_string(), task], |r| r.get(0)).optional())
+/// The agent as the writer sees it: staged by the open group, else committed (cached, else read
+/// and cached).
+fn load_agent(tx: &Tx<'_>, id: &AgentId) -> Result<Option<Image<Agent>>, StoreError> {
+    if let Some(a) = tx.staged.borrow().agent(id) {
+        return Ok(Some(a.clone()));
+    }
+    if let Some(a) = tx.cache.agent(id) {
+        return Ok(Some(a));
+    }
+    let found = read_agent(tx.conn, id)?;
+    if let Some(a) = &found {
+        tx.cache.fill_agent(a.clone());
+    }
+    Ok(found)
+}
+
+/// The session and its tasks as the writer sees them (see [`load_agent`]).
+fn load_session(tx: &Tx<'_>, id: &SessionId) -> Result<Option<SessionEntry>, StoreError> {
+    match tx.staged.borrow().session(id) {
+        Some(Some(e)) => return Ok(Some(e.clone())),
+        // Staged as not known whole: SQLite, inside this transaction, has it right.
+        Some(None) => return read_session(tx.conn, id),
+        None => {}
+    }
+    if let Some(e) = tx.cache.session(id) {
+        return Ok(Some(e));
+    }
+    let found = read_session(tx.conn, id)?;
+    if let Some(e) = &found {
+        tx.cache.fill_session(e.clone());
+    }
+    Ok(found)
+}
+
+/// Writes the agent's new image, appends the change to the feed and stages the new image for
+/// the cache.
+fn save_agent(tx: &Tx<'_>, old: Option<&Image<Agent>>, agent: &Agent) -> Result<(), StoreError> {
+    let new = Image::new(to_json(agent)?, agent.clone());
+    tx.conn
+        .prepare_cached("INSERT OR REPLACE INTO agents (id, state, item) VALUES (?1, ?2, ?3)")
+        .and_then(|mut s| s.execute(params![agent.id().as_str(), agent.current.state.as_str(), &*new.raw]))
         .map_err(sql_error)?;
-    raw.map(|raw| from_json(&raw).map(|t| (raw, t))).transpose()
+    let change = Change::Agent {
+        old: old.map(|o| o.item.clone()),
+        new: Some(new.item.clone()),
+    };
+    append_feed(tx, "agent", &new.raw, change)?;
+    tx.staged.borrow_mut().put_agent(new);
+    Ok(())
+}
+
+/// Stages what a session or task write did to the session's entry: edits the entry the writer
+/// sees, or (if there is none) reads it whole from SQLite, which already holds the write.
+fn stage_session(tx: &Tx<'_>, id: SessionId, edit: impl FnOnce(&mut SessionEntry)) -> Result<(), StoreError> {
+    let staged = tx.staged.borrow().session(&id).map(|e| e.cloned());
+    let entry = match staged {
+        Some(None) => None,
+        Some(Some(mut e)) => {
+            edit(&mut e);
+            Some(e)
+        }
+        None => match tx.cache.session(&id) {
+            Some(mut e) => {
+                edit(&mut e);
+                Some(e)
+            }
+            None => read_session(tx.conn, &id)?,
+        },
+    };
+    tx.staged.borrow_mut().put_session(id, entry);
+    Ok(())
 }
 
 fn query_items<T: DeserializeOwned>(
@@ -506,6 +600,24 @@ fn query_items<T: DeserializeOwned>(
     let mut st = c.prepare_cached(sql).map_err(sql_error)?;
     let rows = st.query_map(params, |r| r.get::<_, String>(0)).map_err(sql_error)?;
     rows.map(|r| r.map_err(sql_error).and_then(|s| from_json(&s))).collect()
+}
+
+/// Task keys (session id, task id) selected by `sql`: the index answers, no item is decoded.
+fn query_keys(c: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Vec<TaskKey>, StoreError> {
+    let mut st = c.prepare_cached(sql).map_err(sql_error)?;
+    let rows = st
+        .query_map(params, |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .map_err(sql_error)?;
+    let mut keys = Vec::new();
+    for row in rows {
+        let (session, task) = row.map_err(sql_error)?;
+        keys.push(TaskKey {
+            session_id: SessionId::parse(&session)
+                .map_err(|e| StoreError::Corrupt(format!("task row's session id: {e}")))?,
+            task_id: TaskId::parse(task).map_err(|e| StoreError::Corrupt(format!("task row's task id: {e}")))?,
+        });
+    }
+    Ok(keys)
 }
 
 /// Cuts a page of `limit + 1` fetched items to `limit`, with a cursor made from the last one kept.
@@ -528,21 +640,21 @@ impl Store for SqliteStore {
     async fn register_agent(&self, details: AgentDetails, now: Timestamp) -> Result<RegisterOutcome, StoreError> {
         self.writer
             .write(move |tx| {
-                Ok(Verdict::Keep(match load_agent(tx.conn, &details.agent_id)? {
+                Ok(Verdict::Keep(match load_agent(tx, &details.agent_id)? {
                     None => {
                         let agent = Agent::new(details, now);
                         save_agent(tx, None, &agent)?;
                         RegisterOutcome::Created(agent)
                     }
-                    Some((_, old)) if old.details.same_registration(&details) && !old.is_deregistered() => {
-                        RegisterOutcome::Unchanged(old)
+                    Some(old) if old.item.details.same_registration(&details) && !old.item.is_deregistered() => {
+                        RegisterOutcome::Unchanged((*old.item).clone())
                     }
-                    Some((raw, old)) => {
-                        let mut agent = old;
+                    Some(old) => {
+                        let mut agent = (*old.item).clone();
                         agent.details = details;
                         agent.deregistered_at = None;
                         agent.updated_at = now;
-                        save_agent(tx, Some(&raw), &agent)?;
+                        save_agent(tx, Some(&old), &agent)?;
                         RegisterOutcome::Updated(agent)
                     }
                 }))
@@ -554,16 +666,16 @@ impl Store for SqliteStore {
         let id = id.clone();
         self.writer
             .write(move |tx| {
-                let Some((raw, old)) = load_agent(tx.conn, &id)? else {
+                let Some(old) = load_agent(tx, &id)? else {
                     return Ok(Verdict::Undo(Err(AgentWriteError::NotFound)));
                 };
-                if old.is_deregistered() {
-                    return Ok(Verdict::Keep(Ok(old)));
+                if old.item.is_deregistered() {
+                    return Ok(Verdict::Keep(Ok((*old.item).clone())));
                 }
-                let mut agent = old;
+                let mut agent = (*old.item).clone();
                 agent.deregistered_at = Some(now);
                 agent.updated_at = now;
-                save_agent(tx, Some(&raw), &agent)?;
+                save_agent(tx, Some(&old), &agent)?;
                 Ok(Verdict::Keep(Ok(agent)))
             })
             .await?
@@ -579,13 +691,13 @@ impl Store for SqliteStore {
         let expires_at = received_at.timestamp().saturating_add(history_ttl.as_secs() as i64);
         self.writer
             .write(move |tx| {
-                let Some((raw, old)) = load_agent(tx.conn, &report.agent_id)? else {
+                let Some(old) = load_agent(tx, &report.agent_id)? else {
                     return Ok(Verdict::Undo(Err(AgentWriteError::NotFound)));
                 };
-                if old.is_deregistered() {
+                if old.item.is_deregistered() {
                     return Ok(Verdict::Undo(Err(AgentWriteError::Deregistered)));
                 }
-                let applied = old.current.is_superseded_by(report.timestamp);
+                let applied = old.item.current.is_superseded_by(report.timestamp);
                 let entry = to_json(&HistoryEntry::of(&report, received_at, applied))?;
                 tx.conn
                     .prepare_cached(
@@ -603,16 +715,21 @@ impl Store for SqliteStore {
                     })
                     .map_err(sql_error)?;
                 if !applied {
-                    return Ok(Verdict::Keep(Ok(ReportOutcome::Stale { current: old.current })));
+                    return Ok(Verdict::Keep(Ok(ReportOutcome::Stale {
+                        current: old.item.current.clone(),
+                    })));
                 }
-                save_agent(tx, Some(&raw), &old.with_report(&report, received_at))?;
+                save_agent(tx, Some(&old), &old.item.with_report(&report, received_at))?;
                 Ok(Verdict::Keep(Ok(ReportOutcome::Applied)))
             })
             .await?
     }
 
     async fn get_agent(&self, id: &AgentId) -> Result<Option<Agent>, StoreError> {
-        self.read(|c| Ok(load_agent(c, id)?.map(|(_, a)| a)))
+        if let Some(a) = self.cache.agent(id) {
+            return Ok(Some((*a.item).clone()));
+        }
+        self.read(|c| Ok(read_agent(c, id)?.map(|a| (*a.item).clone())))
     }
 
     async fn list_agents(&self, state: Option<&StateName>, page: PageRequest) -> Result<Page<Agent>, StoreError> {
@@ -766,7 +883,7 @@ impl Store for SqliteStore {
     async fn commit(&self, writes: Vec<Write>) -> Result<(), CommitError> {
         let now = self.now_secs();
         self.writer
-            .write(move |tx| match check(tx.conn, &writes, now)? {
+            .write(move |tx| match check(tx, &writes, now)? {
                 Err(conflict) => Ok(Verdict::Undo(Err(conflict))),
                 Ok(loaded) => {
                     apply(tx, writes, loaded, now)?;
@@ -777,19 +894,18 @@ impl Store for SqliteStore {
     }
 
     async fn get_session(&self, id: &SessionId) -> Result<Option<SessionView>, StoreError> {
-        self.read(|c| {
-            // One read transaction: the session and its tasks from the same snapshot.
-            let tx = c.unchecked_transaction().map_err(sql_error)?;
-            let Some((_, session)) = load_session(&tx, id)? else {
-                return Ok(None);
-            };
-            let tasks = query_items(
-                &tx,
-                "SELECT item FROM tasks WHERE session_id = ?1 ORDER BY task_id",
-                [id.to_string()],
-            )?;
-            Ok(Some(SessionView { session, tasks }))
-        })
+        let entry = match self.cache.session(id) {
+            Some(e) => Some(e),
+            None => self.read(|c| {
+                // One read transaction: the session and its tasks from the same snapshot.
+                let tx = c.unchecked_transaction().map_err(sql_error)?;
+                read_session(&tx, id)
+            })?,
+        };
+        Ok(entry.map(|e| SessionView {
+            session: (*e.session.item).clone(),
+            tasks: e.tasks.iter().map(|t| (*t.item).clone()).collect(),
+        }))
     }
 
     async fn list_sessions(&self, agent: &AgentId, page: PageRequest) -> Result<Page<Session>, StoreError> {
@@ -823,65 +939,87 @@ impl Store for SqliteStore {
     }
 
     async fn get_task(&self, key: &TaskKey) -> Result<Option<TaskInstance>, StoreError> {
-        self.read(|c| Ok(load_task(c, &key.session_id, key.task_id.as_str())?.map(|(_, t)| t)))
+        if let Some(e) = self.cache.session(&key.session_id) {
+            return Ok(e.task(&key.task_id).map(|t| (*t.item).clone()));
+        }
+        self.read(|c| {
+            let raw: Option<String> = c
+                .prepare_cached("SELECT item FROM tasks WHERE session_id = ?1 AND task_id = ?2")
+                .and_then(|mut s| {
+                    s.query_row(params![key.session_id.to_string(), key.task_id.as_str()], |r| r.get(0))
+                        .optional()
+                })
+                .map_err(sql_error)?;
+            raw.map(|raw| from_json(&raw)).transpose()
+        })
     }
 
     async fn runnable_tasks(&self, agent: &AgentId, now: Timestamp, limit: u32) -> Result<Vec<TaskKey>, StoreError> {
         self.read(|c| {
-            let tasks: Vec<TaskInstance> = query_items(
+            query_keys(
                 c,
-                "SELECT item FROM tasks WHERE agent_id = ?1 AND status = 'pending' AND due_at <= ?2 \
-                 ORDER BY due_at LIMIT ?3",
+                "SELECT session_id, task_id FROM tasks WHERE agent_id = ?1 AND status = 'pending' \
+                 AND due_at <= ?2 ORDER BY due_at LIMIT ?3",
                 params![agent.as_str(), nanos(now), limit],
-            )?;
-            Ok(tasks.iter().map(TaskInstance::key).collect())
+            )
         })
     }
 
     async fn due_timers(&self, now: Timestamp, limit: u32) -> Result<Vec<TaskKey>, StoreError> {
         self.read(|c| {
-            let tasks: Vec<TaskInstance> = query_items(
+            query_keys(
                 c,
-                "SELECT item FROM tasks WHERE timer_at IS NOT NULL AND timer_at <= ?1 ORDER BY timer_at LIMIT ?2",
+                "SELECT session_id, task_id FROM tasks WHERE timer_at IS NOT NULL AND timer_at <= ?1 \
+                 ORDER BY timer_at LIMIT ?2",
                 params![nanos(now), limit],
-            )?;
-            Ok(tasks.iter().map(TaskInstance::key).collect())
+            )
         })
     }
 }
 
-/// The stored image (as JSON) each write replaces, when it replaces one.
-type Loaded = Vec<Option<String>>;
+/// The image each write replaces, when it replaces one.
+enum Replaced {
+    Nothing,
+    Session(Image<Session>),
+    Task(Image<TaskInstance>),
+    Agent(Image<Agent>),
+}
 
 /// Checks every write's condition against the state before the batch (as DynamoDB's
 /// TransactWriteItems does); nothing is written here.
-fn check(c: &Connection, writes: &[Write], now: i64) -> Result<Result<Loaded, CommitError>, StoreError> {
+fn check(tx: &Tx<'_>, writes: &[Write], now: i64) -> Result<Result<Vec<Replaced>, CommitError>, StoreError> {
+    let c = tx.conn;
+    let task_of = |session: &SessionId, task: &TaskId| -> Result<Option<Image<TaskInstance>>, StoreError> {
+        Ok(load_session(tx, session)?.and_then(|e| e.task(task).cloned()))
+    };
     let mut loaded = Vec::with_capacity(writes.len());
     for (index, w) in writes.iter().enumerate() {
         let conflict = |existing| Ok(Err(CommitError::Conflict { index, existing }));
-        let raw = match w {
+        let replaced = match w {
             Write::CreateSession(s) => {
-                if load_session(c, &s.session_id)?.is_some() {
+                if load_session(tx, &s.session_id)?.is_some() {
                     return conflict(None);
                 }
-                None
+                Replaced::Nothing
             }
-            Write::TransitionSession { from, next } => match load_session(c, &next.session_id)? {
-                Some((raw, cur)) if cur.status == *from && cur.rev + 1 == next.rev => Some(raw),
+            Write::TransitionSession { from, next } => match load_session(tx, &next.session_id)? {
+                Some(e) if e.session.item.status == *from && e.session.item.rev + 1 == next.rev => {
+                    Replaced::Session(e.session)
+                }
                 _ => return conflict(None),
             },
-            Write::CheckSessionOpen(id) => match load_session(c, id)? {
-                Some((_, cur)) if !cur.status.is_terminal() => None,
+            Write::CheckSessionOpen(id) => match load_session(tx, id)? {
+                Some(e) if !e.session.item.status.is_terminal() => Replaced::Nothing,
                 _ => return conflict(None),
             },
             Write::CreateTask(t) => {
-                if load_task(c, &t.session_id, t.task_id.as_str())?.is_some() {
+                if task_of(&t.session_id, &t.task_id)?.is_some() {
                     return conflict(None);
                 }
-                None
+                Replaced::Nothing
             }
-            Write::TransitionTask { from, next } => match load_task(c, &next.session_id, next.task_id.as_str())? {
-                Some((raw, cur)) if cur.status == *from && cur.rev + 1 == next.rev => Some(raw),
+            Write::TransitionTask { from, next } => match task_of(&next.session_id, &next.task_id)? {
+                Some(cur) if cur.item.status == *from && cur.item.rev + 1 == next.rev => Replaced::Task(cur),
                 _ => return conflict(None),
             },
             Write::CreateIdempotencyKey { agent_id, key, .. } => {
@@ -907,14 +1045,14 @@ fn check(c: &Connection, writes: &[Write], now: i64) -> Result<Result<Loaded, Co
                         fingerprint: Some(fingerprint),
                     }));
                 }
-                None
+                Replaced::Nothing
             }
-            Write::ClaimAgent { agent_id, .. } => match load_agent(c, agent_id)? {
-                Some((raw, a)) if a.is_available() => Some(raw),
+            Write::ClaimAgent { agent_id, .. } => match load_agent(tx, agent_id)? {
+                Some(a) if a.item.is_available() => Replaced::Agent(a),
                 _ => return conflict(None),
             },
-            Write::ReleaseAgent { agent_id, dispatch } => match load_agent(c, agent_id)? {
-                Some((raw, a)) if a.inflight.as_ref().is_some_and(|i| &i.dispatch == dispatch) => Some(raw),
+            Write::ReleaseAgent { agent_id, dispatch } => match load_agent(tx, agent_id)? {
+                Some(a) if a.item.inflight.as_ref().is_some_and(|i| &i.dispatch == dispatch) => Replaced::Agent(a),
                 _ => return conflict(None),
             },
             Write::CreateDeliveryRecord { id, .. } => {
@@ -925,7 +1063,7 @@ fn check(c: &Connection, writes: &[Write], now: i64) -> Result<Result<Loaded, Co
                 if expires.is_some_and(|e| e >= now) {
                     return conflict(None);
                 }
-                None
+                Replaced::Nothing
             }
             Write::ExpireDeliveryRecord { id } => {
                 let exists: Option<i64> = c
@@ -935,15 +1073,15 @@ fn check(c: &Connection, writes: &[Write], now: i64) -> Result<Result<Loaded, Co
                 if exists.is_none() {
                     return conflict(None);
                 }
-                None
+                Replaced::Nothing
             }
         };
-        loaded.push(raw);
+        loaded.push(replaced);
     }
     Ok(Ok(loaded))
 }
 
-fn apply(tx: &Tx<'_>, writes: Vec<Write>, loaded: Loaded, now: i64) -> Result<(), StoreError> {
+fn apply(tx: &Tx<'_>, writes: Vec<Write>, loaded: Vec<Replaced>, now: i64) -> Result<(), StoreError> {
     let c = tx.conn;
     let exec = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> Result<(), StoreError> {
         c.prepare_cached(sql)
@@ -954,6 +1092,11 @@ fn apply(tx: &Tx<'_>, writes: Vec<Write>, loaded: Loaded, now: i64) -> Result<()
     for (w, old) in writes.into_iter().zip(loaded) {
         match w {
             Write::CreateSession(s) | Write::TransitionSession { next: s, .. } => {
+                let old = match old {
+                    Replaced::Session(o) => Some(o.item),
+                    _ => None,
+                };
+                let created = old.is_none();
                 let new = to_json(&s)?;
                 exec(
                     "INSERT OR REPLACE INTO sessions (session_id, agent_id, started, item) VALUES (?1, ?2, ?3, ?4)",
@@ -964,9 +1107,31 @@ fn apply(tx: &Tx<'_>, writes: Vec<Write>, loaded: Loaded, now: i64) -> Result<()
                         &new,
                     ],
                 )?;
-                append_feed(tx, "session", old.as_deref(), &new)?;
+                let id = s.session_id;
+                let image = Image::new(new, s);
+                let change = Change::Session {
+                    old,
+                    new: Some(image.item.clone()),
+                };
+                append_feed(tx, "session", &image.raw, change)?;
+                if created && tx.staged.borrow().session(&id).is_none() && tx.cache.session(&id).is_none() {
+                    // Checked absent before the batch, and no task of it written since: it has none.
+                    tx.staged.borrow_mut().put_session(
+                        id,
+                        Some(SessionEntry {
+                            session: image,
+                            tasks: Vec::new(),
+                        }),
+                    );
+                } else {
+                    stage_session(tx, id, |e| e.session = image)?;
+                }
             }
             Write::CreateTask(t) | Write::TransitionTask { next: t, .. } => {
+                let old = match old {
+                    Replaced::Task(o) => Some(o.item),
+                    _ => None,
+                };
                 let new = to_json(&t)?;
                 exec(
                     "INSERT OR REPLACE INTO tasks (session_id, task_id, agent_id, status, due_at, timer_at, item) \
@@ -981,7 +1146,14 @@ fn apply(tx: &Tx<'_>, writes: Vec<Write>, loaded: Loaded, now: i64) -> Result<()
                         &new,
                     ],
                 )?;
-                append_feed(tx, "task", old.as_deref(), &new)?;
+                let id = t.session_id;
+                let image = Image::new(new, t);
+                let change = Change::Task {
+                    old,
+                    new: Some(image.item.clone()),
+                };
+                append_feed(tx, "task", &image.raw, change)?;
+                stage_session(tx, id, |e| e.put_task(image))?;
             }
             Write::CreateIdempotencyKey {
                 agent_id,
@@ -1001,17 +1173,21 @@ fn apply(tx: &Tx<'_>, writes: Vec<Write>, loaded: Loaded, now: i64) -> Result<()
                 ],
             )?,
             Write::ClaimAgent { agent_id, inflight } => {
-                let raw = old.as_deref().expect("checked: the agent exists");
-                let mut agent: Agent = from_json(raw)?;
-                debug_assert_eq!(agent.id(), &agent_id);
+                let Replaced::Agent(old) = old else {
+                    unreachable!("checked: the agent exists")
+                };
+                debug_assert_eq!(old.item.id(), &agent_id);
+                let mut agent = (*old.item).clone();
                 agent.inflight = Some(inflight);
-                save_agent(tx, Some(raw), &agent)?;
+                save_agent(tx, Some(&old), &agent)?;
             }
             Write::ReleaseAgent { .. } => {
-                let raw = old.as_deref().expect("checked: the agent exists");
-                let mut agent: Agent = from_json(raw)?;
+                let Replaced::Agent(old) = old else {
+                    unreachable!("checked: the agent exists")
+                };
+                let mut agent = (*old.item).clone();
                 agent.inflight = None;
-                save_agent(tx, Some(raw), &agent)?;
+                save_agent(tx, Some(&old), &agent)?;
             }
             Write::CreateDeliveryRecord { id, expires_at } => exec(
                 "INSERT OR REPLACE INTO deliveries (id, expires_at) VALUES (?1, ?2)",

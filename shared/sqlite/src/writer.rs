@@ -5,9 +5,11 @@
 //! condition undoes only that job), commits once, and only then answers: an acknowledged write is
 //! committed (group commit — one commit for many writes is what makes a durable store fast).
 
+use crate::cache::{ItemCache, Staged};
 use opscore_core::store::StoreError;
 use rusqlite::Connection;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use tokio::sync::{Notify, oneshot};
@@ -15,11 +17,14 @@ use tokio::sync::{Notify, oneshot};
 /// At most this many jobs share one transaction: bounds the latency a big group adds.
 pub const MAX_GROUP: usize = 256;
 
-/// What a job's body sees: the connection (inside a transaction and a savepoint), and a flag it
-/// sets when it appended to the change feed, so the feed's consumer is woken after the commit.
+/// What a job's body sees: the connection (inside a transaction and a savepoint), a flag it
+/// sets when it appended to the change feed (so the feed's consumer is woken after the commit),
+/// the committed item cache, and the images the open group has staged for it.
 pub struct Tx<'a> {
     pub conn: &'a Connection,
     appended: &'a Cell<bool>,
+    pub(crate) cache: &'a ItemCache,
+    pub(crate) staged: &'a RefCell<Staged>,
 }
 
 impl Tx<'_> {
@@ -73,10 +78,12 @@ fn savepoint<T>(tx: &Tx<'_>, body: impl FnOnce(&Tx<'_>) -> Result<Verdict<T>, St
             .map_err(crate::sql_error)
     };
     let appended_before = tx.appended.get();
+    tx.staged.borrow_mut().begin_job();
     run("SAVEPOINT job")?;
     let result = body(tx);
     if !matches!(result, Ok(Verdict::Keep(_))) {
         tx.appended.set(appended_before);
+        tx.staged.borrow_mut().undo_job();
         run("ROLLBACK TO job")?;
     }
     run("RELEASE job")?;
@@ -91,11 +98,11 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn start(conn: Connection, feed: std::sync::Arc<Notify>) -> Writer {
+    pub fn start(conn: Connection, feed: Arc<Notify>, cache: Arc<ItemCache>) -> Writer {
         let (tx, rx) = mpsc::channel::<Box<dyn Job>>();
         let thread = std::thread::Builder::new()
             .name("opscore-sqlite-writer".into())
-            .spawn(move || run(conn, rx, feed))
+            .spawn(move || run(conn, rx, feed, cache))
             .expect("spawn the writer thread");
         Writer {
             jobs: Some(tx),
@@ -132,7 +139,7 @@ impl Drop for Writer {
     }
 }
 
-fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, feed: std::sync::Arc<Notify>) {
+fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, feed: Arc<Notify>, cache: Arc<ItemCache>) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -150,9 +157,12 @@ fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, feed: std::sync::Arc<
             continue;
         }
         let appended = Cell::new(false);
+        let staged = RefCell::new(Staged::default());
         let tx = Tx {
             conn: &conn,
             appended: &appended,
+            cache: &cache,
+            staged: &staged,
         };
         let answers: Vec<_> = group.into_iter().map(|job| job.run(&tx)).collect();
         let committed = conn
@@ -164,6 +174,10 @@ fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, feed: std::sync::Arc<
                 crate::sql_error(e)
             });
         let ok = committed.is_ok();
+        // Before any answer: a caller reads its own write back from the cache.
+        if ok {
+            cache.publish(staged.into_inner());
+        }
         for answer in answers {
             answer(committed.clone());
         }
