@@ -1202,7 +1202,52 @@ fn apply(tx: &Tx<'_>, writes: Vec<Write>, loaded: Vec<Replaced>, now: i64) -> Re
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use opscore_core::task::TaskStatus;
+
+    fn details(id: &str) -> AgentDetails {
+        AgentDetails {
+            agent_id: AgentId::parse(id).unwrap(),
+            agent_name: id.into(),
+            version: "1".into(),
+            capabilities: vec![],
+            contact_endpoint: "http://127.0.0.1:9/task".into(),
+            metadata: Default::default(),
+            registration_time: None,
+        }
+    }
+
+    /// A write undone after it staged an image must leave neither the image in the cache nor its
+    /// change in the feed (the contract suite's conflicts are found before anything is staged).
+    #[tokio::test]
+    async fn an_undone_write_leaves_nothing_in_the_cache_or_the_feed() {
+        let store = SqliteStore::temporary().unwrap();
+        let kept = Agent::new(details("kept"), SystemClock.now());
+        let undone = Agent::new(details("undone"), SystemClock.now());
+        let (k, u) = (kept.clone(), undone.clone());
+        store
+            .writer
+            .write(move |tx| {
+                save_agent(tx, None, &k)?;
+                Ok(Verdict::Keep(()))
+            })
+            .await
+            .unwrap();
+        store
+            .writer
+            .write(move |tx| {
+                save_agent(tx, None, &u)?;
+                Ok(Verdict::Undo(()))
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.get_agent(kept.id()).await.unwrap(), Some(kept.clone()));
+        assert_eq!(store.get_agent(undone.id()).await.unwrap(), None);
+        assert!(store.cache.agent(undone.id()).is_none());
+        let feed = store.read_feed(0, 10).unwrap();
+        assert_eq!(feed.len(), 1, "{feed:?}");
+        assert_eq!(feed[0].1.agent_id(), Some(kept.id()));
+    }
 
     #[test]
     fn the_runnable_index_names_the_pending_status() {
