@@ -23,8 +23,10 @@ stop() { if [[ -n $PID ]]; then kill -TERM "$PID" 2>/dev/null || true; wait "$PI
 trap 'stop; rm -rf "$DIR"' EXIT
 
 start() {
+  local store=(--data "$DIR/opscore.db")
+  [[ -n ${STORE:-} ]] && store=(--store "$STORE") # STORE=memory: the in-memory adapter, for comparison
   OPSCORE_API_KEY=$KEY OPSCORE_WEBHOOK_SECRET=$SECRET RUST_LOG=warn \
-    "$BIN" --port "$PORT" --data "$DIR/opscore.db" > "$DIR/out.log" 2>&1 &
+    "$BIN" --port "$PORT" "${store[@]}" > "$DIR/out.log" 2>&1 &
   PID=$!
   local t0; t0=$(date +%s.%N)
   until grep -q '^READY' "$DIR/out.log" 2>/dev/null; do

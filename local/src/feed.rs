@@ -44,10 +44,15 @@ impl Source {
                     // Register for the signal before reading, so a commit in between is not missed.
                     let signal = store.feed_signal();
                     let notified = signal.notified();
-                    // Off the async workers: decoding a batch takes a while, and those threads
-                    // serve the HTTP requests.
-                    let db = store.clone();
-                    let read = tokio::task::spawn_blocking(move || db.read_feed(after, READ_BATCH)).await;
+                    // Recent changes are in memory; a read of the table (after a restart, or far
+                    // behind) runs off the async workers, which serve the HTTP requests.
+                    let read = match store.recent_changes(after, READ_BATCH) {
+                        Some(changes) => Ok(Ok(changes)),
+                        None => {
+                            let db = store.clone();
+                            tokio::task::spawn_blocking(move || db.read_feed(after, READ_BATCH)).await
+                        }
+                    };
                     match read {
                         Ok(Ok(changes)) if !changes.is_empty() => return Some(changes),
                         Ok(Ok(_)) => {}

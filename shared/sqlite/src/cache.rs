@@ -90,6 +90,8 @@ pub(crate) struct ItemCache {
 struct Committed {
     agents: HashMap<AgentId, Image<Agent>>,
     sessions: HashMap<SessionId, SessionEntry>,
+    /// Pending tasks by agent, every agent with at least one (not a cache: complete).
+    pending: HashMap<AgentId, usize>,
 }
 
 impl ItemCache {
@@ -144,7 +146,36 @@ impl ItemCache {
 
     /// Makes a committed group's images the current ones and its changes readable. Called by the
     /// writer after COMMIT and before it answers the group's callers.
+    ///
+    /// Images before changes: a consumer that sees a change must find at least that change's
+    /// images when it reads (as on DynamoDB, where the stream follows the table).
     pub fn publish(&self, staged: Staged) {
+        if !(staged.agents.is_empty() && staged.sessions.is_empty() && staged.pending.is_empty()) {
+            let mut c = self.lock();
+            for (id, agent) in staged.agents {
+                c.agents.insert(id, agent);
+            }
+            bound(&mut c.agents, MAX_AGENTS);
+            for (id, entry) in staged.sessions {
+                match entry {
+                    Some(e) if !e.session.item.status.is_terminal() => {
+                        c.sessions.insert(id, e);
+                    }
+                    // Ended (rarely read again), or its task set is not known whole.
+                    _ => {
+                        c.sessions.remove(&id);
+                    }
+                }
+            }
+            bound(&mut c.sessions, MAX_SESSIONS);
+            for (agent, delta) in staged.pending {
+                let n = c.pending.entry(agent.clone()).or_default();
+                *n = n.saturating_add_signed(delta);
+                if *n == 0 {
+                    c.pending.remove(&agent);
+                }
+            }
+        }
         if !staged.changes.is_empty() {
             let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
             recent.extend(staged.changes);
@@ -152,26 +183,18 @@ impl ItemCache {
                 recent.pop_front();
             }
         }
-        if staged.agents.is_empty() && staged.sessions.is_empty() {
-            return;
-        }
-        let mut c = self.lock();
-        for (id, agent) in staged.agents {
-            c.agents.insert(id, agent);
-        }
-        bound(&mut c.agents, MAX_AGENTS);
-        for (id, entry) in staged.sessions {
-            match entry {
-                Some(e) if !e.session.item.status.is_terminal() => {
-                    c.sessions.insert(id, e);
-                }
-                // Ended (rarely read again), or its task set is not known whole.
-                _ => {
-                    c.sessions.remove(&id);
-                }
-            }
-        }
-        bound(&mut c.sessions, MAX_SESSIONS);
+    }
+
+    /// Counts of pending tasks by agent, as the store holds them when it opens.
+    pub fn set_pending(&self, counts: HashMap<AgentId, usize>) {
+        self.lock().pending = counts;
+    }
+
+    /// Whether `agent` has a pending task (due or not): exact, since every task write passes the
+    /// writer. An agent without one (the usual case for an agent reporting while it has no work)
+    /// needs no query for runnable tasks.
+    pub fn has_pending(&self, agent: &AgentId) -> bool {
+        self.lock().pending.contains_key(agent)
     }
 }
 
@@ -196,10 +219,13 @@ pub(crate) struct Staged {
     sessions: HashMap<SessionId, Option<SessionEntry>>,
     /// The group's feed rows, in order.
     changes: Vec<(u64, Change)>,
+    /// How the group changed each agent's count of pending tasks, in order.
+    pending: Vec<(AgentId, isize)>,
     /// What the running job replaced, newest last, to put back if the job is undone.
     undo: Vec<Undo>,
-    /// How many feed rows the group had when the running job started.
+    /// How many feed rows and pending-count changes the group had when the running job started.
     changes_before_job: usize,
+    pending_before_job: usize,
 }
 
 enum Undo {
@@ -232,15 +258,22 @@ impl Staged {
         self.changes.push((seq, change));
     }
 
+    /// A task of `agent` became pending (+1) or stopped being pending (-1).
+    pub fn count_pending(&mut self, agent: &AgentId, delta: isize) {
+        self.pending.push((agent.clone(), delta));
+    }
+
     /// A job starts: what it stages from here on can be undone alone.
     pub fn begin_job(&mut self) {
         self.undo.clear();
         self.changes_before_job = self.changes.len();
+        self.pending_before_job = self.pending.len();
     }
 
     /// The job's condition failed and its writes were rolled back: so are its stagings.
     pub fn undo_job(&mut self) {
         self.changes.truncate(self.changes_before_job);
+        self.pending.truncate(self.pending_before_job);
         while let Some(u) = self.undo.pop() {
             match u {
                 Undo::Agent(id, Some(was)) => {

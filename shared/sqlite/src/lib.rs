@@ -26,12 +26,13 @@ use opscore_core::agent::{Agent, AgentDetails, HistoryEntry, StateName, StateRep
 use opscore_core::ids::{AgentId, SessionId, TaskId, WorkflowId, WorkflowVersion};
 use opscore_core::session::Session;
 use opscore_core::store::*;
-use opscore_core::task::{TaskInstance, TaskKey};
+use opscore_core::task::{TaskInstance, TaskKey, TaskStatus};
 use opscore_core::time::{self, Clock, SystemClock, Timestamp};
 use opscore_core::workflow::WorkflowDefinition;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -215,6 +216,7 @@ impl SqliteStore {
         }
         let feed = Arc::new(Notify::new());
         let cache = Arc::new(ItemCache::default());
+        cache.set_pending(pending_counts(&conn).map_err(fail)?);
         let checkpointer = Checkpointer::start(path, durability).map_err(fail)?;
         Ok(SqliteStore {
             writer: Writer::start(conn, feed.clone(), cache.clone()),
@@ -275,7 +277,7 @@ impl SqliteStore {
     /// images; older ones (after a restart, or a consumer far behind) from the feed table,
     /// without (see [`append_feed`]).
     pub fn read_feed(&self, after: u64, limit: usize) -> Result<Vec<(u64, Change)>, StoreError> {
-        if let Some(changes) = self.cache.changes_after(after, limit) {
+        if let Some(changes) = self.recent_changes(after, limit) {
             return Ok(changes);
         }
         self.read(|c| {
@@ -299,6 +301,12 @@ impl SqliteStore {
             }
             Ok(out)
         })
+    }
+
+    /// [`SqliteStore::read_feed`] if it needs no read of the table (never blocks): `None` means
+    /// call `read_feed`.
+    pub fn recent_changes(&self, after: u64, limit: usize) -> Option<Vec<(u64, Change)>> {
+        self.cache.changes_after(after, limit)
     }
 
     /// Drops every change up to and including `through`: the consumer has handled them.
@@ -600,6 +608,21 @@ fn query_items<T: DeserializeOwned>(
     let mut st = c.prepare_cached(sql).map_err(sql_error)?;
     let rows = st.query_map(params, |r| r.get::<_, String>(0)).map_err(sql_error)?;
     rows.map(|r| r.map_err(sql_error).and_then(|s| from_json(&s))).collect()
+}
+
+/// How many pending tasks each agent has (the partial index `tasks_runnable` answers).
+fn pending_counts(c: &Connection) -> rusqlite::Result<HashMap<AgentId, usize>> {
+    let mut st = c.prepare("SELECT agent_id, count(*) FROM tasks WHERE status = 'pending' GROUP BY agent_id")?;
+    let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    let mut counts = HashMap::new();
+    for row in rows {
+        let (agent, n) = row?;
+        // An id that no longer parses cannot be asked about; its tasks stay where they are.
+        if let Ok(agent) = AgentId::parse(agent) {
+            counts.insert(agent, n as usize);
+        }
+    }
+    Ok(counts)
 }
 
 /// Task keys (session id, task id) selected by `sql`: the index answers, no item is decoded.
@@ -955,6 +978,9 @@ impl Store for SqliteStore {
     }
 
     async fn runnable_tasks(&self, agent: &AgentId, now: Timestamp, limit: u32) -> Result<Vec<TaskKey>, StoreError> {
+        if !self.cache.has_pending(agent) {
+            return Ok(Vec::new());
+        }
         self.read(|c| {
             query_keys(
                 c,
@@ -1132,6 +1158,13 @@ fn apply(tx: &Tx<'_>, writes: Vec<Write>, loaded: Vec<Replaced>, now: i64) -> Re
                     Replaced::Task(o) => Some(o.item),
                     _ => None,
                 };
+                let was_pending = old.as_ref().is_some_and(|o| o.status == TaskStatus::Pending);
+                let is_pending = t.status == TaskStatus::Pending;
+                if was_pending != is_pending {
+                    tx.staged
+                        .borrow_mut()
+                        .count_pending(&t.agent_id, if is_pending { 1 } else { -1 });
+                }
                 let new = to_json(&t)?;
                 exec(
                     "INSERT OR REPLACE INTO tasks (session_id, task_id, agent_id, status, due_at, timer_at, item) \
@@ -1203,7 +1236,6 @@ fn apply(tx: &Tx<'_>, writes: Vec<Write>, loaded: Vec<Replaced>, now: i64) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opscore_core::task::TaskStatus;
 
     fn details(id: &str) -> AgentDetails {
         AgentDetails {
