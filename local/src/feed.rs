@@ -213,8 +213,11 @@ struct TrimState {
     last: Option<tokio::time::Instant>,
 }
 
-/// How often the handled part of the feed is trimmed at most.
-const TRIM_EVERY: Duration = Duration::from_millis(100);
+/// How often the handled part of the feed is trimmed at most. Small trims often: a trim is a
+/// DELETE in the writer's transaction, and the writes grouped with it wait for it (measured under
+/// `wrk` at 20,000 reports/s: trimming every 2 s gave a p99 of 25 ms, every 100 ms 11 ms, every
+/// 10 ms 7.6-10.6 ms before the checkpoints were made small too).
+const TRIM_EVERY: Duration = Duration::from_millis(10);
 
 impl Trimmer {
     fn of(source: &Source) -> Trimmer {

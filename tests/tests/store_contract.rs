@@ -25,12 +25,18 @@ mod sqlite {
         {
             let store = SqliteStore::open(&path, Durability::Process).unwrap();
             store
-                .commit(vec![Write::CreateSession(s.clone()), Write::CreateTask(pending.clone())])
+                .commit(vec![
+                    Write::CreateSession(s.clone()),
+                    Write::CreateTask(pending.clone()),
+                ])
                 .await
                 .unwrap();
         }
         let store = SqliteStore::open(&path, Durability::Process).unwrap();
-        assert_eq!(store.runnable_tasks(&aid("a1"), t(1), 10).await.unwrap(), vec![pending.key()]);
+        assert_eq!(
+            store.runnable_tasks(&aid("a1"), t(1), 10).await.unwrap(),
+            vec![pending.key()]
+        );
         assert!(store.runnable_tasks(&aid("a2"), t(1), 10).await.unwrap().is_empty());
         let view = store.get_session(&s.session_id).await.unwrap().unwrap();
         assert_eq!((view.session, view.tasks), (s, vec![pending]));

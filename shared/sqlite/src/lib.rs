@@ -218,8 +218,9 @@ impl SqliteStore {
         let cache = Arc::new(ItemCache::default());
         cache.set_pending(pending_counts(&conn).map_err(fail)?);
         let checkpointer = Checkpointer::start(path, durability).map_err(fail)?;
+        let cue = checkpointer.cue();
         Ok(SqliteStore {
-            writer: Writer::start(conn, feed.clone(), cache.clone()),
+            writer: Writer::start(conn, feed.clone(), cache.clone(), move || cue.wrote()),
             _checkpointer: Some(checkpointer),
             readers: Mutex::new(Vec::new()),
             cache,
@@ -372,48 +373,88 @@ impl SqliteStore {
 /// fsync never stall the writer (SQLite's own auto-checkpoint runs in the committing connection:
 /// measured, it was most of the p99 of a state report). A PASSIVE checkpoint never blocks the
 /// writer or readers; the writer's own auto-checkpoint stays as a backstop at a larger size.
+///
+/// It runs after commits, at most every [`CHECKPOINT_EVERY`], and sleeps while nothing is written.
+/// Small and often is what keeps the tail short: measured under `wrk` (20,000 reports/s), a
+/// checkpoint every 1 s gave a p99 of 30-53 ms, every 200 ms 11 ms, every 20 ms 5.7-6.7 ms, every
+/// 5 ms 5.1-5.5 ms: a big checkpoint takes a core for long enough to starve the writer.
 struct Checkpointer {
-    stop: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    cue: CheckpointCue,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// How often the checkpointer folds the WAL into the database.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// Tells the checkpointer that the WAL grew, or that it must stop.
+#[derive(Clone)]
+struct CheckpointCue(Arc<(Mutex<CueState>, std::sync::Condvar)>);
+
+#[derive(Default)]
+struct CueState {
+    wrote: bool,
+    stop: bool,
+}
+
+impl CheckpointCue {
+    fn wrote(&self) {
+        let (lock, wake) = &*self.0;
+        let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if !st.wrote {
+            st.wrote = true;
+            wake.notify_one();
+        }
+    }
+
+    fn stop(&self) {
+        let (lock, wake) = &*self.0;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
+        wake.notify_all();
+    }
+
+    /// Waits for a write (true) or the stop (false).
+    fn next(&self) -> bool {
+        let (lock, wake) = &*self.0;
+        let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while !st.wrote && !st.stop {
+            st = wake.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        st.wrote = false;
+        !st.stop
+    }
+}
+
+/// The checkpointer runs at most this often (while writes come).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(5);
 
 impl Checkpointer {
     fn start(path: &Path, durability: Durability) -> rusqlite::Result<Checkpointer> {
         // Read-write: a checkpoint writes the database file (never a row).
         let conn = connect(path, durability, true)?;
-        let stop = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
-        let flag = stop.clone();
+        let cue = CheckpointCue(Arc::default());
+        let next = cue.clone();
         let thread = std::thread::Builder::new()
             .name("opscore-sqlite-checkpoint".into())
             .spawn(move || {
-                let (lock, wake) = &*flag;
-                let mut stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
-                while !*stopped {
-                    stopped = wake
-                        .wait_timeout(stopped, CHECKPOINT_EVERY)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
+                while next.next() {
                     if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                         tracing::debug!(error = %e, "checkpoint skipped");
                     }
+                    std::thread::sleep(CHECKPOINT_EVERY);
                 }
             })
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         Ok(Checkpointer {
-            stop,
+            cue,
             thread: Some(thread),
         })
+    }
+
+    fn cue(&self) -> CheckpointCue {
+        self.cue.clone()
     }
 }
 
 impl Drop for Checkpointer {
     fn drop(&mut self) {
-        let (lock, wake) = &*self.stop;
-        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        wake.notify_all();
+        self.cue.stop();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -98,11 +98,17 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn start(conn: Connection, feed: Arc<Notify>, cache: Arc<ItemCache>) -> Writer {
+    /// `after_commit` runs after every commit that wrote something (the checkpointer's cue).
+    pub fn start(
+        conn: Connection,
+        feed: Arc<Notify>,
+        cache: Arc<ItemCache>,
+        after_commit: impl Fn() + Send + 'static,
+    ) -> Writer {
         let (tx, rx) = mpsc::channel::<Box<dyn Job>>();
         let thread = std::thread::Builder::new()
             .name("opscore-sqlite-writer".into())
-            .spawn(move || run(conn, rx, feed, cache))
+            .spawn(move || run(conn, rx, feed, cache, after_commit))
             .expect("spawn the writer thread");
         Writer {
             jobs: Some(tx),
@@ -139,7 +145,13 @@ impl Drop for Writer {
     }
 }
 
-fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, feed: Arc<Notify>, cache: Arc<ItemCache>) {
+fn run(
+    conn: Connection,
+    rx: mpsc::Receiver<Box<dyn Job>>,
+    feed: Arc<Notify>,
+    cache: Arc<ItemCache>,
+    after_commit: impl Fn(),
+) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -183,6 +195,9 @@ fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, feed: Arc<Notify>, ca
         }
         if ok && appended.get() {
             feed.notify_one();
+        }
+        if ok {
+            after_commit();
         }
     }
     // Every sender is gone: fold the WAL into the database so the next start opens a tidy file.
