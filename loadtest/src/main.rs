@@ -987,6 +987,9 @@ fn print_summary(r: &Value) {
     }
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     let mut a = Args::parse();

@@ -19,6 +19,9 @@ Environment: OPSCORE_API_KEY, OPSCORE_WEBHOOK_SECRET (comma-separated; generated
 AGENTKIT_API_URL (default http://127.0.0.1:8000), OPSCORE_DATA_DIR, RUST_LOG,
 OPSCORE_LOG_FORMAT=json|text. SIGINT (Ctrl-C) or SIGTERM stops it gracefully.";
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     match run().await {
