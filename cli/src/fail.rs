@@ -182,8 +182,8 @@ impl Failure {
     }
 }
 
-/// The API's validation detail is "<what>: <field>: <message>; ..." — the list is printed below,
-/// one problem a line, so the headline keeps only "<what>".
+/// The API's validation detail is `"<what>: <field>: <message>; ..."` — the list is printed below,
+/// one problem a line, so the headline keeps only `"<what>"`.
 fn headline(detail: &str, errors: &[FieldError]) -> String {
     if errors.is_empty() {
         return detail.to_owned();

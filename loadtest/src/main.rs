@@ -75,7 +75,7 @@ struct Args {
     #[arg(long)]
     no_ddb_count: bool,
     /// Load an already-running stack at this URL (127.0.0.1 only) instead of starting one. Start it
-    /// with AGENTKIT_API_URL=http://127.0.0.1:<agentkit-port> so its dispatches reach our fake.
+    /// with `AGENTKIT_API_URL=http://127.0.0.1:<agentkit-port>` so its dispatches reach our fake.
     #[arg(long)]
     target: Option<String>,
     #[arg(long, env = "OPSCORE_API_KEY")]

@@ -126,7 +126,7 @@ type Lane = UnboundedSender<(u64, Change)>;
 
 /// Runs until `stop`: reads the source, handles every change through `runner` in per-agent
 /// lanes, and tells the source how far it is safe to forget. On stop, the changes being handled
-/// are finished (within [`STOP_GRACE`]); queued ones stay in a durable source for the next start.
+/// are finished (within `STOP_GRACE`); queued ones stay in a durable source for the next start.
 pub async fn consume(source: Source, runner: Arc<Runner>, mut stop: watch::Receiver<bool>) {
     let trimmer = Trimmer::of(&source);
     // The reader runs on its own and hands over whole batches: a read is never cancelled half-way

@@ -32,7 +32,7 @@ fn timeouts() -> aws_config::timeout::TimeoutConfig {
 }
 
 /// The shared SDK configuration: the default chain for AWS, or dummy credentials and
-/// `us-east-1` for a local endpoint; both with [`timeouts`].
+/// `us-east-1` for a local endpoint; both with `timeouts`.
 pub async fn sdk_config(endpoint: Option<&str>) -> SdkConfig {
     match usable_endpoint(endpoint) {
         Some(url) => {

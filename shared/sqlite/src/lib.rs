@@ -1,7 +1,7 @@
 //! The local stack's store: the storage port on SQLite in WAL mode, in a file (durable across
 //! restarts and crashes) or in a temporary file (a throwaway store for tests).
 //!
-//! - **Writes** go through one writer thread ([`writer`]) that commits waiting writes together;
+//! - **Writes** go through one writer thread (`writer`) that commits waiting writes together;
 //!   each write intent's condition is checked inside the transaction, so the port's semantics
 //!   (the contract suite) hold with no read-modify-write outside a transaction.
 //! - **The change feed**: every committed change to an agent, session or task is appended to the
@@ -9,7 +9,7 @@
 //!   [`SqliteStore::trim_feed`] drops what the consumer has handled, so a consumer that restarts
 //!   (after a crash too) resumes where it stopped: no acknowledged change is ever skipped.
 //! - **Reads** of agents and open sessions come from a cache of decoded items that the writer keeps
-//!   coherent ([`cache`]); other reads use a small pool of read connections, which WAL lets run
+//!   coherent (`cache`); other reads use a small pool of read connections, which WAL lets run
 //!   beside the writer.
 //! - **Expiry** (history retention, idempotency keys, webhook delivery records) is judged at read
 //!   and condition time like DynamoDB's TTL, and [`SqliteStore::sweep_expired`] deletes.
@@ -276,7 +276,7 @@ impl SqliteStore {
     ///
     /// Changes committed since the consumer last caught up come from memory, with their old
     /// images; older ones (after a restart, or a consumer far behind) from the feed table,
-    /// without (see [`append_feed`]).
+    /// without (see `append_feed`).
     pub fn read_feed(&self, after: u64, limit: usize) -> Result<Vec<(u64, Change)>, StoreError> {
         if let Some(changes) = self.recent_changes(after, limit) {
             return Ok(changes);
