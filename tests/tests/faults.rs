@@ -225,7 +225,10 @@ fn assert_unavailable(a: &Answer, what: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(feature = "dynamodb-local"), ignore = "needs DynamoDB Local: --features opscore-tests/dynamodb-local")]
+#[cfg_attr(
+    not(feature = "dynamodb-local"),
+    ignore = "needs DynamoDB Local: --features opscore-tests/dynamodb-local"
+)]
 async fn dynamodb_outage_answers_503_writes_nothing_half_and_recovers() {
     let mut ddb = Ddb::start().await;
     let stack = Stack::start(Options {

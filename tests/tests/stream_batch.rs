@@ -42,7 +42,10 @@ fn agent_of(record: &aws_lambda_events::event::dynamodb::EventRecord) -> Option<
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(feature = "dynamodb-local"), ignore = "needs DynamoDB Local: --features opscore-tests/dynamodb-local")]
+#[cfg_attr(
+    not(feature = "dynamodb-local"),
+    ignore = "needs DynamoDB Local: --features opscore-tests/dynamodb-local"
+)]
 async fn one_agents_failure_is_checkpointed_and_the_others_go_on() {
     let fx = stores::dynamodb_local().await;
     let dynamo = fx.dynamo();
