@@ -121,53 +121,65 @@ async fn send_and_read_to_close(stream: TcpStream, request: Vec<u8>) -> Vec<u8> 
     received
 }
 
+/// `GET /health` with `count` headers of `value_len` bytes each.
+fn with_filler_headers(count: usize, value_len: usize) -> Vec<u8> {
+    let mut request = b"GET /health HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..count {
+        request.extend(format!("x-filler-{i}: ").as_bytes());
+        request.extend(std::iter::repeat_n(b'v', value_len));
+        request.extend(b"\r\n");
+    }
+    request.extend(b"\r\n");
+    request
+}
+
+/// Sends `request` alone on a fresh connection to a fresh stack and checks that it is refused with
+/// `status`, the error `code`, and a detail that says `what`.
+async fn refused(request: Vec<u8>, status: u16, code: &str, what: &str) {
+    let stack = stack().await;
+    let answer = exchange(stack.addr, request).await;
+    let detail = answer.assert_json_error(status, code);
+    assert!(detail.contains(what), "{detail}");
+    stack.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_request_line_gets_a_json_400() {
-    let stack = stack().await;
-    let answer = exchange(stack.addr, b"GARBAGE\r\n\r\n".to_vec()).await;
-    let detail = answer.assert_json_error(400, "malformed_request");
-    assert!(detail.contains("could not be parsed"), "{detail}");
-    stack.stop().await;
+    refused(
+        b"GARBAGE\r\n\r\n".to_vec(),
+        400,
+        "malformed_request",
+        "could not be parsed",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_header_line_gets_a_json_400() {
-    let stack = stack().await;
     let request = b"GET /health HTTP/1.1\r\nHost: x\r\nthis is not a header\r\n\r\n".to_vec();
-    let answer = exchange(stack.addr, request).await;
-    let detail = answer.assert_json_error(400, "malformed_request");
-    assert!(detail.contains("could not be parsed"), "{detail}");
-    stack.stop().await;
+    refused(request, 400, "malformed_request", "could not be parsed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_uri_of_100_kb_gets_a_json_414() {
-    let stack = stack().await;
     let mut request = b"GET /".to_vec();
     request.extend(std::iter::repeat_n(b'a', 100 * 1024));
     request.extend(b" HTTP/1.1\r\nHost: x\r\n\r\n");
-    let answer = exchange(stack.addr, request).await;
-    let detail = answer.assert_json_error(414, "uri_too_long");
-    assert!(detail.contains("URI longer than 65534 bytes"), "{detail}");
-    stack.stop().await;
+    refused(request, 414, "uri_too_long", "URI longer than 65534 bytes").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_of_1_mb_get_a_json_431() {
-    let stack = stack().await;
-    let mut request = b"GET /health HTTP/1.1\r\nHost: x\r\n".to_vec();
     // 64 headers of 16 KiB: under the count limit, over the size limit.
-    for i in 0..64 {
-        request.extend(format!("x-filler-{i}: ").as_bytes());
-        request.extend(std::iter::repeat_n(b'v', 16 * 1024));
-        request.extend(b"\r\n");
-    }
-    request.extend(b"\r\n");
+    let request = with_filler_headers(64, 16 * 1024);
     assert!(request.len() > 1024 * 1024);
-    let answer = exchange(stack.addr, request).await;
-    let detail = answer.assert_json_error(431, "headers_too_large");
-    assert!(detail.contains("request headers larger than 131072 bytes"), "{detail}");
-    stack.stop().await;
+    refused(
+        request,
+        431,
+        "headers_too_large",
+        "request headers larger than 131072 bytes",
+    )
+    .await;
 }
 
 /// 100 fields are served, 101 are not (the limit the documentation and the error message name).
@@ -238,13 +250,7 @@ async fn a_malformed_request_after_a_good_one_on_a_keep_alive_connection_gets_a_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_still_sending_when_refused_reads_the_json_answer() {
     let stack = stack().await;
-    let mut request = b"GET /health HTTP/1.1\r\nHost: x\r\n".to_vec();
-    for i in 0..(12 * 1024) {
-        request.extend(format!("x-filler-{i}: ").as_bytes());
-        request.extend(std::iter::repeat_n(b'v', 1000));
-        request.extend(b"\r\n");
-    }
-    request.extend(b"\r\n");
+    let request = with_filler_headers(12 * 1024, 1000);
     let mut stream = TcpStream::connect(stack.addr).await.unwrap();
     stream.write_all(&request).await.expect("the whole request is taken");
     let mut received = Vec::new();

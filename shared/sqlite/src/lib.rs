@@ -574,14 +574,11 @@ fn load_agent(tx: &Tx<'_>, id: &AgentId) -> Result<Option<Image<Agent>>, StoreEr
     if let Some(a) = tx.staged.borrow().agent(id) {
         return Ok(Some(a.clone()));
     }
-    if let Some(a) = tx.cache.agent(id) {
-        return Ok(Some(a));
-    }
-    let found = read_agent(tx.conn, id)?;
-    if let Some(a) = &found {
-        tx.cache.fill_agent(a.clone());
-    }
-    Ok(found)
+    committed(
+        tx.cache.agent(id),
+        || read_agent(tx.conn, id),
+        |a| tx.cache.fill_agent(a),
+    )
 }
 
 /// The session and its tasks as the writer sees them (see [`load_agent`]).
@@ -592,12 +589,26 @@ fn load_session(tx: &Tx<'_>, id: &SessionId) -> Result<Option<SessionEntry>, Sto
         Some(None) => return read_session(tx.conn, id),
         None => {}
     }
-    if let Some(e) = tx.cache.session(id) {
-        return Ok(Some(e));
+    committed(
+        tx.cache.session(id),
+        || read_session(tx.conn, id),
+        |e| tx.cache.fill_session(e),
+    )
+}
+
+/// The committed image: the cached one, else read from SQLite and cached (an item no write of the
+/// open group touched reads the same inside the group's transaction as committed).
+fn committed<T: Clone>(
+    cached: Option<T>,
+    read: impl FnOnce() -> Result<Option<T>, StoreError>,
+    fill: impl FnOnce(T),
+) -> Result<Option<T>, StoreError> {
+    if cached.is_some() {
+        return Ok(cached);
     }
-    let found = read_session(tx.conn, id)?;
-    if let Some(e) = &found {
-        tx.cache.fill_session(e.clone());
+    let found = read()?;
+    if let Some(item) = &found {
+        fill(item.clone());
     }
     Ok(found)
 }
