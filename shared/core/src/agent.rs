@@ -37,8 +37,9 @@ impl AgentDetails {
             && self.metadata == other.metadata
     }
 
-    /// A short stable fingerprint of [`Self::same_registration`]'s fields, used as the
-    /// condition of a details update (FNV-1a over canonical JSON: stable across Rust versions).
+    /// A short stable fingerprint of [`Self::same_registration`]'s fields, stored beside them so
+    /// an item shows which registration it holds (FNV-1a over canonical JSON: stable across Rust
+    /// versions). No condition reads it: a re-registration's details update is last-writer-wins.
     pub fn digest(&self) -> String {
         let canonical = serde_json::json!([
             self.agent_id.as_str(),

@@ -338,7 +338,7 @@ impl AgentItem {
     }
 }
 
-/// `AGENT#{id}` / `H#{reportNanos:020}#{receivedNanos:020}#{uuid}`: one state report, expiring.
+/// `AGENT#{id}` / `H#{report:023}#{received:023}#{uuid}` (see [`keys::history_sk`]): one state report, expiring.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HistoryItem {
