@@ -12,8 +12,10 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How many times a use case re-reads and retries after losing a conditional write.
-pub(crate) const CONFLICT_RETRIES: usize = 8;
+/// How many times a use case (or a runner step) re-reads and decides again after one of its
+/// conditional writes failed because something changed the item in between. The DynamoDB adapter
+/// has its own, lower-level retry of writes a concurrent transaction cancelled.
+pub(crate) const LOST_WRITE_RETRIES: usize = 8;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -334,7 +336,7 @@ impl App {
     /// Cancels a session that has not ended: the session, its open task and the agent's
     /// in-flight marker change together. An ended session answers 409 with its status.
     pub async fn cancel_session(&self, id: &SessionId) -> Result<SessionView, AppError> {
-        for _ in 0..CONFLICT_RETRIES {
+        for _ in 0..LOST_WRITE_RETRIES {
             let view = self.session(id).await?;
             if view.session.status.is_terminal() {
                 return Err(AppError::Conflict(format!(

@@ -6,7 +6,7 @@
 //! batch delivered twice) can race freely: one wins, the other re-reads and finds nothing to do.
 
 use crate::agent::{Agent, Inflight, KnownState};
-use crate::app::{CONFLICT_RETRIES, Settings, after, new_task};
+use crate::app::{LOST_WRITE_RETRIES, Settings, after, new_task};
 use crate::ids::{AgentId, DispatchId, SessionId};
 use crate::session::{FailureCause, Session, SessionStatus};
 use crate::store::*;
@@ -52,7 +52,7 @@ pub trait Dispatcher: Send + Sync + 'static {
 pub enum RunnerError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("still conflicting after {CONFLICT_RETRIES} re-reads")]
+    #[error("still conflicting after {LOST_WRITE_RETRIES} re-reads")]
     Contended,
     /// A fault injected by a test: the runner "died" at this step.
     #[error("aborted at {0:?} (fault injection)")]
@@ -280,7 +280,7 @@ impl Runner {
     /// Claims a pending task for one attempt (agent marker + task + session in one transaction),
     /// then sends it to AgentKit and records the answer.
     pub async fn try_dispatch(&self, key: &TaskKey) -> Result<Claim, RunnerError> {
-        for _ in 0..CONFLICT_RETRIES {
+        for _ in 0..LOST_WRITE_RETRIES {
             let Some(Loaded { session, task }) = self.load(key).await? else {
                 return Ok(Claim::NotRunnable);
             };
@@ -566,7 +566,7 @@ impl Runner {
         mut known: Option<Loaded>,
         build: impl Fn(&Loaded, Timestamp) -> Option<Vec<Write>>,
     ) -> Result<(), RunnerError> {
-        for _ in 0..CONFLICT_RETRIES {
+        for _ in 0..LOST_WRITE_RETRIES {
             let l = match known.take() {
                 Some(l) => l,
                 None => match self.load_attempt(dispatch).await? {
@@ -608,7 +608,7 @@ impl Runner {
     }
 
     async fn fail_pending(&self, key: &TaskKey, why: &str, code: &str) -> Result<(), RunnerError> {
-        for _ in 0..CONFLICT_RETRIES {
+        for _ in 0..LOST_WRITE_RETRIES {
             let Some(l) = self.load(key).await? else {
                 return Ok(());
             };

@@ -35,8 +35,11 @@ use std::time::Duration;
 
 type RawItem = HashMap<String, AttributeValue>;
 
-/// How often a write cancelled by a concurrent transaction on the same item is retried.
-const CONFLICT_RETRIES: u32 = 12;
+/// How often the adapter resends one write that DynamoDB cancelled because another transaction
+/// held the same item (`TransactionConflict`, `TransactionInProgressException`): the same write,
+/// unchanged. Not to be confused with the core's `LOST_WRITE_RETRIES`, which re-reads and decides
+/// again after a condition failed.
+const TRANSACTION_CANCEL_RETRIES: u32 = 12;
 
 /// The DynamoDB adapter of [`Store`]. Cheap to clone (the client and counters are shared).
 #[derive(Clone)]
@@ -289,7 +292,7 @@ impl DynamoStore {
                 }
             };
             match res {
-                Err(WriteFailed::Busy(_)) if attempt < CONFLICT_RETRIES => {
+                Err(WriteFailed::Busy(_)) if attempt < TRANSACTION_CANCEL_RETRIES => {
                     conflict_backoff(attempt).await;
                     attempt += 1;
                 }
@@ -382,7 +385,7 @@ impl DynamoStore {
                 Some(se) => is_transaction_conflict(se.code()),
                 None => false,
             };
-            if !retry || attempt >= CONFLICT_RETRIES {
+            if !retry || attempt >= TRANSACTION_CANCEL_RETRIES {
                 return Err(unavailable("TransactWriteItems", err));
             }
             conflict_backoff(attempt).await;
@@ -725,7 +728,7 @@ impl Store for DynamoStore {
                 }
             }
             // Only a concurrent transaction on the item (or an item that vanished) gets here.
-            if attempt >= CONFLICT_RETRIES {
+            if attempt >= TRANSACTION_CANCEL_RETRIES {
                 return Err(StoreError::Unavailable(format!(
                     "agent {} stayed locked by concurrent transactions",
                     details.agent_id
@@ -770,7 +773,7 @@ impl Store for DynamoStore {
                 Some(UpdateItemError::ConditionalCheckFailedException(c)) => {
                     c.item().cloned().filter(|i| !i.is_empty())
                 }
-                Some(se) if is_transaction_conflict(se.code()) && attempt < CONFLICT_RETRIES => {
+                Some(se) if is_transaction_conflict(se.code()) && attempt < TRANSACTION_CANCEL_RETRIES => {
                     conflict_backoff(attempt).await;
                     attempt += 1;
                     continue;
@@ -786,7 +789,7 @@ impl Store for DynamoStore {
                 // Already deregistered: idempotent, returned as it is.
                 Some(a) if a.is_deregistered() => return Ok(a),
                 // Re-registered between the write and the read: try again.
-                Some(_) if attempt < CONFLICT_RETRIES => attempt += 1,
+                Some(_) if attempt < TRANSACTION_CANCEL_RETRIES => attempt += 1,
                 Some(_) => return Err(StoreError::Unavailable("agent kept changing concurrently".into()).into()),
             }
         }
