@@ -518,6 +518,33 @@ pub async fn put_workflow_is_created_identical_or_conflict(f: Fixture) {
     );
 }
 
+/// A definition as a user sends it: JSON text whose numbers the parser must read exactly, or the
+/// stored form (re-parsed on every read) differs from a fresh parse of the same text and an
+/// identical retry is refused as a conflict. Found by the `workflow_definition` fuzzer: a 24-digit
+/// integer read to a neighbouring double by serde_json's default fast float parser.
+pub async fn put_workflow_from_text_is_identical_on_retry(f: Fixture) {
+    let text = br#"{"id": "wf-numbers", "name": "Numbers", "version": "1.0", "tasks": [
+        {"taskId": "t", "name": "T", "parameters": {
+            "bigInteger": 222222222222222222222222, "pastU64": 18446744073709551616,
+            "u64Max": 18446744073709551615, "i64Min": -9223372036854775808,
+            "digits": 123456789.123456789012345, "tenth": 0.1, "max": 1.7976931348623157e308,
+            "tiny": 5e-324, "exponent": 2.2250738585072011e-308, "negativeZero": -0.0}}]}"#;
+    let parse = || WorkflowDefinition::parse(text, opscore_core::workflow::Format::Json).expect("valid definition");
+    let def = parse();
+    let PutWorkflowOutcome::Created(stored) = f.store.put_workflow(&def, t(0)).await.unwrap() else {
+        panic!("a new definition is created");
+    };
+    assert_eq!(
+        f.store.put_workflow(&parse(), t(1)).await.unwrap(),
+        PutWorkflowOutcome::Identical(stored.clone())
+    );
+    let read = f.store.get_workflow(&def.id, None).await.unwrap().unwrap();
+    assert!(
+        read.definition.same_content(&parse()),
+        "the stored form reads back as the text parses"
+    );
+}
+
 pub async fn get_workflow_by_version_or_latest(f: Fixture) {
     let id = WorkflowId::parse("wf").unwrap();
     for (v, at) in [("1.0", 1), ("2.0", 3), ("1.5", 2)] {
@@ -1481,6 +1508,7 @@ macro_rules! store_contract_tests {
             list_agents_paginates_and_filters_by_state,
             concurrent_reports_newest_wins_and_history_keeps_all,
             put_workflow_is_created_identical_or_conflict,
+            put_workflow_from_text_is_identical_on_retry,
             get_workflow_by_version_or_latest,
             list_workflows_paginates_by_id_and_version,
             session_and_tasks_round_trip,
