@@ -19,7 +19,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tower::ServiceExt;
 
-fn request(method: Method, path: &str, headers: HeaderMap, body: impl Into<Body>) -> Request<Body> {
+/// A request as a transport hands it over, with its request id (on Lambda, the invocation's; the
+/// hand-built request model of before made one outside the timed call too).
+fn request(method: Method, path: &str, mut headers: HeaderMap, body: impl Into<Body>) -> Request<Body> {
+    let id = uuid::Uuid::new_v4().to_string();
+    headers.insert("x-request-id", HeaderValue::from_str(&id).unwrap());
     let mut req = Request::builder().method(method).uri(path).body(body.into()).unwrap();
     *req.headers_mut() = headers;
     req

@@ -4,19 +4,24 @@
 //!
 //! A body is read only by [`Body`] and [`Json`], the last argument of a handler; axum runs every
 //! other extractor first, so a request without valid credentials is refused before its body is
-//! read (and the bearer check is a route layer that runs before any extractor).
+//! read (and the bearer check, [`RequireBearer`], is a route layer that runs before any extractor).
 
 use crate::error::HttpError;
-use crate::router::Api;
 use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures::future::Either;
 use http::request::Parts;
 use http_body_util::{BodyExt, Limited};
 use opscore_api::paths::headers;
+use opscore_core::config::Config;
 use opscore_core::ids::{AgentId, IdempotencyKey, SessionId, WorkflowId};
 use opscore_core::store::PageRequest;
+use std::convert::Infallible;
+use std::future::Ready;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower::{Layer, Service};
 
 /// Largest request body of the state API routes and the webhook (API Gateway allows 10 MB).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -31,15 +36,44 @@ const MAX_PAGE: u32 = 100;
 /// `Authorization: Bearer <key>` against the configured keys: the route layer of every
 /// authenticated route. It runs after routing (an unknown route is a 404, a wrong method a 405)
 /// and before any extractor, so the body of an unauthenticated request is never read.
-pub async fn require_bearer(
-    axum::extract::State(api): axum::extract::State<Api>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let header = req.headers().get(headers::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    match crate::auth::check_bearer(header, &api.config.api_keys) {
-        Ok(()) => next.run(req).await,
-        Err(e) => e.into_response(),
+#[derive(Clone)]
+pub struct RequireBearer(pub Arc<Config>);
+
+impl<S> Layer<S> for RequireBearer {
+    type Service = RequireBearerService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RequireBearerService {
+            inner,
+            config: self.0.clone(),
+        }
+    }
+}
+
+/// The service of [`RequireBearer`].
+#[derive(Clone)]
+pub struct RequireBearerService<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S> Service<Request> for RequireBearerService<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<S::Future, Ready<Result<Response, Infallible>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let header = req.headers().get(headers::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        match crate::auth::check_bearer(header, &self.config.api_keys) {
+            Ok(()) => Either::Left(self.inner.call(req)),
+            Err(e) => Either::Right(std::future::ready(Ok(e.into_response()))),
+        }
     }
 }
 

@@ -9,14 +9,13 @@
 
 use crate::error::HttpError;
 use crate::extract::{
-    AgentIdParam, Body, IdempotencyKeyHeader, Json, MAX_DEFINITION_UPLOAD_BYTES, Query, SessionIdParam,
-    WorkflowIdParam, require_bearer,
+    AgentIdParam, Body, IdempotencyKeyHeader, Json, MAX_DEFINITION_UPLOAD_BYTES, Query, RequireBearer, SessionIdParam,
+    WorkflowIdParam,
 };
 use crate::openapi;
 use crate::trigger::Trigger;
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -56,7 +55,7 @@ pub fn router(app: App, config: Config, surface: Surface) -> Router {
         app,
         config: Arc::new(config),
     };
-    let authenticated = state_api().route_layer(axum::middleware::from_fn_with_state(api.clone(), require_bearer));
+    let authenticated = state_api().route_layer(RequireBearer(api.config.clone()));
     let routes = match surface {
         Surface::StateApi => public().merge(authenticated),
         Surface::Webhook => webhook(),
@@ -67,10 +66,11 @@ pub fn router(app: App, config: Config, surface: Surface) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(api);
-    // Outside the routing: what must see the request before a route is chosen (one trailing
-    // slash, HEAD) and the refusals axum makes itself (405) in our JSON.
+    // Around the routing: what must see the request before a route is chosen (one trailing
+    // slash, HEAD), and axum's own refusal (405) in our JSON.
     let edged = tower::ServiceBuilder::new()
-        .layer(axum::middleware::from_fn(edge))
+        .map_request(before_routing as fn(Request) -> Request)
+        .map_response(after_routing as fn(Response) -> Response)
         .service(routes);
     crate::layers::with_layers(Router::new().fallback_service(edged))
 }
@@ -110,22 +110,25 @@ pub fn document() -> utoipa::openapi::OpenApi {
 static DOCUMENT: LazyLock<Bytes> =
     LazyLock::new(|| serde_json::to_vec(&document()).expect("the document serialises").into());
 
-/// Marks a HEAD request while it is routed (see [`edge`]).
+/// Marks a HEAD request while it is routed (see [`before_routing`]).
 #[derive(Clone)]
 struct Head;
 
-/// Before routing: one trailing slash is tolerated (`/health/`), and a HEAD request is routed
-/// under a method no route takes, so it gets a 405 as before (axum would answer HEAD with GET's
-/// handler). After: axum's own 405 (empty) becomes our JSON one, naming the allowed methods.
-async fn edge(mut req: Request, next: Next) -> Response {
+/// The method a request was refused for, carried from [`method_not_allowed`] to [`after_routing`].
+#[derive(Clone)]
+struct RefusedMethod(Method);
+
+/// One trailing slash is tolerated (`/health/`), and a HEAD request is routed under a method no
+/// route takes, so it gets a 405 as before (axum would answer HEAD with GET's handler).
+fn before_routing(mut req: Request) -> Request {
     let path = req.uri().path();
     if path.len() > 1 && path.ends_with('/') {
-        let mut parts = req.uri().clone().into_parts();
         let trimmed = &path[..path.len() - 1];
         let pq = match req.uri().query() {
             Some(q) => format!("{trimmed}?{q}"),
             None => trimmed.to_owned(),
         };
+        let mut parts = req.uri().clone().into_parts();
         if let Ok(pq) = pq.parse() {
             parts.path_and_query = Some(pq);
             if let Ok(uri) = http::Uri::from_parts(parts) {
@@ -133,39 +136,47 @@ async fn edge(mut req: Request, next: Next) -> Response {
             }
         }
     }
-    let method = req.method().clone();
-    if method == Method::HEAD {
+    if req.method() == Method::HEAD {
         req.extensions_mut().insert(Head);
         *req.method_mut() = Method::from_bytes(b"X-HEAD").expect("a valid method token");
     }
-    let resp = next.run(req).await;
-    if resp.status() == StatusCode::METHOD_NOT_ALLOWED && !resp.headers().contains_key(http::header::CONTENT_TYPE) {
-        let allowed = resp
-            .headers()
-            .get(http::header::ALLOW)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .split(',')
-            .filter_map(|m| Method::from_bytes(m.trim().as_bytes()).ok())
-            .filter(|m| m != Method::HEAD)
-            .collect();
-        return HttpError::MethodNotAllowed { method, allowed }.into_response();
-    }
-    resp
+    req
 }
 
-/// A bare 405: axum adds `Allow`, and [`edge`] turns it into our JSON 405.
-async fn method_not_allowed() -> StatusCode {
-    StatusCode::METHOD_NOT_ALLOWED
+/// axum's 405 (from [`method_not_allowed`], `Allow` added by axum) becomes our JSON 405.
+fn after_routing(resp: Response) -> Response {
+    let Some(RefusedMethod(method)) = resp.extensions().get::<RefusedMethod>().cloned() else {
+        return resp;
+    };
+    let allowed = resp
+        .headers()
+        .get(http::header::ALLOW)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(',')
+        .filter_map(|m| Method::from_bytes(m.trim().as_bytes()).ok())
+        .filter(|m| m != Method::HEAD)
+        .collect();
+    HttpError::MethodNotAllowed { method, allowed }.into_response()
 }
 
-async fn no_route(req: Request) -> HttpError {
-    let method = if req.extensions().get::<Head>().is_some() {
+fn original_method(req: &Request) -> Method {
+    if req.extensions().get::<Head>().is_some() {
         Method::HEAD
     } else {
         req.method().clone()
-    };
-    HttpError::NoRoute(format!("{method} {}", req.uri().path()))
+    }
+}
+
+/// A bare 405 naming the method: axum adds `Allow`, and [`after_routing`] makes it our JSON 405.
+async fn method_not_allowed(req: Request) -> Response {
+    let mut resp = StatusCode::METHOD_NOT_ALLOWED.into_response();
+    resp.extensions_mut().insert(RefusedMethod(original_method(&req)));
+    resp
+}
+
+async fn no_route(req: Request) -> HttpError {
+    HttpError::NoRoute(format!("{} {}", original_method(&req), req.uri().path()))
 }
 
 /// A JSON response (`content-type: application/json`).
