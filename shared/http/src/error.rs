@@ -135,7 +135,11 @@ impl IntoResponse for HttpError {
         } else {
             tracing::info!(status = status.as_u16(), code = self.code(), error = %self, "request refused");
         }
-        self.to_parts().into_response()
+        let (status, headers, body) = self.to_parts();
+        let mut resp = Response::new(axum::body::Body::from(body));
+        *resp.status_mut() = status;
+        *resp.headers_mut() = headers;
+        resp
     }
 }
 

@@ -182,9 +182,11 @@ async fn no_route(req: Request) -> HttpError {
 /// A JSON response (`content-type: application/json`).
 pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
     let body = serde_json::to_vec(body).unwrap_or_else(|_| br#"{"detail":"response serialisation failed"}"#.to_vec());
-    let mut headers = HeaderMap::new();
-    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    (status, headers, body).into_response()
+    let mut resp = Response::new(axum::body::Body::from(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
 }
 
 #[utoipa::path(get, path = paths::HEALTH, responses((status = 200, body = Health)))]

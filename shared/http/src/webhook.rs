@@ -2,9 +2,9 @@
 
 use crate::auth;
 use crate::error::{ErrorBody, HttpError};
-use crate::extract::{Body, json_value as json_body};
+use crate::extract::{Body, MAX_BODY_BYTES, json_value as json_body};
 use crate::router::{Api, json};
-use axum::extract::State;
+use axum::extract::{FromRequest, Request, State};
 use axum::response::Response;
 use http::{HeaderMap, StatusCode};
 use opscore_api::Accepted;
@@ -30,12 +30,11 @@ pub enum Event {
     request_body(content = Object, description = "AgentKit REGISTER / DEREGISTER event"),
     responses((status = 200, body = Accepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
-pub(crate) async fn notify(
-    State(api): State<Api>,
-    headers: HeaderMap,
-    Body(body): Body,
-) -> Result<Response, HttpError> {
-    handle(&api.app, &api.config, &headers, &body).await
+pub(crate) async fn notify(State(api): State<Api>, req: Request) -> Result<Response, HttpError> {
+    // The headers by reference (no copy of the map), then the body.
+    let (parts, body) = req.into_parts();
+    let Body(body) = Body::<MAX_BODY_BYTES>::from_request(Request::new(body), &()).await?;
+    handle(&api.app, &api.config, &parts.headers, &body).await
 }
 
 /// Verifies, parses and applies one delivery (a replay is answered 200 and has no effect).
