@@ -66,13 +66,9 @@ pub fn router(app: App, config: Config, surface: Surface) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(api);
-    // Around the routing: what must see the request before a route is chosen (one trailing
-    // slash, HEAD), and axum's own refusal (405) in our JSON.
-    let edged = tower::ServiceBuilder::new()
-        .map_request(before_routing as fn(Request) -> Request)
-        .map_response(after_routing as fn(Response) -> Response)
-        .service(routes);
-    crate::layers::with_layers(Router::new().fallback_service(edged))
+    // Around the routing, in one service: request id, span, what must see the request before a
+    // route is chosen (one trailing slash, HEAD), axum's own refusal (405) in our JSON, headers.
+    crate::layers::with_edge(routes)
 }
 
 /// The public routes.
@@ -120,7 +116,7 @@ struct RefusedMethod(Method);
 
 /// One trailing slash is tolerated (`/health/`), and a HEAD request is routed under a method no
 /// route takes, so it gets a 405 as before (axum would answer HEAD with GET's handler).
-fn before_routing(mut req: Request) -> Request {
+pub(crate) fn before_routing(mut req: Request) -> Request {
     let path = req.uri().path();
     if path.len() > 1 && path.ends_with('/') {
         let trimmed = &path[..path.len() - 1];
@@ -144,7 +140,7 @@ fn before_routing(mut req: Request) -> Request {
 }
 
 /// axum's 405 (from [`method_not_allowed`], `Allow` added by axum) becomes our JSON 405.
-fn after_routing(resp: Response) -> Response {
+pub(crate) fn after_routing(resp: Response) -> Response {
     let Some(RefusedMethod(method)) = resp.extensions().get::<RefusedMethod>().cloned() else {
         return resp;
     };
