@@ -40,7 +40,8 @@ pub enum Surface {
     Both,
 }
 
-/// The state every handler shares: the use cases and the configuration.
+/// The state every handler shares: the use cases and the configuration (behind one `Arc`, so
+/// the clones axum makes per request are one reference count each).
 #[derive(Clone)]
 pub struct Api {
     pub app: App,
@@ -65,21 +66,21 @@ pub fn router(app: App, config: Config, surface: Surface) -> Router {
     let routes = routes
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(api);
+        .with_state(Arc::new(api));
     // Around the routing, in one service: request id, span, what must see the request before a
     // route is chosen (one trailing slash, HEAD), axum's own refusal (405) in our JSON, headers.
     crate::layers::with_edge(routes)
 }
 
 /// The public routes.
-fn public() -> OpenApiRouter<Api> {
+fn public() -> OpenApiRouter<Arc<Api>> {
     OpenApiRouter::with_openapi(openapi::base())
         .routes(routes!(health))
         .routes(routes!(openapi_json))
 }
 
 /// The state API's routes; each needs the bearer key (a route layer added by [`router`]).
-fn state_api() -> OpenApiRouter<Api> {
+fn state_api() -> OpenApiRouter<Arc<Api>> {
     OpenApiRouter::new()
         .routes(routes!(list_agents))
         .routes(routes!(get_agent))
@@ -94,7 +95,7 @@ fn state_api() -> OpenApiRouter<Api> {
 }
 
 /// AgentKit's webhook (authenticated by its HMAC signature, not the bearer key).
-fn webhook() -> OpenApiRouter<Api> {
+fn webhook() -> OpenApiRouter<Arc<Api>> {
     OpenApiRouter::new().routes(routes!(crate::webhook::notify))
 }
 
@@ -201,7 +202,7 @@ async fn openapi_json() -> Response {
     params(("state" = Option<String>, Query, description = "Only agents currently in this state", min_length = 1, max_length = 64),
            ("limit" = Option<u32>, Query, minimum = 1, maximum = 100), ("cursor" = Option<String>, Query, min_length = 1)),
     responses((status = 200, body = Page<AgentView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
-async fn list_agents(State(api): State<Api>, q: Query) -> Result<Response, HttpError> {
+async fn list_agents(State(api): State<Arc<Api>>, q: Query) -> Result<Response, HttpError> {
     let page = q.page()?;
     let state = match q.get("state")? {
         None => None,
@@ -222,7 +223,7 @@ async fn list_agents(State(api): State<Api>, q: Query) -> Result<Response, HttpE
 #[utoipa::path(get, path = paths::AGENT, security(("bearer" = [])),
     params(("agentId" = String, Path, pattern = "^[A-Za-z0-9._-]{1,128}$")),
     responses((status = 200, body = AgentView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn get_agent(State(api): State<Api>, AgentIdParam(id): AgentIdParam) -> Result<Response, HttpError> {
+async fn get_agent(State(api): State<Arc<Api>>, AgentIdParam(id): AgentIdParam) -> Result<Response, HttpError> {
     let agent = api.app.agent(&id).await?;
     Ok(json(StatusCode::OK, &AgentView::from(&agent)))
 }
@@ -234,7 +235,7 @@ async fn get_agent(State(api): State<Api>, AgentIdParam(id): AgentIdParam) -> Re
               (status = 409, description = "The agent is deregistered", body = ErrorBody),
               (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn post_state(
-    State(api): State<Api>,
+    State(api): State<Arc<Api>>,
     AgentIdParam(id): AgentIdParam,
     Json(body): Json<StateUpdateRequest>,
 ) -> Result<Response, HttpError> {
@@ -256,7 +257,7 @@ async fn post_state(
 #[utoipa::path(get, path = paths::AGENT_STATE, security(("bearer" = [])),
     params(("agentId" = String, Path, pattern = "^[A-Za-z0-9._-]{1,128}$")),
     responses((status = 200, body = AgentStateView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn get_state(State(api): State<Api>, AgentIdParam(id): AgentIdParam) -> Result<Response, HttpError> {
+async fn get_state(State(api): State<Arc<Api>>, AgentIdParam(id): AgentIdParam) -> Result<Response, HttpError> {
     let state = api.app.agent_state(&id).await?;
     Ok(json(StatusCode::OK, &AgentStateView::new(id.as_str(), &state)))
 }
@@ -264,7 +265,7 @@ async fn get_state(State(api): State<Api>, AgentIdParam(id): AgentIdParam) -> Re
 #[utoipa::path(get, path = paths::AGENT_STATE_HISTORY, security(("bearer" = [])),
     params(("agentId" = String, Path, pattern = "^[A-Za-z0-9._-]{1,128}$"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 100), ("cursor" = Option<String>, Query, min_length = 1)),
     responses((status = 200, description = "Newest report first", body = Page<HistoryItem>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn history(State(api): State<Api>, AgentIdParam(id): AgentIdParam, q: Query) -> Result<Response, HttpError> {
+async fn history(State(api): State<Arc<Api>>, AgentIdParam(id): AgentIdParam, q: Query) -> Result<Response, HttpError> {
     let p = api.app.history(&id, q.page()?).await?;
     Ok(json(
         StatusCode::OK,
@@ -282,7 +283,7 @@ async fn history(State(api): State<Api>, AgentIdParam(id): AgentIdParam, q: Quer
               (status = 404, description = "Unknown agent or definition", body = ErrorBody), (status = 409, description = "The agent is deregistered", body = ErrorBody),
               (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn trigger(
-    State(api): State<Api>,
+    State(api): State<Arc<Api>>,
     AgentIdParam(id): AgentIdParam,
     IdempotencyKeyHeader(key): IdempotencyKeyHeader,
     Json(Trigger { source, payload }): Json<Trigger>,
@@ -308,7 +309,7 @@ async fn trigger(
     params(("agentId" = String, Path, pattern = "^[A-Za-z0-9._-]{1,128}$"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 100), ("cursor" = Option<String>, Query, min_length = 1)),
     responses((status = 200, description = "Newest first", body = Page<SessionSummary>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn list_sessions(
-    State(api): State<Api>,
+    State(api): State<Arc<Api>>,
     AgentIdParam(id): AgentIdParam,
     q: Query,
 ) -> Result<Response, HttpError> {
@@ -331,7 +332,7 @@ async fn list_sessions(
               (status = 409, description = "Same id and version, other content", body = ErrorBody), (status = 413, body = ErrorBody),
               (status = 415, body = ErrorBody), (status = 422, description = "Every validation problem, listed", body = ErrorBody)))]
 async fn create_workflow(
-    State(api): State<Api>,
+    State(api): State<Arc<Api>>,
     headers: HeaderMap,
     Body(body): Body<MAX_DEFINITION_UPLOAD_BYTES>,
 ) -> Result<Response, HttpError> {
@@ -346,7 +347,7 @@ async fn create_workflow(
 #[utoipa::path(get, path = paths::WORKFLOWS, security(("bearer" = [])),
     params(("limit" = Option<u32>, Query, minimum = 1, maximum = 100), ("cursor" = Option<String>, Query, min_length = 1)),
     responses((status = 200, body = Page<WorkflowSummary>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
-async fn list_workflows(State(api): State<Api>, q: Query) -> Result<Response, HttpError> {
+async fn list_workflows(State(api): State<Arc<Api>>, q: Query) -> Result<Response, HttpError> {
     let p = api.app.list_workflows(q.page()?).await?;
     Ok(json(
         StatusCode::OK,
@@ -361,7 +362,7 @@ async fn list_workflows(State(api): State<Api>, q: Query) -> Result<Response, Ht
     params(("workflowId" = String, Path, pattern = "^[A-Za-z0-9._-]{1,128}$"), ("version" = Option<String>, Query, description = "Default: the newest", pattern = "^[A-Za-z0-9._-]{1,64}$")),
     responses((status = 200, body = WorkflowView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_workflow(
-    State(api): State<Api>,
+    State(api): State<Arc<Api>>,
     WorkflowIdParam(id): WorkflowIdParam,
     q: Query,
 ) -> Result<Response, HttpError> {
@@ -378,7 +379,7 @@ async fn get_workflow(
 #[utoipa::path(get, path = paths::SESSION, security(("bearer" = [])),
     params(("sessionId" = String, Path, description = "A UUID", pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")),
     responses((status = 200, body = SessionDetail), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn get_session(State(api): State<Api>, SessionIdParam(id): SessionIdParam) -> Result<Response, HttpError> {
+async fn get_session(State(api): State<Arc<Api>>, SessionIdParam(id): SessionIdParam) -> Result<Response, HttpError> {
     let v = api.app.session(&id).await?;
     Ok(json(StatusCode::OK, &SessionDetail::from(&v)))
 }
@@ -387,7 +388,10 @@ async fn get_session(State(api): State<Api>, SessionIdParam(id): SessionIdParam)
     params(("sessionId" = String, Path, description = "A UUID", pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")),
     responses((status = 200, body = SessionDetail), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 409, description = "The session has already ended", body = ErrorBody)))]
-async fn cancel_session(State(api): State<Api>, SessionIdParam(id): SessionIdParam) -> Result<Response, HttpError> {
+async fn cancel_session(
+    State(api): State<Arc<Api>>,
+    SessionIdParam(id): SessionIdParam,
+) -> Result<Response, HttpError> {
     let v = api.app.cancel_session(&id).await?;
     tracing::info!(session_id = %id, "session cancelled");
     Ok(json(StatusCode::OK, &SessionDetail::from(&v)))

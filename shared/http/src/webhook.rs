@@ -30,7 +30,7 @@ pub enum Event {
     request_body(content = Object, description = "AgentKit REGISTER / DEREGISTER event"),
     responses((status = 200, body = Accepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
-pub(crate) async fn notify(State(api): State<Api>, req: Request) -> Result<Response, HttpError> {
+pub(crate) async fn notify(State(api): State<std::sync::Arc<Api>>, req: Request) -> Result<Response, HttpError> {
     // The headers by reference (no copy of the map), then the body.
     let (parts, body) = req.into_parts();
     let Body(body) = Body::<MAX_BODY_BYTES>::from_request(Request::new(body), &()).await?;
