@@ -31,7 +31,7 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 }
 
 /// A fresh stack per input, so the store never grows across inputs and every input is replayable.
-async fn stack() -> axum::Router {
+async fn stack() -> opscore_http::HttpRouter {
     let clock = ManualClock::at(chrono::DateTime::from_timestamp(SIGNED_AT, 0).unwrap());
     let app = App::new(Arc::new(InMemoryStore::new()), Arc::new(clock), Settings::default());
     let details = AgentDetails {

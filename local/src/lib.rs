@@ -6,9 +6,6 @@
 pub mod feed;
 mod protocol_errors;
 
-use axum::Router;
-use axum::extract::Request;
-use axum::middleware::Next;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use opscore_agentkit::AgentKitClient;
@@ -19,7 +16,7 @@ use opscore_core::runner::Runner;
 use opscore_core::store::Store;
 use opscore_core::time::SystemClock;
 use opscore_core::workflow::{Format, WorkflowDefinition};
-use opscore_http::Surface;
+use opscore_http::{HttpRouter, Surface};
 use opscore_sqlite::{Durability, SqliteStore};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -294,19 +291,9 @@ async fn open_store(
 /// A request hyper cannot parse, or over [`MAX_URI_BYTES`], [`MAX_HEAD_BYTES`] or
 /// [`MAX_HEADER_FIELDS`], is answered with the API's JSON error (400, 414, 431) instead of hyper's
 /// empty one: see [`protocol_errors`].
-async fn serve(listener: TcpListener, router: Router, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+async fn serve(listener: TcpListener, router: HttpRouter, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
     // A write (every POST) wakes the runner's feed reader at once.
-    let router = router.layer(axum::middleware::from_fn(move |req: Request, next: Next| {
-        let wake = wake.clone();
-        async move {
-            let writes = req.method() == http::Method::POST;
-            let resp = next.run(req).await;
-            if writes {
-                wake.notify_one();
-            }
-            resp
-        }
-    }));
+    let router = WakeOnWrite { router, wake };
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
@@ -347,6 +334,36 @@ async fn serve(listener: TcpListener, router: Router, wake: Arc<Notify>, mut sto
     drop(listener);
     if tokio::time::timeout(REQUEST_GRACE, graceful.shutdown()).await.is_err() {
         tracing::warn!("requests still under way after the grace period; stopping anyway");
+    }
+}
+
+/// The router, waking the runner's feed reader when a POST (a write) has been answered.
+#[derive(Clone)]
+struct WakeOnWrite {
+    router: HttpRouter,
+    wake: Arc<Notify>,
+}
+
+impl tower::Service<http::Request<hyper::body::Incoming>> for WakeOnWrite {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let writes = req.method() == http::Method::POST;
+        let answer = self.router.call(req);
+        let wake = self.wake.clone();
+        Box::pin(async move {
+            let resp = answer.await;
+            if writes {
+                wake.notify_one();
+            }
+            resp
+        })
     }
 }
 

@@ -2,10 +2,10 @@
 //! local stack's server hands it), [`call_lambda`] with a Lambda event's request and the response
 //! converted back by lambda_http (what `lambda_http::run` does).
 
-use axum::Router;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
+use opscore_http::HttpRouter as Router;
 use tower::ServiceExt;
 
 /// A response, read in full.

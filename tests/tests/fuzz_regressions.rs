@@ -28,7 +28,7 @@ fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
-async fn stack() -> axum::Router {
+async fn stack() -> opscore_http::HttpRouter {
     let clock = ManualClock::at(chrono::DateTime::from_timestamp(1_795_474_230, 0).unwrap());
     let app = App::new(Arc::new(InMemoryStore::new()), Arc::new(clock), Settings::default());
     let agent = AgentId::parse("af8e59ab-6b62-47d1-b0af-fcb520de8640").unwrap();

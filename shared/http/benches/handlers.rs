@@ -5,7 +5,6 @@
 //!
 //! `cargo bench -p opscore-http --bench handlers` (add `-- N` for N requests per case).
 
-use axum::Router;
 use axum::body::Body;
 use http::{HeaderMap, HeaderValue, Method, Request};
 use http_body_util::BodyExt;
@@ -14,7 +13,7 @@ use opscore_core::config::{Config, Secret};
 use opscore_core::memory::InMemoryStore;
 use opscore_core::time::SystemClock;
 use opscore_http::auth::sign;
-use opscore_http::{Surface, router};
+use opscore_http::{HttpRouter, Surface, router};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tower::ServiceExt;
@@ -51,7 +50,7 @@ fn report(name: &str, mut latencies: Vec<Duration>, wall: Duration) {
 }
 
 async fn run<F: FnMut(usize) -> Request<Body>>(
-    api: &Router,
+    api: &HttpRouter,
     n: usize,
     mut make: F,
     expect: u16,

@@ -10,6 +10,7 @@ use axum::Router;
 use axum::extract::Request;
 use axum::response::Response;
 use axum::routing::future::RouteFuture;
+use bytes::Bytes;
 use http::HeaderValue;
 use http::header::{HeaderName, X_CONTENT_TYPE_OPTIONS};
 use opscore_api::paths::headers;
@@ -25,26 +26,37 @@ use tracing::Span;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static(headers::REQUEST_ID);
 
-/// `routes` behind the edge, as one router.
-pub(crate) fn with_edge(routes: Router) -> Router {
-    Router::new().fallback_service(Edge { routes })
+/// `routes` behind the edge.
+pub(crate) fn with_edge(routes: Router) -> HttpRouter {
+    HttpRouter { routes }
 }
 
+/// The router of a surface ([`crate::router()`]): axum's routes behind the edge, a tower
+/// [`Service`] for requests with any body (`lambda_http::run`, hyper-util's
+/// `TowerToHyperService`, `tower::ServiceExt::oneshot`). Cheap to clone (one `Arc`).
+///
+/// Not an `axum::Router` itself: an outer router whose only route is the edge would route every
+/// request twice (and box it once more).
 #[derive(Clone)]
-struct Edge {
+pub struct HttpRouter {
     routes: Router,
 }
 
-impl Service<Request> for Edge {
+impl<B> Service<http::Request<B>> for HttpRouter
+where
+    B: axum::body::HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
     type Response = Response;
     type Error = Infallible;
-    type Future = EdgeFuture;
+    type Future = RouterFuture;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request) -> EdgeFuture {
+    fn call(&mut self, req: http::Request<B>) -> RouterFuture {
+        let mut req = req.map(axum::body::Body::new);
         let id = match req.headers().get(REQUEST_ID) {
             Some(id) => id.clone(),
             None => {
@@ -59,7 +71,7 @@ impl Service<Request> for Edge {
             let _entered = span.enter();
             self.routes.call(before_routing(req))
         };
-        EdgeFuture {
+        RouterFuture {
             inner,
             span,
             start,
@@ -68,14 +80,15 @@ impl Service<Request> for Edge {
     }
 }
 
-struct EdgeFuture {
+/// The response future of [`HttpRouter`].
+pub struct RouterFuture {
     inner: RouteFuture<Infallible>,
     span: Span,
     start: Instant,
     id: Option<HeaderValue>,
 }
 
-impl Future for EdgeFuture {
+impl Future for RouterFuture {
     type Output = Result<Response, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {

@@ -18,6 +18,7 @@ pub mod state;
 pub mod trigger;
 pub mod webhook;
 
+pub use layers::{HttpRouter, RouterFuture};
 pub use router::{Api, Surface, document, router};
 
 /// JSON logs by default (CloudWatch), plain text when `OPSCORE_LOG_FORMAT=text`; level from

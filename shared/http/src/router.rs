@@ -1,4 +1,4 @@
-//! The one axum [`Router`] of the state API (API Gateway HTTP API) and the notify webhook
+//! The one axum [`Router`](axum::Router) of the state API (API Gateway HTTP API) and the notify webhook
 //! (function URL): the same router runs on Lambda (`lambda_http::run`) and in the local stack.
 //!
 //! A route is one handler, documented by its `#[utoipa::path]`, and one `.routes(routes!(…))`
@@ -12,9 +12,9 @@ use crate::extract::{
     AgentIdParam, Body, IdempotencyKeyHeader, Json, MAX_DEFINITION_UPLOAD_BYTES, Query, RequireBearer, SessionIdParam,
     WorkflowIdParam,
 };
+use crate::layers::HttpRouter;
 use crate::openapi;
 use crate::trigger::Trigger;
-use axum::Router;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -48,10 +48,10 @@ pub struct Api {
     pub config: Arc<Config>,
 }
 
-/// The router of `surface`, with its layers (request ids, tracing spans, security headers, JSON
+/// The router of `surface` behind its edge (request ids, tracing spans, security headers, JSON
 /// 404 and 405). Cheap to clone; serve it with `lambda_http::run`, hyper-util's
 /// `TowerToHyperService`, or call it with `tower::ServiceExt::oneshot`.
-pub fn router(app: App, config: Config, surface: Surface) -> Router {
+pub fn router(app: App, config: Config, surface: Surface) -> HttpRouter {
     let api = Api {
         app,
         config: Arc::new(config),
@@ -418,7 +418,7 @@ mod tests {
     use opscore_core::time::SystemClock;
     use tower::ServiceExt;
 
-    async fn status(router: &Router, method: Method, path: &str) -> (StatusCode, String) {
+    async fn status(router: &HttpRouter, method: Method, path: &str) -> (StatusCode, String) {
         let req = http::Request::builder()
             .method(method)
             .uri(path)
