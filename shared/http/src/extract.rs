@@ -80,17 +80,18 @@ where
 /// The path parameter of a route with exactly one, as received (percent-encoded: an id is never
 /// decoded, so `a%2Db` is refused rather than read as `a-b`). axum's own path extractors decode,
 /// so the segment is taken from the path at the position of the parameter in the matched route.
-async fn the_path_param<S: Send + Sync>(parts: &mut Parts, _: &S) -> Result<String, HttpError> {
+fn the_path_param(parts: &Parts) -> Result<&str, HttpError> {
     let position = parts
         .extensions
         .get::<MatchedPath>()
         .and_then(|m| m.as_str().split('/').position(|s| s.starts_with('{')));
-    let raw = position.and_then(|i| parts.uri.path().split('/').nth(i));
-    raw.map(str::to_owned).ok_or_else(|| {
-        HttpError::App(opscore_core::AppError::Internal(
-            "a path parameter outside a route with one".into(),
-        ))
-    })
+    position
+        .and_then(|i| parts.uri.path().split('/').nth(i))
+        .ok_or_else(|| {
+            HttpError::App(opscore_core::AppError::Internal(
+                "a path parameter outside a route with one".into(),
+            ))
+        })
 }
 
 /// `{agentId}` of the path, validated (400 otherwise), and recorded in the request's span.
@@ -98,9 +99,9 @@ pub struct AgentIdParam(pub AgentId);
 
 impl<S: Send + Sync> FromRequestParts<S> for AgentIdParam {
     type Rejection = HttpError;
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, HttpError> {
-        let raw = the_path_param(parts, state).await?;
-        let id = AgentId::parse(&raw).map_err(|e| HttpError::bad_request(format!("agent id in the path: {e}")))?;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, HttpError> {
+        let raw = the_path_param(parts)?;
+        let id = AgentId::parse(raw).map_err(|e| HttpError::bad_request(format!("agent id in the path: {e}")))?;
         tracing::Span::current().record("agent_id", id.as_str());
         Ok(Self(id))
     }
@@ -111,9 +112,9 @@ pub struct SessionIdParam(pub SessionId);
 
 impl<S: Send + Sync> FromRequestParts<S> for SessionIdParam {
     type Rejection = HttpError;
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, HttpError> {
-        let raw = the_path_param(parts, state).await?;
-        SessionId::parse(&raw)
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, HttpError> {
+        let raw = the_path_param(parts)?;
+        SessionId::parse(raw)
             .map(Self)
             .map_err(|_| HttpError::bad_request(format!("session id in the path must be a UUID, got {raw:?}")))
     }
@@ -124,9 +125,9 @@ pub struct WorkflowIdParam(pub WorkflowId);
 
 impl<S: Send + Sync> FromRequestParts<S> for WorkflowIdParam {
     type Rejection = HttpError;
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, HttpError> {
-        let raw = the_path_param(parts, state).await?;
-        WorkflowId::parse(&raw)
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, HttpError> {
+        let raw = the_path_param(parts)?;
+        WorkflowId::parse(raw)
             .map(Self)
             .map_err(|e| HttpError::bad_request(format!("workflow id: {e}")))
     }
