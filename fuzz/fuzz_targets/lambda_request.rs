@@ -1,6 +1,6 @@
 //! API Gateway HTTP API / function URL request decoding, end to end: the Lambda event JSON
-//! (`lambda_http::request::from_str`, which also base64-decodes bodies) → `from_lambda` →
-//! `Api::handle` over an in-memory store holding one registered agent and one workflow.
+//! (`lambda_http::request::from_str`, which also base64-decodes bodies) → the router (as
+//! `lambda_http::run` calls it) over an in-memory store holding one registered agent and one workflow.
 //! Never a panic, never a 5xx (the in-memory store is never unavailable), and every response
 //! body is JSON.
 #![no_main]
@@ -13,8 +13,8 @@ use opscore_core::ids::AgentId;
 use opscore_core::memory::InMemoryStore;
 use opscore_core::time::ManualClock;
 use opscore_core::workflow::{Format, WorkflowDefinition};
-use opscore_http::lambda::from_lambda;
-use opscore_http::{Api, Surface};
+use opscore_http::{Surface, router};
+use tower::ServiceExt;
 use std::sync::{Arc, OnceLock};
 
 const AGENT: &str = "af8e59ab-6b62-47d1-b0af-fcb520de8640";
@@ -31,7 +31,7 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 }
 
 /// A fresh stack per input, so the store never grows across inputs and every input is replayable.
-async fn stack() -> Api {
+async fn stack() -> opscore_http::HttpRouter {
     let clock = ManualClock::at(chrono::DateTime::from_timestamp(SIGNED_AT, 0).unwrap());
     let app = App::new(Arc::new(InMemoryStore::new()), Arc::new(clock), Settings::default());
     let details = AgentDetails {
@@ -51,7 +51,7 @@ async fn stack() -> Api {
         webhook_secrets: vec![Secret::new("opscore-test-secret-2026")],
         ..Config::default()
     };
-    Api::new(app, config, Surface::Both)
+    router(app, config, Surface::Both)
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -68,17 +68,16 @@ fuzz_target!(|data: &[u8]| {
     let Ok(Ok(req)) = parsed else {
         return;
     };
-    let req = from_lambda(req);
-    let (method, path) = (req.method.clone(), req.path.clone());
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     runtime().block_on(async {
-        let api = stack().await;
-        let resp = api.handle(req).await;
+        let resp = stack().await.oneshot(req).await.unwrap();
+        let status = resp.status();
+        let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
         assert!(
-            !resp.status.is_server_error(),
-            "{method} {path} → {} {}",
-            resp.status,
-            String::from_utf8_lossy(&resp.body)
+            !status.is_server_error(),
+            "{method} {path} → {status} {}",
+            String::from_utf8_lossy(&body)
         );
-        serde_json::from_slice::<serde_json::Value>(&resp.body).expect("every response body is JSON");
+        serde_json::from_slice::<serde_json::Value>(&body).expect("every response body is JSON");
     });
 });

@@ -3,7 +3,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use opscore_core::ids::AgentId;
-use opscore_http::api::parse_state_report;
+use opscore_http::state::parse_state_report;
 
 fuzz_target!(|data: &[u8]| {
     let path_id = AgentId::parse("af8e59ab-6b62-47d1-b0af-fcb520de8640").unwrap();
@@ -18,14 +18,14 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(k.cmp(&order_key(epoch)), report.timestamp.cmp(&epoch));
             // The clock-skew check refuses with a client error or accepts; never panics.
             let now = chrono::DateTime::from_timestamp(1_795_474_230, 0).unwrap();
-            if let Err(e) = opscore_http::api::check_report_clock(&report, now, std::time::Duration::from_secs(300)) {
+            if let Err(e) = opscore_http::state::check_report_clock(&report, now, std::time::Duration::from_secs(300)) {
                 assert_eq!(e.status().as_u16(), 422, "{e:?}");
                 assert!(report.timestamp > now);
             }
         }
         Err(e) => {
             assert!(e.status().is_client_error(), "{e:?}");
-            let _ = e.into_response();
+            let _ = e.to_parts();
         }
     }
 });

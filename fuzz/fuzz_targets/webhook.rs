@@ -52,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(Event::Deregister(_)) => {}
         Err(e) => {
             assert!(e.status().is_client_error(), "{e:?}");
-            let _ = e.into_response();
+            let _ = e.to_parts();
         }
     }
 });

@@ -6,10 +6,9 @@
 pub mod feed;
 mod protocol_errors;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use opscore_agentkit::AgentKitClient;
 use opscore_core::app::{App, Settings};
 use opscore_core::config::{Config, Secret};
 use opscore_core::memory::InMemoryStore;
@@ -17,9 +16,7 @@ use opscore_core::runner::Runner;
 use opscore_core::store::Store;
 use opscore_core::time::SystemClock;
 use opscore_core::workflow::{Format, WorkflowDefinition};
-use opscore_http::agentkit::AgentKitClient;
-use opscore_http::error::HttpError;
-use opscore_http::{Api, ApiRequest, ApiResponse, Surface};
+use opscore_http::{HttpRouter, Surface};
 use opscore_sqlite::{Durability, SqliteStore};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,9 +30,6 @@ pub const SAMPLE_WORKFLOW: &str = include_str!("../sample-workflow.json");
 
 /// AgentKit's own default address, used when `AGENTKIT_API_URL` is not set.
 pub const DEFAULT_AGENTKIT_URL: &str = "http://127.0.0.1:8000";
-
-/// Bodies larger than this are refused before they are read in full (the routes' own limits are lower).
-const MAX_READ_BYTES: usize = 1024 * 1024;
 
 /// Where the stack keeps its state. Every choice passes the same storage contract suite.
 #[derive(Debug, Clone, PartialEq)]
@@ -163,12 +157,12 @@ impl Stack {
         ));
         let api_key = opts.config.api_keys[0].clone();
         let webhook_secret = opts.config.webhook_secrets[0].clone();
-        let api = Arc::new(Api::new(app, opts.config, Surface::Both));
+        let router = opscore_http::router(app, opts.config, Surface::Both);
 
         let listener = TcpListener::bind(("127.0.0.1", opts.port)).await?;
         let addr = listener.local_addr()?;
 
-        let server = tokio::spawn(serve(listener, api, wake, shutdown_rx.clone()));
+        let server = tokio::spawn(serve(listener, router, wake, shutdown_rx.clone()));
         let mut tasks = vec![tokio::spawn(feed::consume(source, runner.clone(), shutdown_rx.clone()))];
         tasks.push(tokio::spawn({
             let mut stop = shutdown_rx.clone();
@@ -286,7 +280,7 @@ async fn open_store(
     Ok((db.clone(), feed::Source::Sqlite(db.clone()), Some(db), description))
 }
 
-/// Serves connections until `stop`, then stops accepting and lets the requests under way finish
+/// Serves `router` on connections until `stop`, then stops accepting and lets the requests under way finish
 /// (within [`REQUEST_GRACE`]).
 ///
 /// Hardened against clients that hold resources: a request's headers must arrive within
@@ -297,7 +291,9 @@ async fn open_store(
 /// A request hyper cannot parse, or over [`MAX_URI_BYTES`], [`MAX_HEAD_BYTES`] or
 /// [`MAX_HEADER_FIELDS`], is answered with the API's JSON error (400, 414, 431) instead of hyper's
 /// empty one: see [`protocol_errors`].
-async fn serve(listener: TcpListener, api: Arc<Api>, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+async fn serve(listener: TcpListener, router: HttpRouter, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+    // A write (every POST) wakes the runner's feed reader at once.
+    let router = WakeOnWrite { router, wake };
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
@@ -326,13 +322,7 @@ async fn serve(listener: TcpListener, api: Arc<Api>, wake: Arc<Notify>, mut stop
             },
             _ = stop.changed() => break,
         };
-        let api = api.clone();
-        let wake = wake.clone();
-        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-            let api = api.clone();
-            let wake = wake.clone();
-            async move { Ok::<_, std::convert::Infallible>(handle(&api, &wake, req).await) }
-        });
+        let service = TowerToHyperService::new(router.clone());
         let io = TokioIo::new(protocol_errors::JsonProtocolErrors::new(stream));
         let conn = builder.serve_connection(io, service).into_owned();
         let conn = graceful.watch(conn);
@@ -344,6 +334,36 @@ async fn serve(listener: TcpListener, api: Arc<Api>, wake: Arc<Notify>, mut stop
     drop(listener);
     if tokio::time::timeout(REQUEST_GRACE, graceful.shutdown()).await.is_err() {
         tracing::warn!("requests still under way after the grace period; stopping anyway");
+    }
+}
+
+/// The router, waking the runner's feed reader when a POST (a write) has been answered.
+#[derive(Clone)]
+struct WakeOnWrite {
+    router: HttpRouter,
+    wake: Arc<Notify>,
+}
+
+impl tower::Service<http::Request<hyper::body::Incoming>> for WakeOnWrite {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let writes = req.method() == http::Method::POST;
+        let answer = self.router.call(req);
+        let wake = self.wake.clone();
+        Box::pin(async move {
+            let resp = answer.await;
+            if writes {
+                wake.notify_one();
+            }
+            resp
+        })
     }
 }
 
@@ -362,45 +382,3 @@ const MAX_HEADER_FIELDS: usize = 100;
 /// The URI in a request line, at most (over it: 414): hyper's fixed `MAX_URI_LEN`, not configurable.
 /// `a_uri_of_100_kb_gets_a_json_414` checks hyper answers 414 past it.
 const MAX_URI_BYTES: usize = u16::MAX as usize - 1;
-
-async fn handle(api: &Api, wake: &Notify, req: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
-    let (parts, body) = req.into_parts();
-    let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    // Refused anyway (no route, wrong method, no valid key)? Then without reading the body.
-    let head = ApiRequest::new(
-        parts.method.clone(),
-        path_and_query,
-        parts.headers.clone(),
-        Bytes::new(),
-    );
-    if let Some(refusal) = api.refusal_before_body(&head) {
-        return to_hyper(refusal);
-    }
-    let body = match Limited::new(body, MAX_READ_BYTES).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return to_hyper(
-                HttpError::PayloadTooLarge {
-                    got: MAX_READ_BYTES + 1,
-                    limit: MAX_READ_BYTES,
-                }
-                .into_response(),
-            );
-        }
-    };
-    let writes = parts.method == http::Method::POST;
-    let resp = api
-        .handle(ApiRequest::new(parts.method, path_and_query, parts.headers, body))
-        .await;
-    if writes {
-        wake.notify_one();
-    }
-    to_hyper(resp)
-}
-
-fn to_hyper(resp: ApiResponse) -> hyper::Response<Full<Bytes>> {
-    let mut r = hyper::Response::new(Full::new(resp.body));
-    *r.status_mut() = resp.status;
-    *r.headers_mut() = resp.headers;
-    r
-}

@@ -41,7 +41,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         return Ok(());
     };
     opts.store = choice;
-    opscore_http::lambda::init_tracing(opts.config.json_logs);
+    opscore_http::init_tracing(opts.config.json_logs);
     let stack = Stack::start(opts).await?;
     let url = stack.url();
     println!("Ops-Core local stack");

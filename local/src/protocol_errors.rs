@@ -23,7 +23,7 @@
 //! malformed request behind a request refused before its body was read, without reading the
 //! refusal, can find the previous response still buffered; then nothing matches and hyper's
 //! empty response goes out unchanged.) None of our own responses has that form: every one is
-//! built by `ApiResponse::json`, so it carries `content-type: application/json` and a non-empty
+//! built by `HttpError::to_parts` or the router's `json`, so it carries `content-type: application/json` and a non-empty
 //! body (a status line alone never matches).
 //!
 //! The normal path pays one comparison of the first bytes of each write (a 2xx is rejected at its
@@ -225,28 +225,28 @@ fn replacement_for(write: &[u8]) -> Option<Bytes> {
 /// The bytes of `error`'s API response (status, headers and body from
 /// [`HttpError::into_response`]) as a closing HTTP/1 response, keeping hyper's `date` line.
 fn render(version: &[u8], error: HttpError, date: Option<&[u8]>) -> Bytes {
-    let response = error.into_response();
-    let mut out = Vec::with_capacity(256 + response.body.len());
+    let (status, headers, body) = error.to_parts();
+    let mut out = Vec::with_capacity(256 + body.len());
     out.extend_from_slice(version);
     out.push(b' ');
-    out.extend_from_slice(response.status.as_str().as_bytes());
+    out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(response.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in &response.headers {
+    for (name, value) in &headers {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(format!("content-length: {}\r\n", response.body.len()).as_bytes());
+    out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
     out.extend_from_slice(b"connection: close\r\n");
     if let Some(date) = date {
         out.extend_from_slice(date);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&response.body);
+    out.extend_from_slice(&body);
     out.into()
 }
 

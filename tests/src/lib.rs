@@ -2,6 +2,7 @@
 //! ([`stores`]), fakes for end-to-end tests ([`fake`]), and the storage contract suite ([`contract`], [`dynamo_cases`]) that every adapter
 //! of the storage port must pass. `tests/store_contract.rs` runs it against each store.
 
+pub mod call;
 pub mod contract;
 pub mod ddb_local;
 pub mod dynamo_cases;

@@ -10,7 +10,8 @@ use opscore_core::ids::AgentId;
 use opscore_core::memory::InMemoryStore;
 use opscore_core::store::Store;
 use opscore_core::time::ManualClock;
-use opscore_http::{Api, ApiRequest, Surface};
+use opscore_http::{Surface, router};
+use opscore_tests::call::call;
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -32,13 +33,14 @@ async fn every_captured_delivery_verifies_and_registers_its_agent() {
             webhook_secrets: vec![Secret::new(d["secret"].as_str().unwrap())],
             ..Config::default()
         };
-        let api = Api::new(app, config, Surface::Webhook);
+        let api = router(app, config, Surface::Webhook);
         let request = |sig: &str| {
             let mut h = HeaderMap::new();
             h.insert("content-type", HeaderValue::from_static("application/json"));
             h.insert("x-agentkit-timestamp", HeaderValue::from_str(ts).unwrap());
             h.insert("x-agentkit-signature", HeaderValue::from_str(sig).unwrap());
-            ApiRequest::new(
+            call(
+                &api,
                 Method::POST,
                 "/v1/opscore/internal/agent/notify",
                 h,
@@ -47,7 +49,7 @@ async fn every_captured_delivery_verifies_and_registers_its_agent() {
         };
         let sig = d["header_X-AgentKit-Signature"].as_str().unwrap();
 
-        let resp = api.handle(request(sig)).await;
+        let resp = request(sig).await;
         assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
         let body: Value = serde_json::from_str(raw).unwrap();
         let details = &body["agent_details"];
@@ -74,7 +76,7 @@ async fn every_captured_delivery_verifies_and_registers_its_agent() {
         assert_eq!(agent.current.state.as_str(), "UNKNOWN");
 
         // A replay inside the window: 200, no second effect.
-        let replay = api.handle(request(sig)).await;
+        let replay = request(sig).await;
         assert_eq!(replay.status, 200);
         assert!(String::from_utf8_lossy(&replay.body).contains("Duplicate"));
         assert_eq!(store.get_agent(&id).await.unwrap().unwrap(), agent);
@@ -82,8 +84,8 @@ async fn every_captured_delivery_verifies_and_registers_its_agent() {
         // One flipped bit in the signature, or the clock 301 s later: refused.
         let mut bad = sig.to_owned();
         bad.replace_range(0..1, if sig.starts_with('0') { "1" } else { "0" });
-        assert_eq!(api.handle(request(&bad)).await.status, 401);
+        assert_eq!(request(&bad).await.status, 401);
         clock.advance(chrono::Duration::seconds(301));
-        assert_eq!(api.handle(request(sig)).await.status, 401);
+        assert_eq!(request(sig).await.status, 401);
     }
 }

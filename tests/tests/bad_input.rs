@@ -10,7 +10,8 @@ use opscore_core::memory::InMemoryStore;
 use opscore_core::store::{PageRequest, Store};
 use opscore_core::time::{self, Clock, ManualClock};
 use opscore_http::auth::sign;
-use opscore_http::{Api, ApiRequest, Surface};
+use opscore_http::{Surface, router};
+use opscore_tests::call::call;
 use opscore_tests::fake::agent_details;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -231,7 +232,7 @@ async fn every_malformed_request_is_a_clear_4xx_and_writes_nothing() {
         webhook_secrets: vec![Secret::new(SECRET)],
         ..Config::default()
     };
-    let api = Api::new(app, config, Surface::Both);
+    let api = router(app, config, Surface::Both);
     let table = cases(clock.now().timestamp());
     assert!(table.len() >= 50, "{} cases", table.len());
     let mut failures = Vec::new();
@@ -241,9 +242,7 @@ async fn every_malformed_request_is_a_clear_4xx_and_writes_nothing() {
             // Bytes as given (a non-ASCII header value is what a hostile client can send).
             headers.insert(*k, HeaderValue::from_bytes(v.as_bytes()).unwrap());
         }
-        let resp = api
-            .handle(ApiRequest::new(c.method.clone(), &c.path, headers, c.body.clone()))
-            .await;
+        let resp = call(&api, c.method.clone(), &c.path, headers, c.body.clone()).await;
         let body = String::from_utf8_lossy(&resp.body).into_owned();
         let json: Option<Value> = serde_json::from_str(&body).ok();
         let detail = json.as_ref().and_then(|j| j["detail"].as_str()).unwrap_or("");

@@ -12,6 +12,7 @@
 //! Needs Java 17+ and `npm ci --prefix tools/dynamodb-local` for the first test.
 
 use async_trait::async_trait;
+use opscore_agentkit::AgentKitClient;
 use opscore_core::agent::{Agent, AgentDetails, HistoryEntry, StateName, StateReport};
 use opscore_core::app::{App, DefinitionSource, Settings};
 use opscore_core::config::{Config, Secret};
@@ -22,10 +23,10 @@ use opscore_core::store::*;
 use opscore_core::task::{TaskInstance, TaskKey, TaskStatus};
 use opscore_core::time::{Clock, ManualClock, Timestamp};
 use opscore_core::workflow::WorkflowDefinition;
-use opscore_http::agentkit::AgentKitClient;
 use opscore_http::auth::sign;
-use opscore_http::{Api, ApiRequest, Surface};
+use opscore_http::{Surface, router};
 use opscore_local::{Options, Stack, StoreChoice};
+use opscore_tests::call::call as call_router;
 use opscore_tests::fake::{FakeAgentKit, RunAnswer, agent_details};
 use serde_json::{Value, json};
 use std::process::{Child, Command, Stdio};
@@ -502,7 +503,7 @@ async fn webhook_failing_after_its_delivery_record(inner: Arc<dyn Store>) {
         fail_register: AtomicBool::new(true),
     });
     let app = App::new(store.clone(), Arc::new(ManualClock::at(now)), Settings::default());
-    let api = Api::new(app, config(None), Surface::Both);
+    let api = router(app, config(None), Surface::Both);
     let body = register_body("flaky-agent");
     let ts = now.timestamp().to_string();
     let req = || {
@@ -513,17 +514,18 @@ async fn webhook_failing_after_its_delivery_record(inner: Arc<dyn Store>) {
             "x-agentkit-signature",
             sign(SECRET, &ts, body.as_bytes()).parse().unwrap(),
         );
-        ApiRequest::new(
+        call_router(
+            &api,
             http::Method::POST,
             "/v1/opscore/internal/agent/notify",
             h,
             body.clone().into_bytes(),
         )
     };
-    let first = api.handle(req()).await;
+    let first = req().await;
     assert_eq!(first.status.as_u16(), 503, "{}", String::from_utf8_lossy(&first.body));
     assert!(first.headers.contains_key("retry-after"));
-    let again = api.handle(req()).await;
+    let again = req().await;
     assert_eq!(again.status.as_u16(), 200, "{}", String::from_utf8_lossy(&again.body));
     let id = AgentId::parse("flaky-agent").unwrap();
     assert!(
@@ -532,7 +534,7 @@ async fn webhook_failing_after_its_delivery_record(inner: Arc<dyn Store>) {
         String::from_utf8_lossy(&again.body)
     );
     // And a true replay after success is still a no-op duplicate.
-    let replay = api.handle(req()).await;
+    let replay = req().await;
     assert_eq!(replay.status.as_u16(), 200);
     assert!(String::from_utf8_lossy(&replay.body).contains("Duplicate"));
 }

@@ -6,8 +6,8 @@ use opscore_core::app::{App, Settings};
 use opscore_core::config::{Config, Secret};
 use opscore_core::memory::InMemoryStore;
 use opscore_core::time::ManualClock;
-use opscore_http::lambda::{from_lambda, to_lambda};
-use opscore_http::{Api, Surface};
+use opscore_http::{Surface, router};
+use opscore_tests::call::{call_lambda, lambda_reply};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,8 +30,8 @@ async fn every_fixture_gets_its_expected_status_and_a_json_body() {
         webhook_secrets: vec![Secret::new(manifest["webhookSecret"].as_str().unwrap())],
         ..Config::default()
     };
-    let state_api = Api::new(app.clone(), config.clone(), Surface::StateApi);
-    let webhook = Api::new(app, config, Surface::Webhook);
+    let state_api = router(app.clone(), config.clone(), Surface::StateApi);
+    let webhook = router(app, config, Surface::Webhook);
     let invocations = manifest["invocations"].as_array().unwrap();
     assert!(invocations.len() >= 30);
     for inv in invocations {
@@ -44,7 +44,7 @@ async fn every_fixture_gets_its_expected_status_and_a_json_body() {
             "NotifyWebhookFunction" => &webhook,
             other => panic!("{name}: unknown function {other}"),
         };
-        let resp = to_lambda(api.handle(from_lambda(req)).await);
+        let resp = call_lambda(api, req).await;
         let status = resp.status().as_u16();
         let body = match resp.body() {
             lambda_http::Body::Text(t) => t.clone(),
@@ -78,15 +78,11 @@ async fn base64_delivery_verifies_and_is_recognised_as_a_replay() {
         webhook_secrets: vec![Secret::new(manifest["webhookSecret"].as_str().unwrap())],
         ..Config::default()
     };
-    let api = Api::new(app.clone(), config, Surface::Webhook);
-    let first = api
-        .handle(from_lambda(lambda_http::request::from_str(&raw).unwrap()))
-        .await;
+    let api = router(app.clone(), config, Surface::Webhook);
+    let first = lambda_reply(call_lambda(&api, lambda_http::request::from_str(&raw).unwrap()).await);
     assert_eq!(first.status, 200, "{}", String::from_utf8_lossy(&first.body));
     assert!(String::from_utf8_lossy(&first.body).contains("registered successfully"));
-    let again = api
-        .handle(from_lambda(lambda_http::request::from_str(&raw).unwrap()))
-        .await;
+    let again = lambda_reply(call_lambda(&api, lambda_http::request::from_str(&raw).unwrap()).await);
     assert_eq!(again.status, 200);
     assert!(
         String::from_utf8_lossy(&again.body).contains("Duplicate delivery"),

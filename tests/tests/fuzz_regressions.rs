@@ -8,7 +8,8 @@ use opscore_core::ids::AgentId;
 use opscore_core::memory::InMemoryStore;
 use opscore_core::time::ManualClock;
 use opscore_core::workflow::{Format, WorkflowDefinition};
-use opscore_http::{Api, Surface};
+use opscore_http::{Surface, router};
+use opscore_tests::call::{call_lambda, lambda_reply};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -27,7 +28,7 @@ fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
-async fn stack() -> Api {
+async fn stack() -> opscore_http::HttpRouter {
     let clock = ManualClock::at(chrono::DateTime::from_timestamp(1_795_474_230, 0).unwrap());
     let app = App::new(Arc::new(InMemoryStore::new()), Arc::new(clock), Settings::default());
     let agent = AgentId::parse("af8e59ab-6b62-47d1-b0af-fcb520de8640").unwrap();
@@ -41,7 +42,7 @@ async fn stack() -> Api {
         webhook_secrets: vec![Secret::new("opscore-test-secret-2026")],
         ..Config::default()
     };
-    Api::new(app, config, Surface::Both)
+    router(app, config, Surface::Both)
 }
 
 /// Found by the `lambda_request` target: lambda_http 1.3.2 panics converting an API Gateway v2
@@ -64,7 +65,7 @@ async fn lambda_http_panics_on_an_invalid_host_and_we_do_not() {
     assert!(parsed.is_err(), "lambda_http no longer panics on an invalid Host");
     let fixed = text.replace("execute-api .us-east-1", "execute-api.us-east-1");
     let req = lambda_http::request::from_str(&fixed).expect("the repaired event parses");
-    let resp = stack().await.handle(opscore_http::lambda::from_lambda(req)).await;
+    let resp = lambda_reply(call_lambda(&stack().await, req).await);
     assert!(resp.status.is_client_error(), "{}", resp.status);
 }
 
@@ -88,7 +89,7 @@ async fn lambda_request_inputs_never_5xx() {
         let parsed = std::panic::catch_unwind(|| lambda_http::request::from_str(text));
         std::panic::set_hook(hook);
         let Ok(Ok(req)) = parsed else { continue };
-        let resp = stack().await.handle(opscore_http::lambda::from_lambda(req)).await;
+        let resp = lambda_reply(call_lambda(&stack().await, req).await);
         assert!(!resp.status.is_server_error(), "{}: {}", path.display(), resp.status);
         serde_json::from_slice::<serde_json::Value>(&resp.body).expect("JSON body");
         n += 1;

@@ -11,7 +11,7 @@ use opscore_core::store::Store;
 use opscore_core::time::{Clock, ManualClock};
 use opscore_core::workflow::WorkflowDefinition;
 use opscore_dynamo::StreamTail;
-use opscore_http::lambda::handle_stream_batch;
+use opscore_lambda::handle_stream_batch;
 use opscore_tests::fake::{ScriptedAgentKit, TEST_LEASE, agent_details, engine};
 use opscore_tests::stores;
 use serde_json::json;

@@ -1,9 +1,19 @@
-//! The notify-webhook Lambda function. Everything but the wiring lives in opscore-http.
+//! The notify-webhook Lambda function (function URL): the router's webhook route (AgentKit's
+//! signed deliveries), on the DynamoDB store.
 
-use opscore_http::Surface;
-use opscore_http::lambda::{Error, run_http};
+use opscore_core::app::App;
+use opscore_core::config::Config;
+use opscore_core::time::SystemClock;
+use opscore_http::{Surface, init_tracing, router};
+use opscore_lambda::{Error, dynamo_store, settings, with_lambda_request_id};
+use std::sync::Arc;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    run_http(Surface::Webhook).await
+    let config = Config::from_env()?;
+    init_tracing(config.json_logs);
+    let store = dynamo_store(&config).await?;
+    let app = App::new(store, Arc::new(SystemClock), settings(&config));
+    let router = router(app, config, Surface::Webhook);
+    lambda_http::run(with_lambda_request_id(router)).await
 }

@@ -1,8 +1,21 @@
-//! The workflow runner Lambda function: the table's stream and a schedule drive it.
+//! The workflow runner Lambda function: the table's stream (batches of changes) and a schedule
+//! (sweeps) drive the runner, which dispatches tasks through AgentKit.
 
-use opscore_http::lambda::{Error, run_runner};
+use lambda_runtime::{LambdaEvent, service_fn};
+use opscore_core::config::Config;
+use opscore_http::init_tracing;
+use opscore_lambda::{Error, dynamo_store, handle_runner_event, runner_from_config};
+use serde_json::Value;
+use std::sync::Arc;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    run_runner().await
+    let config = Config::from_env()?;
+    init_tracing(config.json_logs);
+    let runner = Arc::new(runner_from_config(&config, dynamo_store(&config).await?)?);
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+        let runner = runner.clone();
+        async move { handle_runner_event(&runner, event.payload).await }
+    }))
+    .await
 }

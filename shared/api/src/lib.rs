@@ -1,6 +1,8 @@
 //! Wire shapes of the state API, shared by the server (opscore-http) and the client SDK.
 //! Field names follow the original Ops-Core (camelCase).
 
+pub mod paths;
+
 use opscore_core::agent::{Agent, CurrentState, HistoryEntry};
 use opscore_core::session::{FailureCause, SessionStatus};
 use opscore_core::store::{SessionView, StoredWorkflow};

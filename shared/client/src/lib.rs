@@ -29,6 +29,7 @@ pub use opscore_api as api;
 pub use retry::{Idempotency, RetryPolicy};
 
 use bytes::Bytes;
+use opscore_api::paths;
 use opscore_api::{
     AgentStateView, AgentView, Health, HistoryItem, Page, SessionDetail, SessionSummary, StateUpdateAccepted,
     StateUpdateRequest, TriggerRequest, TriggerResponse, WorkflowSummary, WorkflowView,
@@ -47,7 +48,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const USER_AGENT: &str = concat!("opscore-client/", env!("CARGO_PKG_VERSION"));
 
 /// The header a trigger carries so that a repeat (a retry, a re-run script) starts no second session.
-pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+pub const IDEMPOTENCY_KEY_HEADER: &str = paths::headers::IDEMPOTENCY_KEY;
 
 /// Which page of a list to fetch; pass a page's `next_cursor` back as `cursor`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -263,10 +264,14 @@ struct Call {
 }
 
 impl Call {
-    fn get(segments: &[&str]) -> Self {
+    /// A GET of `template` (one of [`paths`]) with its parameters.
+    fn get(template: &str, params: &[&str]) -> Self {
         Self {
             method: Method::GET,
-            segments: segments.iter().map(|s| (*s).to_owned()).collect(),
+            segments: paths::segments(template, params)
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
             query: Vec::new(),
             body: None,
             headers: Vec::new(),
@@ -274,11 +279,11 @@ impl Call {
             idempotency: Idempotency::Idempotent,
         }
     }
-    fn post(segments: &[&str], idempotency: Idempotency) -> Self {
+    fn post(template: &str, params: &[&str], idempotency: Idempotency) -> Self {
         Self {
             method: Method::POST,
             idempotency,
-            ..Self::get(segments)
+            ..Self::get(template, params)
         }
     }
     fn json(mut self, body: &impl serde::Serialize) -> Result<Self, Error> {
@@ -351,7 +356,7 @@ impl Client {
     pub async fn health(&self) -> Result<Health, Error> {
         let call = Call {
             auth: false,
-            ..Call::get(&["health"])
+            ..Call::get(paths::HEALTH, &[])
         };
         self.send(&call).await?.decode()
     }
@@ -360,7 +365,7 @@ impl Client {
     pub async fn openapi(&self) -> Result<Value, Error> {
         let call = Call {
             auth: false,
-            ..Call::get(&["openapi.json"])
+            ..Call::get(paths::OPENAPI_JSON, &[])
         };
         self.send(&call).await?.decode()
     }
@@ -369,7 +374,7 @@ impl Client {
 
     /// `GET /v1/opscore/agents[?state=S]`.
     pub async fn list_agents(&self, state: Option<&str>, page: &PageOpts) -> Result<Page<AgentView>, Error> {
-        let mut call = Call::get(&["v1", "opscore", "agents"]).page(page);
+        let mut call = Call::get(paths::AGENTS, &[]).page(page);
         if let Some(s) = state {
             call.query.insert(0, ("state", s.to_owned()));
         }
@@ -378,21 +383,17 @@ impl Client {
 
     /// `GET /v1/opscore/agent/{agentId}`.
     pub async fn agent(&self, agent_id: &str) -> Result<AgentView, Error> {
-        self.send(&Call::get(&["v1", "opscore", "agent", agent_id]))
-            .await?
-            .decode()
+        self.send(&Call::get(paths::AGENT, &[agent_id])).await?.decode()
     }
 
     /// `GET /v1/opscore/agent/{agentId}/state`.
     pub async fn agent_state(&self, agent_id: &str) -> Result<AgentStateView, Error> {
-        self.send(&Call::get(&["v1", "opscore", "agent", agent_id, "state"]))
-            .await?
-            .decode()
+        self.send(&Call::get(paths::AGENT_STATE, &[agent_id])).await?.decode()
     }
 
     /// `GET /v1/opscore/agent/{agentId}/state/history`, newest first.
     pub async fn state_history(&self, agent_id: &str, page: &PageOpts) -> Result<Page<HistoryItem>, Error> {
-        let call = Call::get(&["v1", "opscore", "agent", agent_id, "state", "history"]).page(page);
+        let call = Call::get(paths::AGENT_STATE_HISTORY, &[agent_id]).page(page);
         self.send(&call).await?.decode()
     }
 
@@ -415,11 +416,7 @@ impl Client {
     /// `POST /v1/opscore/agent/{agentId}/state` with a report of the caller's. Retried on
     /// transient errors: a repeated report (same timestamp) changes nothing.
     pub async fn send_state_report(&self, report: &StateUpdateRequest) -> Result<StateUpdateAccepted, Error> {
-        let call = Call::post(
-            &["v1", "opscore", "agent", &report.agent_id, "state"],
-            Idempotency::Idempotent,
-        )
-        .json(report)?;
+        let call = Call::post(paths::AGENT_STATE, &[&report.agent_id], Idempotency::Idempotent).json(report)?;
         self.send(&call).await?.decode()
     }
 
@@ -428,7 +425,7 @@ impl Client {
     /// `POST /v1/opscore/workflows` with a JSON or YAML document (never retried). `created` is
     /// false when an identical definition was already stored.
     pub async fn create_workflow(&self, body: DefinitionBody) -> Result<Created<WorkflowView>, Error> {
-        let mut call = Call::post(&["v1", "opscore", "workflows"], Idempotency::NotIdempotent);
+        let mut call = Call::post(paths::WORKFLOWS, &[], Idempotency::NotIdempotent);
         call.body = Some((body.content_type(), Bytes::from(body.bytes().to_vec())));
         let answer = self.send(&call).await?;
         Ok(Created {
@@ -445,14 +442,12 @@ impl Client {
 
     /// `GET /v1/opscore/workflows`.
     pub async fn list_workflows(&self, page: &PageOpts) -> Result<Page<WorkflowSummary>, Error> {
-        self.send(&Call::get(&["v1", "opscore", "workflows"]).page(page))
-            .await?
-            .decode()
+        self.send(&Call::get(paths::WORKFLOWS, &[]).page(page)).await?.decode()
     }
 
     /// `GET /v1/opscore/workflows/{workflowId}[?version=V]` (the newest version by default).
     pub async fn workflow(&self, workflow_id: &str, version: Option<&str>) -> Result<WorkflowView, Error> {
-        let mut call = Call::get(&["v1", "opscore", "workflows", workflow_id]);
+        let mut call = Call::get(paths::WORKFLOW, &[workflow_id]);
         if let Some(v) = version {
             call.query.push(("version", v.to_owned()));
         }
@@ -474,7 +469,7 @@ impl Client {
         } else {
             Idempotency::NotIdempotent
         };
-        let mut call = Call::post(&["v1", "opscore", "agent", agent_id, "workflow"], idempotency).json(req)?;
+        let mut call = Call::post(paths::AGENT_WORKFLOW, &[agent_id], idempotency).json(req)?;
         if let Some(k) = &key {
             call.headers.push((IDEMPOTENCY_KEY_HEADER, k.clone()));
         }
@@ -484,7 +479,7 @@ impl Client {
             idempotency_key: key,
             replayed: answer
                 .headers
-                .get("idempotent-replayed")
+                .get(paths::headers::IDEMPOTENT_REPLAYED)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true")),
         })
     }
@@ -523,14 +518,12 @@ impl Client {
 
     /// `GET /v1/opscore/sessions/{sessionId}`.
     pub async fn session(&self, session_id: &str) -> Result<SessionDetail, Error> {
-        self.send(&Call::get(&["v1", "opscore", "sessions", session_id]))
-            .await?
-            .decode()
+        self.send(&Call::get(paths::SESSION, &[session_id])).await?.decode()
     }
 
     /// `GET /v1/opscore/agent/{agentId}/sessions`.
     pub async fn list_sessions(&self, agent_id: &str, page: &PageOpts) -> Result<Page<SessionSummary>, Error> {
-        self.send(&Call::get(&["v1", "opscore", "agent", agent_id, "sessions"]).page(page))
+        self.send(&Call::get(paths::AGENT_SESSIONS, &[agent_id]).page(page))
             .await?
             .decode()
     }
@@ -538,10 +531,7 @@ impl Client {
     /// `POST /v1/opscore/sessions/{sessionId}/cancel` (never retried). A session that already
     /// ended answers [`Error::Conflict`].
     pub async fn cancel_session(&self, session_id: &str) -> Result<SessionDetail, Error> {
-        let call = Call::post(
-            &["v1", "opscore", "sessions", session_id, "cancel"],
-            Idempotency::NotIdempotent,
-        );
+        let call = Call::post(paths::SESSION_CANCEL, &[session_id], Idempotency::NotIdempotent);
         self.send(&call).await?.decode()
     }
 

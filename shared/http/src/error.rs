@@ -1,7 +1,8 @@
 //! The HTTP layer's error, and the one place where errors become status codes and JSON bodies.
 
-use crate::request::ApiResponse;
-use http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use opscore_core::AppError;
 use opscore_core::workflow::Problem;
 use serde::Serialize;
@@ -89,9 +90,12 @@ impl HttpError {
         }
     }
 
-    pub fn into_response(self) -> ApiResponse {
+    /// The status, headers and JSON body of this error: the one place an error becomes HTTP.
+    /// [`IntoResponse::into_response`] wraps it (and logs the refusal); the local stack's
+    /// protocol-error wrapper writes it on the socket itself.
+    pub fn to_parts(&self) -> (StatusCode, HeaderMap, Bytes) {
         let status = self.status();
-        let errors = match &self {
+        let errors = match self {
             HttpError::App(AppError::Invalid { problems, .. }) => problems.clone(),
             _ => Vec::new(),
         };
@@ -100,18 +104,41 @@ impl HttpError {
             code: self.code(),
             errors,
         };
-        let mut resp = ApiResponse::json(status, &body);
-        match &self {
-            HttpError::Unauthorized(_) => resp = resp.with_header("www-authenticate", "Bearer"),
+        let body =
+            serde_json::to_vec(&body).unwrap_or_else(|_| br#"{"detail":"response serialisation failed"}"#.to_vec());
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        match self {
+            HttpError::Unauthorized(_) => {
+                headers.insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
             HttpError::App(AppError::Unavailable(_)) | HttpError::NotConfigured(_) => {
-                resp = resp.with_header("retry-after", "1")
+                headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             HttpError::MethodNotAllowed { allowed, .. } => {
                 let allow = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
-                resp = resp.with_header("allow", &allow)
+                if let Ok(v) = HeaderValue::from_str(&allow) {
+                    headers.insert(http::header::ALLOW, v);
+                }
             }
             _ => {}
         }
+        (status, headers, body.into())
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(status = status.as_u16(), error = %self, "request failed");
+        } else {
+            tracing::info!(status = status.as_u16(), code = self.code(), error = %self, "request refused");
+        }
+        let (status, headers, body) = self.to_parts();
+        let mut resp = Response::new(axum::body::Body::from(body));
+        *resp.status_mut() = status;
+        *resp.headers_mut() = headers;
         resp
     }
 }

@@ -1,15 +1,46 @@
-//! Ops-Core's HTTP surface and runtime wiring, shared by the three Lambda functions and the local
-//! stack: the state API and notify webhook handlers, the AgentKit client, and the adapters from
-//! Lambda events to the core.
+//! Ops-Core's HTTP surface, shared by the Lambda functions and the local stack: one axum
+//! [`Router`](axum::Router) for the state API and the notify webhook ([`router()`]), its typed
+//! extractors, bearer and HMAC authentication, errors → HTTP in one place
+//! ([`HttpError`](error::HttpError)), and the OpenAPI document collected from the routes.
+//!
+//! It does not know where the data lives: the store comes in through the core's [`App`]
+//! (opscore-lambda wires DynamoDB on Lambda, the local stack its own store).
+//!
+//! [`App`]: opscore_core::app::App
 
-pub mod agentkit;
-pub mod api;
 pub mod auth;
 pub mod error;
-pub mod lambda;
+pub mod extract;
+mod layers;
 pub mod openapi;
-pub mod request;
+pub mod router;
+pub mod state;
+pub mod trigger;
 pub mod webhook;
 
-pub use api::{Api, Surface};
-pub use request::{ApiRequest, ApiResponse};
+pub use layers::{HttpRouter, RouterFuture};
+pub use router::{Api, Surface, document, router};
+
+/// JSON logs by default (CloudWatch), plain text when `OPSCORE_LOG_FORMAT=text`; level from
+/// `RUST_LOG` (default info). Keys and secrets are never logged (they are [`Secret`]s).
+///
+/// [`Secret`]: opscore_core::config::Secret
+pub fn init_tracing(json_logs: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_target(false);
+    let _ = if json_logs {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .without_time()
+            .try_init()
+    } else {
+        builder.try_init()
+    };
+}

@@ -1,10 +1,14 @@
 //! `POST /v1/opscore/internal/agent/notify`: AgentKit's signed registration webhook.
 
-use crate::api::json_body;
 use crate::auth;
-use crate::error::HttpError;
-use crate::request::{ApiRequest, ApiResponse};
-use http::StatusCode;
+use crate::error::{ErrorBody, HttpError};
+use crate::extract::{Body, MAX_BODY_BYTES, json_value as json_body};
+use crate::router::{Api, json};
+use axum::extract::{FromRequest, Request, State};
+use axum::response::Response;
+use http::{HeaderMap, StatusCode};
+use opscore_api::Accepted;
+use opscore_api::paths::{self, headers};
 use opscore_core::agent::AgentDetails;
 use opscore_core::app::{App, after};
 use opscore_core::config::Config;
@@ -20,18 +24,33 @@ pub enum Event {
     Deregister(AgentId),
 }
 
-pub async fn handle(app: &App, config: &Config, req: &ApiRequest) -> Result<ApiResponse, HttpError> {
+#[utoipa::path(post, path = paths::NOTIFY,
+    params(("X-AgentKit-Timestamp" = String, Header, description = "Unix seconds"),
+           ("X-AgentKit-Signature" = String, Header, description = "hex HMAC-SHA256(secret, timestamp + '.' + raw body)")),
+    request_body(content = Object, description = "AgentKit REGISTER / DEREGISTER event"),
+    responses((status = 200, body = Accepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(crate) async fn notify(State(api): State<std::sync::Arc<Api>>, req: Request) -> Result<Response, HttpError> {
+    // The headers by reference (no copy of the map), then the body.
+    let (parts, body) = req.into_parts();
+    let Body(body) = Body::<MAX_BODY_BYTES>::from_request(Request::new(body), &()).await?;
+    handle(&api.app, &api.config, &parts.headers, &body).await
+}
+
+/// Verifies, parses and applies one delivery (a replay is answered 200 and has no effect).
+pub async fn handle(app: &App, config: &Config, headers: &HeaderMap, body: &[u8]) -> Result<Response, HttpError> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let now = app.now();
-    let signature = req.header("x-agentkit-signature");
+    let signature = header(headers::AGENTKIT_SIGNATURE);
     auth::verify_webhook(
         signature,
-        req.header("x-agentkit-timestamp"),
-        &req.body,
+        header(headers::AGENTKIT_TIMESTAMP),
+        body,
         &config.webhook_secrets,
         now,
         config.webhook_tolerance,
     )?;
-    let event = parse_event(&req.body)?;
+    let event = parse_event(body)?;
     // A byte-identical delivery has the same signature. Remember it for twice the window (past
     // which the timestamp check refuses it anyway), so a replay has no second effect.
     let delivery_id = signature.unwrap_or_default().trim().to_ascii_lowercase();
@@ -43,7 +62,7 @@ pub async fn handle(app: &App, config: &Config, req: &ApiRequest) -> Result<ApiR
         Ok(()) => {}
         Err(CommitError::Conflict { .. }) => {
             tracing::info!("duplicate webhook delivery ignored");
-            return Ok(ApiResponse::json(
+            return Ok(json(
                 StatusCode::OK,
                 &json!({"status":"success","message":"Duplicate delivery ignored"}),
             ));
@@ -63,7 +82,7 @@ pub async fn handle(app: &App, config: &Config, req: &ApiRequest) -> Result<ApiR
     result
 }
 
-async fn apply(app: &App, event: Event) -> Result<ApiResponse, HttpError> {
+async fn apply(app: &App, event: Event) -> Result<Response, HttpError> {
     match event {
         Event::Register(details) => {
             let id = details.agent_id.clone();
@@ -75,7 +94,7 @@ async fn apply(app: &App, event: Event) -> Result<ApiResponse, HttpError> {
                 RegisterOutcome::Updated(_) => "updated",
             };
             tracing::info!(outcome = what, "agent registered");
-            Ok(ApiResponse::json(
+            Ok(json(
                 StatusCode::OK,
                 &json!({"status":"success","message":format!("Agent {id} registered successfully."),"outcome":what}),
             ))
@@ -89,7 +108,7 @@ async fn apply(app: &App, event: Event) -> Result<ApiResponse, HttpError> {
                 other => HttpError::App(other),
             })?;
             tracing::info!("agent deregistered");
-            Ok(ApiResponse::json(
+            Ok(json(
                 StatusCode::OK,
                 &json!({"status":"success","message":format!("Agent {id} deregistered successfully.")}),
             ))

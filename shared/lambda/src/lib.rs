@@ -1,13 +1,14 @@
-//! Lambda wiring: builds clients once in `main`, lends them to the handlers, and converts
-//! Lambda events to and from the core's types.
+//! The Lambda wiring of the three functions, with the DynamoDB store: what `functions/*/src/main.rs`
+//! put together (configuration, store, core, then the router or the runner).
+//!
+//! The HTTP router itself is `opscore_http::router`, served by `lambda_http::run`; this crate only
+//! adds what needs AWS: the store, the stream-batch handler, and the Lambda request id.
 
-use crate::agentkit::AgentKitClient;
-use crate::api::{Api, Surface};
-use crate::request::{ApiRequest, ApiResponse, parse_query};
 use aws_lambda_events::event::dynamodb::Event as StreamEvent;
 use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
-use lambda_http::{Body, RequestExt};
-use opscore_core::app::{App, Settings};
+use lambda_http::RequestExt;
+use opscore_agentkit::AgentKitClient;
+use opscore_core::app::Settings;
 use opscore_core::config::{Config, names};
 use opscore_core::runner::{CONCURRENT_AGENTS, Runner, by_agent};
 use opscore_core::store::Store;
@@ -16,30 +17,6 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 
 pub type Error = lambda_runtime::Error;
-
-/// JSON logs by default (CloudWatch), plain text when `OPSCORE_LOG_FORMAT=text`; level from
-/// `RUST_LOG` (default info). Keys and secrets are never logged (they are [`Secret`]s).
-///
-/// [`Secret`]: opscore_core::config::Secret
-pub fn init_tracing(json_logs: bool) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false)
-        .with_target(false);
-    let _ = if json_logs {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .without_time()
-            .try_init()
-    } else {
-        builder.try_init()
-    };
-}
 
 /// The DynamoDB store named by the configuration (`OPSCORE_TABLE_NAME`, optional `OPSCORE_DDB_ENDPOINT`).
 pub async fn dynamo_store(config: &Config) -> Result<Arc<dyn Store>, Error> {
@@ -51,74 +28,33 @@ pub async fn dynamo_store(config: &Config) -> Result<Arc<dyn Store>, Error> {
     Ok(Arc::new(opscore_dynamo::DynamoStore::new(client, table)))
 }
 
-fn settings(config: &Config) -> Settings {
+/// The use cases' settings from the configuration.
+pub fn settings(config: &Config) -> Settings {
     Settings {
         history_retention: config.history_retention,
         ..Settings::default()
     }
 }
 
-pub fn from_lambda(req: lambda_http::Request) -> ApiRequest {
-    let request_id = req
-        .lambda_context_ref()
-        .map(|c| c.request_id.clone())
-        .unwrap_or_default();
-    let (parts, body) = req.into_parts();
-    let body = match body {
-        Body::Empty => bytes::Bytes::new(),
-        Body::Text(s) => bytes::Bytes::from(s),
-        Body::Binary(b) => bytes::Bytes::from(b),
-        _ => bytes::Bytes::new(),
-    };
-    ApiRequest {
-        method: parts.method,
-        path: parts.uri.path().to_owned(),
-        query: parse_query(parts.uri.query().unwrap_or("")),
-        headers: parts.headers,
-        body,
-        request_id: if request_id.is_empty() {
-            uuid::Uuid::new_v4().to_string()
-        } else {
-            request_id
-        },
+/// The router with each request's `x-request-id` set to the Lambda request id (so the request's
+/// log lines carry the id CloudWatch and API Gateway show).
+pub fn with_lambda_request_id<S>(
+    service: S,
+) -> tower::util::MapRequest<S, fn(lambda_http::Request) -> lambda_http::Request> {
+    fn set(mut req: lambda_http::Request) -> lambda_http::Request {
+        let id = req
+            .lambda_context_ref()
+            .and_then(|c| http::HeaderValue::from_str(&c.request_id).ok())
+            .filter(|v| !v.is_empty());
+        if let Some(id) = id {
+            req.headers_mut().insert("x-request-id", id);
+        }
+        req
     }
+    tower::util::MapRequest::new(service, set as fn(_) -> _)
 }
 
-pub fn to_lambda(resp: ApiResponse) -> lambda_http::Response<Body> {
-    let mut r = lambda_http::Response::new(Body::Text(String::from_utf8_lossy(&resp.body).into_owned()));
-    *r.status_mut() = resp.status;
-    *r.headers_mut() = resp.headers;
-    r
-}
-
-/// `main` of the state API and notify webhook functions.
-pub async fn run_http(surface: Surface) -> Result<(), Error> {
-    let config = Config::from_env()?;
-    init_tracing(config.json_logs);
-    let store = dynamo_store(&config).await?;
-    let app = App::new(store, Arc::new(SystemClock), settings(&config));
-    let api = Arc::new(Api::new(app, config, surface));
-    lambda_http::run(lambda_http::service_fn(move |req: lambda_http::Request| {
-        let api = api.clone();
-        async move { Ok::<_, std::convert::Infallible>(to_lambda(api.handle(from_lambda(req)).await)) }
-    }))
-    .await
-}
-
-/// `main` of the workflow runner function.
-pub async fn run_runner() -> Result<(), Error> {
-    let config = Config::from_env()?;
-    init_tracing(config.json_logs);
-    let runner = Arc::new(runner_from_config(&config, dynamo_store(&config).await?)?);
-    lambda_runtime::run(lambda_runtime::service_fn(
-        move |event: lambda_runtime::LambdaEvent<Value>| {
-            let runner = runner.clone();
-            async move { handle_runner_event(&runner, event.payload).await }
-        },
-    ))
-    .await
-}
-
+/// The runner of the configuration: dispatching to `AGENTKIT_API_URL`.
 pub fn runner_from_config(config: &Config, store: Arc<dyn Store>) -> Result<Runner, Error> {
     let url = config
         .agentkit_api_url

@@ -1,0 +1,104 @@
+//! `POST /v1/opscore/agent/{agentId}/workflow`: the body ([`opscore_api::TriggerRequest`] on the
+//! wire) read into what the use case takes, with the same 422s as ever.
+
+use crate::error::HttpError;
+use crate::extract::{FromJson, json_value};
+use crate::state::summarise;
+use opscore_core::app::DefinitionSource;
+use opscore_core::ids::{WorkflowId, WorkflowVersion};
+use opscore_core::workflow::{Problem, WorkflowDefinition};
+use serde_json::{Map, Value};
+
+/// A trigger's body: a stored definition (and version) or an inline one, and the payload.
+pub struct Trigger {
+    pub source: DefinitionSource,
+    pub payload: Option<Value>,
+}
+
+impl FromJson for Trigger {
+    fn from_json(body: &[u8]) -> Result<Self, HttpError> {
+        let v = json_value(body)?;
+        let Value::Object(mut obj) = v else {
+            return Err(HttpError::invalid(
+                "request body must be a JSON object",
+                vec![Problem::new("", "must be an object")],
+            ));
+        };
+        let take = |o: &mut Map<String, Value>, k: &str| o.remove(k).filter(|v| !v.is_null());
+        let id = take(&mut obj, "workflowDefinitionId");
+        let inline = take(&mut obj, "workflowDefinition");
+        let version = take(&mut obj, "workflowVersion");
+        let payload = take(&mut obj, "initialPayload");
+        let source = match (id, inline) {
+            (Some(_), Some(_)) | (None, None) => {
+                let p = vec![Problem::new(
+                    "workflowDefinitionId",
+                    "give exactly one of workflowDefinitionId and workflowDefinition",
+                )];
+                return Err(HttpError::invalid(
+                    "give exactly one of workflowDefinitionId and workflowDefinition",
+                    p,
+                ));
+            }
+            (Some(Value::String(id)), None) => {
+                let id = WorkflowId::parse(id).map_err(|e| {
+                    HttpError::invalid(
+                        format!("workflowDefinitionId: {e}"),
+                        vec![Problem::new("workflowDefinitionId", e.to_string())],
+                    )
+                })?;
+                let version = match version {
+                    None => None,
+                    Some(Value::String(v)) => Some(WorkflowVersion::parse(v).map_err(|e| {
+                        HttpError::invalid(
+                            format!("workflowVersion: {e}"),
+                            vec![Problem::new("workflowVersion", e.to_string())],
+                        )
+                    })?),
+                    Some(_) => {
+                        return Err(HttpError::invalid(
+                            "workflowVersion must be a string",
+                            vec![Problem::new("workflowVersion", "must be a string")],
+                        ));
+                    }
+                };
+                DefinitionSource::Stored { id, version }
+            }
+            (Some(_), None) => {
+                return Err(HttpError::invalid(
+                    "workflowDefinitionId must be a string",
+                    vec![Problem::new("workflowDefinitionId", "must be a string")],
+                ));
+            }
+            (None, Some(def)) => {
+                let def = WorkflowDefinition::from_value(def).map_err(|p| {
+                    let p: Vec<Problem> = p
+                        .into_iter()
+                        .map(|p| {
+                            Problem::new(
+                                if p.field.is_empty() {
+                                    "workflowDefinition".into()
+                                } else {
+                                    format!("workflowDefinition.{}", p.field)
+                                },
+                                p.message,
+                            )
+                        })
+                        .collect();
+                    HttpError::invalid(summarise("workflowDefinition is invalid", &p), p)
+                })?;
+                DefinitionSource::Inline(Box::new(def))
+            }
+        };
+        match &payload {
+            None | Some(Value::Object(_)) => {}
+            Some(_) => {
+                return Err(HttpError::invalid(
+                    "initialPayload must be an object",
+                    vec![Problem::new("initialPayload", "must be an object")],
+                ));
+            }
+        }
+        Ok(Trigger { source, payload })
+    }
+}
