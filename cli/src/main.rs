@@ -6,7 +6,7 @@ mod watch;
 
 use clap::{Args, Parser, Subcommand};
 use fail::Failure;
-use opscore_api::Page;
+use opscore_api::PageView;
 use opscore_client::{Client, DefinitionBody, Error, PageOpts};
 use opscore_core::workflow::WorkflowDefinition;
 use serde::Serialize;
@@ -326,10 +326,10 @@ async fn session(ctx: &Ctx, cmd: SessionCmd) -> Result<u8, Failure> {
 
 /// Fetches pages until `max` items or the last page. The result is one page in the API's shape:
 /// `nextCursor` is set when there is more than was fetched.
-async fn collect<T, F, Fut>(max: usize, mut fetch: F) -> Result<Page<T>, Error>
+async fn collect<T, F, Fut>(max: usize, mut fetch: F) -> Result<PageView<T>, Error>
 where
     F: FnMut(PageOpts) -> Fut,
-    Fut: Future<Output = Result<Page<T>, Error>>,
+    Fut: Future<Output = Result<PageView<T>, Error>>,
 {
     let mut items = Vec::new();
     let mut cursor = None;
@@ -344,7 +344,7 @@ where
         items.extend(page.items);
         match page.next_cursor {
             Some(c) if items.len() < max && !empty => cursor = Some(c),
-            next_cursor => return Ok(Page { items, next_cursor }),
+            next_cursor => return Ok(PageView { items, next_cursor }),
         }
     }
 }

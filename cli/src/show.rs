@@ -2,8 +2,8 @@
 
 use comfy_table::{ContentArrangement, Table, presets};
 use opscore_api::{
-    AgentStateView, AgentView, HistoryItem, Page, SessionDetail, SessionSummary, StateUpdateAccepted, TaskView,
-    TriggerResponse, WorkflowSummary, WorkflowView,
+    AgentStateView, AgentView, HistoryEntryView, PageView, SessionDetail, SessionSummary, StateUpdateAccepted,
+    TaskView, TriggerResponse, WorkflowSummary, WorkflowView,
 };
 use serde_json::{Map, Value};
 
@@ -58,7 +58,7 @@ fn details(d: Option<&Map<String, Value>>, max: usize) -> String {
     }
 }
 
-fn more<T>(p: &Page<T>, what: &str) -> String {
+fn more<T>(p: &PageView<T>, what: &str) -> String {
     if p.next_cursor.is_some() {
         format!("\n(showing the first {} {what}; there are more)", p.items.len())
     } else {
@@ -66,7 +66,7 @@ fn more<T>(p: &Page<T>, what: &str) -> String {
     }
 }
 
-pub fn agents(p: &Page<AgentView>, state: Option<&str>) -> String {
+pub fn agents(p: &PageView<AgentView>, state: Option<&str>) -> String {
     if p.items.is_empty() {
         return match state {
             Some(s) => format!("No agents in state {s}."),
@@ -144,7 +144,7 @@ pub fn state(s: &AgentStateView) -> String {
     ])
 }
 
-pub fn history(p: &Page<HistoryItem>, agent_id: &str) -> String {
+pub fn history(p: &PageView<HistoryEntryView>, agent_id: &str) -> String {
     if p.items.is_empty() {
         return format!("No state reports for agent {agent_id}.");
     }
@@ -175,7 +175,7 @@ pub fn reported(r: &StateUpdateAccepted, agent_id: &str, state: &str) -> String 
     }
 }
 
-pub fn workflows(p: &Page<WorkflowSummary>) -> String {
+pub fn workflows(p: &PageView<WorkflowSummary>) -> String {
     if p.items.is_empty() {
         return "No workflow definitions.".into();
     }
@@ -262,7 +262,7 @@ pub fn triggered(t: &TriggerResponse, agent_id: &str, replayed: bool) -> String 
     )
 }
 
-pub fn sessions(p: &Page<SessionSummary>, agent_id: &str) -> String {
+pub fn sessions(p: &PageView<SessionSummary>, agent_id: &str) -> String {
     if p.items.is_empty() {
         return format!("No sessions for agent {agent_id}.");
     }

@@ -18,11 +18,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
-pub type Reply = Pin<Box<dyn Future<Output = hyper::Response<Full<Bytes>>> + Send>>;
-pub type Handler = Arc<dyn Fn(hyper::Request<Incoming>) -> Reply + Send + Sync>;
+pub type ReplyFuture = Pin<Box<dyn Future<Output = hyper::Response<Full<Bytes>>> + Send>>;
+pub type RequestHandler = Arc<dyn Fn(hyper::Request<Incoming>) -> ReplyFuture + Send + Sync>;
 
 /// Serves `handler` on `listener` (HTTP/1.1, keep-alive) until the task is aborted.
-pub fn serve(listener: TcpListener, handler: Handler) -> tokio::task::JoinHandle<()> {
+pub fn serve(listener: TcpListener, handler: RequestHandler) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -109,7 +109,7 @@ impl Fakes {
             .build()
             .map_err(std::io::Error::other)?;
         let s = sessions.clone();
-        let handler: Handler = Arc::new(move |req: hyper::Request<Incoming>| {
+        let handler: RequestHandler = Arc::new(move |req: hyper::Request<Incoming>| {
             let (s, forward, agents, opscore, key, rec) = (
                 s.clone(),
                 forward.clone(),

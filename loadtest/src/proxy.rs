@@ -4,7 +4,7 @@
 //! own `request_counts()` cannot be reached from here; counting on the wire gives the same numbers
 //! (plus the stream reader's calls, which the store's counters do not see).
 
-use crate::fake::{Handler, serve};
+use crate::fake::{RequestHandler, serve};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -36,7 +36,7 @@ impl CountingProxy {
             .build()
             .map_err(std::io::Error::other)?;
         let c = counts.clone();
-        let handler: Handler = Arc::new(move |req: hyper::Request<Incoming>| {
+        let handler: RequestHandler = Arc::new(move |req: hyper::Request<Incoming>| {
             let (c, client, upstream) = (c.clone(), client.clone(), upstream.clone());
             Box::pin(async move {
                 let (parts, body) = req.into_parts();

@@ -5,11 +5,11 @@ use opscore_core::app::App;
 use opscore_core::config::Config;
 use opscore_core::time::SystemClock;
 use opscore_http::{Surface, init_tracing, router};
-use opscore_lambda::{Error, dynamo_store, settings, with_lambda_request_id};
+use opscore_lambda::{LambdaError, dynamo_store, settings, with_lambda_request_id};
 use std::sync::Arc;
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
+async fn main() -> Result<(), LambdaError> {
     let config = Config::from_env()?;
     init_tracing(config.json_logs);
     let store = dynamo_store(&config).await?;

@@ -4,12 +4,12 @@
 use lambda_runtime::{LambdaEvent, service_fn};
 use opscore_core::config::Config;
 use opscore_http::init_tracing;
-use opscore_lambda::{Error, dynamo_store, handle_runner_event, runner_from_config};
+use opscore_lambda::{LambdaError, dynamo_store, handle_runner_event, runner_from_config};
 use serde_json::Value;
 use std::sync::Arc;
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
+async fn main() -> Result<(), LambdaError> {
     let config = Config::from_env()?;
     init_tracing(config.json_logs);
     let runner = Arc::new(runner_from_config(&config, dynamo_store(&config).await?)?);

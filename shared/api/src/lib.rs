@@ -119,7 +119,7 @@ impl From<&Agent> for AgentView {
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct HistoryItem {
+pub struct HistoryEntryView {
     pub state: String,
     #[schema(value_type = Option<Object>)]
     pub details: Option<Map<String, Value>>,
@@ -131,7 +131,7 @@ pub struct HistoryItem {
     pub applied: bool,
 }
 
-impl From<&HistoryEntry> for HistoryItem {
+impl From<&HistoryEntry> for HistoryEntryView {
     fn from(h: &HistoryEntry) -> Self {
         Self {
             state: h.state.to_string(),
@@ -146,7 +146,7 @@ impl From<&HistoryEntry> for HistoryItem {
 /// A page of results; pass `nextCursor` back as `cursor` for the next one.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct Page<T> {
+pub struct PageView<T> {
     pub items: Vec<T>,
     pub next_cursor: Option<String>,
 }

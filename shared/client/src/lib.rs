@@ -2,7 +2,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), opscore_client::Error> {
-//! use opscore_client::{Client, IdempotencyKey};
+//! use opscore_client::{Client, TriggerKey};
 //! let client = Client::builder("https://abc.execute-api.eu-west-1.amazonaws.com/prod")
 //!     .api_key("my-key")
 //!     .build()?;
@@ -26,12 +26,12 @@ pub mod retry;
 
 pub use error::{Error, FieldError};
 pub use opscore_api as api;
-pub use retry::{Idempotency, RetryPolicy};
+pub use retry::{Idempotency, RequestRetryPolicy};
 
 use bytes::Bytes;
 use opscore_api::paths;
 use opscore_api::{
-    AgentStateView, AgentView, Health, HistoryItem, Page, SessionDetail, SessionSummary, StateUpdateAccepted,
+    AgentStateView, AgentView, Health, HistoryEntryView, PageView, SessionDetail, SessionSummary, StateUpdateAccepted,
     StateUpdateRequest, TriggerRequest, TriggerResponse, WorkflowSummary, WorkflowView,
 };
 use opscore_core::workflow::WorkflowDefinition;
@@ -77,7 +77,7 @@ pub struct Created<T> {
 
 /// What a trigger answered, with the key it was sent with.
 #[derive(Debug)]
-pub struct Triggered {
+pub struct TriggerReply {
     pub response: TriggerResponse,
     /// The `Idempotency-Key` the request carried, if any (the generated one by default).
     pub idempotency_key: Option<String>,
@@ -87,7 +87,7 @@ pub struct Triggered {
 
 /// The `Idempotency-Key` of a trigger.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum IdempotencyKey {
+pub enum TriggerKey {
     /// A fresh UUID v4 per call (the default): the call is retried safely.
     #[default]
     Generate,
@@ -141,7 +141,7 @@ pub struct ClientBuilder {
     api_key: Option<String>,
     timeout: Duration,
     connect_timeout: Duration,
-    retry: RetryPolicy,
+    retry: RequestRetryPolicy,
     user_agent: String,
 }
 
@@ -160,7 +160,7 @@ impl ClientBuilder {
         self.connect_timeout = t;
         self
     }
-    pub fn retry(mut self, p: RetryPolicy) -> Self {
+    pub fn retry(mut self, p: RequestRetryPolicy) -> Self {
         self.retry = p;
         self
     }
@@ -238,7 +238,7 @@ pub struct Client {
     base: Url,
     auth: Option<HeaderValue>,
     timeout: Duration,
-    retry: RetryPolicy,
+    retry: RequestRetryPolicy,
 }
 
 impl fmt::Debug for Client {
@@ -332,7 +332,7 @@ impl Client {
             api_key: None,
             timeout: DEFAULT_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            retry: RetryPolicy::default(),
+            retry: RequestRetryPolicy::default(),
             user_agent: USER_AGENT.into(),
         }
     }
@@ -373,7 +373,7 @@ impl Client {
     // ----- agents and their state -----
 
     /// `GET /v1/opscore/agents[?state=S]`.
-    pub async fn list_agents(&self, state: Option<&str>, page: &PageOpts) -> Result<Page<AgentView>, Error> {
+    pub async fn list_agents(&self, state: Option<&str>, page: &PageOpts) -> Result<PageView<AgentView>, Error> {
         let mut call = Call::get(paths::AGENTS, &[]).page(page);
         if let Some(s) = state {
             call.query.insert(0, ("state", s.to_owned()));
@@ -392,7 +392,7 @@ impl Client {
     }
 
     /// `GET /v1/opscore/agent/{agentId}/state/history`, newest first.
-    pub async fn state_history(&self, agent_id: &str, page: &PageOpts) -> Result<Page<HistoryItem>, Error> {
+    pub async fn state_history(&self, agent_id: &str, page: &PageOpts) -> Result<PageView<HistoryEntryView>, Error> {
         let call = Call::get(paths::AGENT_STATE_HISTORY, &[agent_id]).page(page);
         self.send(&call).await?.decode()
     }
@@ -441,7 +441,7 @@ impl Client {
     }
 
     /// `GET /v1/opscore/workflows`.
-    pub async fn list_workflows(&self, page: &PageOpts) -> Result<Page<WorkflowSummary>, Error> {
+    pub async fn list_workflows(&self, page: &PageOpts) -> Result<PageView<WorkflowSummary>, Error> {
         self.send(&Call::get(paths::WORKFLOWS, &[]).page(page)).await?.decode()
     }
 
@@ -458,11 +458,11 @@ impl Client {
 
     /// `POST /v1/opscore/agent/{agentId}/workflow`. Retried on transient errors only when the
     /// request carries an `Idempotency-Key` (the generated one by default).
-    pub async fn trigger(&self, agent_id: &str, req: &TriggerRequest, key: IdempotencyKey) -> Result<Triggered, Error> {
+    pub async fn trigger(&self, agent_id: &str, req: &TriggerRequest, key: TriggerKey) -> Result<TriggerReply, Error> {
         let key = match key {
-            IdempotencyKey::Generate => Some(uuid::Uuid::new_v4().to_string()),
-            IdempotencyKey::Use(k) => Some(k),
-            IdempotencyKey::Omit => None,
+            TriggerKey::Generate => Some(uuid::Uuid::new_v4().to_string()),
+            TriggerKey::Use(k) => Some(k),
+            TriggerKey::Omit => None,
         };
         let idempotency = if key.is_some() {
             Idempotency::Idempotent
@@ -474,7 +474,7 @@ impl Client {
             call.headers.push((IDEMPOTENCY_KEY_HEADER, k.clone()));
         }
         let answer = self.send(&call).await?;
-        Ok(Triggered {
+        Ok(TriggerReply {
             response: answer.decode()?,
             idempotency_key: key,
             replayed: answer
@@ -490,14 +490,14 @@ impl Client {
         agent_id: &str,
         workflow_id: &str,
         initial_payload: Option<Value>,
-    ) -> Result<Triggered, Error> {
+    ) -> Result<TriggerReply, Error> {
         let req = TriggerRequest {
             workflow_definition_id: Some(workflow_id.to_owned()),
             workflow_version: None,
             workflow_definition: None,
             initial_payload,
         };
-        self.trigger(agent_id, &req, IdempotencyKey::Generate).await
+        self.trigger(agent_id, &req, TriggerKey::Generate).await
     }
 
     /// Starts an inline definition with a generated `Idempotency-Key`.
@@ -506,14 +506,14 @@ impl Client {
         agent_id: &str,
         definition: WorkflowDefinition,
         initial_payload: Option<Value>,
-    ) -> Result<Triggered, Error> {
+    ) -> Result<TriggerReply, Error> {
         let req = TriggerRequest {
             workflow_definition_id: None,
             workflow_version: None,
             workflow_definition: Some(definition),
             initial_payload,
         };
-        self.trigger(agent_id, &req, IdempotencyKey::Generate).await
+        self.trigger(agent_id, &req, TriggerKey::Generate).await
     }
 
     /// `GET /v1/opscore/sessions/{sessionId}`.
@@ -522,7 +522,7 @@ impl Client {
     }
 
     /// `GET /v1/opscore/agent/{agentId}/sessions`.
-    pub async fn list_sessions(&self, agent_id: &str, page: &PageOpts) -> Result<Page<SessionSummary>, Error> {
+    pub async fn list_sessions(&self, agent_id: &str, page: &PageOpts) -> Result<PageView<SessionSummary>, Error> {
         self.send(&Call::get(paths::AGENT_SESSIONS, &[agent_id]).page(page))
             .await?
             .decode()

@@ -14,14 +14,14 @@ pub enum Idempotency {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RetryPolicy {
+pub struct RequestRetryPolicy {
     /// Retries after the first try (so `max_retries + 1` tries in all).
     pub max_retries: u32,
     pub base_delay: Duration,
     pub max_delay: Duration,
 }
 
-impl Default for RetryPolicy {
+impl Default for RequestRetryPolicy {
     /// 3 retries: about 0.2 s, 0.4 s, 0.8 s ceilings.
     fn default() -> Self {
         Self {
@@ -32,9 +32,9 @@ impl Default for RetryPolicy {
     }
 }
 
-impl RetryPolicy {
+impl RequestRetryPolicy {
     /// Never retries.
-    pub const NONE: RetryPolicy = RetryPolicy {
+    pub const NONE: RequestRetryPolicy = RequestRetryPolicy {
         max_retries: 0,
         base_delay: Duration::ZERO,
         max_delay: Duration::ZERO,
@@ -71,7 +71,7 @@ mod tests {
 
     #[test]
     fn only_idempotent_calls_retry_and_only_on_transient_errors() {
-        let p = RetryPolicy::default();
+        let p = RequestRetryPolicy::default();
         let net = Error::Network {
             url: "u".into(),
             message: "refused".into(),
@@ -91,16 +91,16 @@ mod tests {
 
     #[test]
     fn retries_are_bounded() {
-        let p = RetryPolicy::default();
+        let p = RequestRetryPolicy::default();
         let e = server(503);
         assert!(p.should_retry(Idempotency::Idempotent, &e, 3));
         assert!(!p.should_retry(Idempotency::Idempotent, &e, 4), "3 retries = 4 tries");
-        assert!(!RetryPolicy::NONE.should_retry(Idempotency::Idempotent, &e, 1));
+        assert!(!RequestRetryPolicy::NONE.should_retry(Idempotency::Idempotent, &e, 1));
     }
 
     #[test]
     fn backoff_grows_exponentially_with_full_jitter_and_a_cap() {
-        let p = RetryPolicy {
+        let p = RequestRetryPolicy {
             max_retries: 10,
             base_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(1),

@@ -163,7 +163,7 @@ async fn fake(script: &[(u16, &str)], fallback: &str) -> (String, Arc<Fake>) {
 fn fast_client(base: &str) -> Client {
     Client::builder(base)
         .api_key("k1")
-        .retry(RetryPolicy {
+        .retry(RequestRetryPolicy {
             max_retries: 3,
             base_delay: Duration::from_millis(1),
             max_delay: Duration::from_millis(5),
@@ -276,7 +276,7 @@ async fn triggers_without_a_key_never_retry() {
         initial_payload: None,
     };
     let err = fast_client(&base)
-        .trigger("a", &req, IdempotencyKey::Omit)
+        .trigger("a", &req, TriggerKey::Omit)
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Server { status: 503, .. }));
@@ -386,7 +386,7 @@ async fn a_silent_server_is_a_timeout_and_idempotent_calls_retry_it() {
     });
     let c = Client::builder(format!("http://{addr}"))
         .timeout(Duration::from_millis(150))
-        .retry(RetryPolicy {
+        .retry(RequestRetryPolicy {
             max_retries: 2,
             base_delay: Duration::from_millis(1),
             max_delay: Duration::from_millis(2),

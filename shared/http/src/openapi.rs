@@ -13,7 +13,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 #[openapi(
     info(title = "Ops-Core", description = "Operations backbone for AgentKit agents: lifecycle state and multi-step workflows."),
     components(schemas(ErrorBody, Problem, Health, Accepted, StateUpdateRequest, StateUpdateAccepted, AgentStateView, AgentView,
-                       HistoryItem, WorkflowSummary, WorkflowView, WorkflowDefinition, TaskDefinition, RetryPolicy,
+                       HistoryEntryView, WorkflowSummary, WorkflowView, WorkflowDefinition, TaskDefinition, RetryPolicy,
                        TriggerRequest, TriggerResponse, SessionSummary, SessionDetail, TaskView, Attempt, FailureCause, SessionStatus)),
     modifiers(&Bearer, &TriggerOneOf)
 )]

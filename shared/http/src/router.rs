@@ -201,7 +201,7 @@ async fn openapi_json() -> Response {
 #[utoipa::path(get, path = paths::AGENTS, security(("bearer" = [])),
     params(("state" = Option<String>, Query, description = "Only agents currently in this state", min_length = 1, max_length = 64),
            ("limit" = Option<u32>, Query, minimum = 1, maximum = 100), ("cursor" = Option<String>, Query, min_length = 1)),
-    responses((status = 200, body = Page<AgentView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = PageView<AgentView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn list_agents(State(api): State<Arc<Api>>, q: Query) -> Result<Response, HttpError> {
     let page = q.page()?;
     let state = match q.get("state")? {
@@ -213,7 +213,7 @@ async fn list_agents(State(api): State<Arc<Api>>, q: Query) -> Result<Response, 
     let p = api.app.list_agents(state.as_ref(), page).await?;
     Ok(json(
         StatusCode::OK,
-        &Page {
+        &PageView {
             items: p.items.iter().map(AgentView::from).collect(),
             next_cursor: p.next_cursor,
         },
@@ -264,13 +264,13 @@ async fn get_state(State(api): State<Arc<Api>>, AgentIdParam(id): AgentIdParam) 
 
 #[utoipa::path(get, path = paths::AGENT_STATE_HISTORY, security(("bearer" = [])),
     params(("agentId" = String, Path, pattern = "^[A-Za-z0-9._-]{1,128}$"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 100), ("cursor" = Option<String>, Query, min_length = 1)),
-    responses((status = 200, description = "Newest report first", body = Page<HistoryItem>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "Newest report first", body = PageView<HistoryEntryView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn history(State(api): State<Arc<Api>>, AgentIdParam(id): AgentIdParam, q: Query) -> Result<Response, HttpError> {
     let p = api.app.history(&id, q.page()?).await?;
     Ok(json(
         StatusCode::OK,
-        &Page {
-            items: p.items.iter().map(HistoryItem::from).collect(),
+        &PageView {
+            items: p.items.iter().map(HistoryEntryView::from).collect(),
             next_cursor: p.next_cursor,
         },
     ))
@@ -307,7 +307,7 @@ async fn trigger(
 
 #[utoipa::path(get, path = paths::AGENT_SESSIONS, security(("bearer" = [])),
     params(("agentId" = String, Path, pattern = "^[A-Za-z0-9._-]{1,128}$"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 100), ("cursor" = Option<String>, Query, min_length = 1)),
-    responses((status = 200, description = "Newest first", body = Page<SessionSummary>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "Newest first", body = PageView<SessionSummary>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn list_sessions(
     State(api): State<Arc<Api>>,
     AgentIdParam(id): AgentIdParam,
@@ -316,7 +316,7 @@ async fn list_sessions(
     let p = api.app.list_sessions(&id, q.page()?).await?;
     Ok(json(
         StatusCode::OK,
-        &Page {
+        &PageView {
             items: p.items.iter().map(SessionSummary::from).collect(),
             next_cursor: p.next_cursor,
         },
@@ -346,12 +346,12 @@ async fn create_workflow(
 
 #[utoipa::path(get, path = paths::WORKFLOWS, security(("bearer" = [])),
     params(("limit" = Option<u32>, Query, minimum = 1, maximum = 100), ("cursor" = Option<String>, Query, min_length = 1)),
-    responses((status = 200, body = Page<WorkflowSummary>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = PageView<WorkflowSummary>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn list_workflows(State(api): State<Arc<Api>>, q: Query) -> Result<Response, HttpError> {
     let p = api.app.list_workflows(q.page()?).await?;
     Ok(json(
         StatusCode::OK,
-        &Page {
+        &PageView {
             items: p.items.iter().map(WorkflowSummary::from).collect(),
             next_cursor: p.next_cursor,
         },

@@ -16,10 +16,10 @@ use opscore_core::time::SystemClock;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
-pub type Error = lambda_runtime::Error;
+pub type LambdaError = lambda_runtime::Error;
 
 /// The DynamoDB store named by the configuration (`OPSCORE_TABLE_NAME`, optional `OPSCORE_DDB_ENDPOINT`).
-pub async fn dynamo_store(config: &Config) -> Result<Arc<dyn Store>, Error> {
+pub async fn dynamo_store(config: &Config) -> Result<Arc<dyn Store>, LambdaError> {
     let table = config
         .table_name
         .clone()
@@ -55,7 +55,7 @@ pub fn with_lambda_request_id<S>(
 }
 
 /// The runner of the configuration: dispatching to `AGENTKIT_API_URL`.
-pub fn runner_from_config(config: &Config, store: Arc<dyn Store>) -> Result<Runner, Error> {
+pub fn runner_from_config(config: &Config, store: Arc<dyn Store>) -> Result<Runner, LambdaError> {
     let url = config
         .agentkit_api_url
         .as_deref()
@@ -71,7 +71,7 @@ pub fn runner_from_config(config: &Config, store: Arc<dyn Store>) -> Result<Runn
 }
 
 /// A DynamoDB stream batch (→ partial batch failures) or a scheduled event (→ a sweep).
-pub async fn handle_runner_event(runner: &Runner, event: Value) -> Result<Value, Error> {
+pub async fn handle_runner_event(runner: &Runner, event: Value) -> Result<Value, LambdaError> {
     if event.get("Records").is_some() {
         let batch: StreamEvent = serde_json::from_value(event)?;
         let response = handle_stream_batch(runner, &batch).await;
