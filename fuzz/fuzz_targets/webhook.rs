@@ -8,7 +8,8 @@
 use libfuzzer_sys::fuzz_target;
 use opscore_core::config::Secret;
 use opscore_http::auth::{sign, verify_webhook};
-use opscore_http::webhook::{Event, parse_event};
+use opscore_core::delivery::AgentKitEvent;
+use opscore_http::webhook::parse_event;
 use std::time::Duration;
 
 const NOW: i64 = 1_795_474_230;
@@ -43,13 +44,13 @@ fuzz_target!(|data: &[u8]| {
         assert!(verify_webhook(sig.as_deref(), ts.as_deref(), body, &[], now, tol).is_err());
     }
     match parse_event(body) {
-        Ok(Event::Register(d)) => {
+        Ok(AgentKitEvent::Register(d)) => {
             // No accepted agent id is a path segment of its own (issue 13).
             assert!(!matches!(d.agent_id.as_str(), "." | ".."), "{:?}", d.agent_id);
             // What was accepted serialises (it is stored as JSON).
             serde_json::to_vec(&d).expect("details serialise");
         }
-        Ok(Event::Deregister(_)) => {}
+        Ok(AgentKitEvent::Deregister(_)) => {}
         Err(e) => {
             assert!(e.status().is_client_error(), "{e:?}");
             let _ = e.to_parts();

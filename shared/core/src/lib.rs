@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod app;
 pub mod config;
+pub mod delivery;
 pub mod error;
 pub mod ids;
 pub mod memory;

@@ -10,19 +10,14 @@ use http::{HeaderMap, StatusCode};
 use opscore_api::Accepted;
 use opscore_api::paths::{self, headers};
 use opscore_core::agent::AgentDetails;
-use opscore_core::app::{App, after};
+use opscore_core::app::App;
 use opscore_core::config::Config;
+use opscore_core::delivery::{AgentKitEvent, DeliveryOutcome};
 use opscore_core::ids::AgentId;
-use opscore_core::store::{CommitError, RegisterOutcome, Write};
+use opscore_core::store::RegisterOutcome;
 use opscore_core::time::{self, Timestamp};
 use opscore_core::workflow::Problem;
 use serde_json::{Map, Value, json};
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Event {
-    Register(AgentDetails),
-    Deregister(AgentId),
-}
 
 #[utoipa::path(post, path = paths::NOTIFY,
     params(("X-AgentKit-Timestamp" = String, Header, description = "Unix seconds"),
@@ -54,71 +49,45 @@ pub async fn handle(app: &App, config: &Config, headers: &HeaderMap, body: &[u8]
     // A byte-identical delivery has the same signature. Remember it for twice the window (past
     // which the timestamp check refuses it anyway), so a replay has no second effect.
     let delivery_id = signature.unwrap_or_default().trim().to_ascii_lowercase();
-    let delivery = Write::CreateDeliveryRecord {
-        id: delivery_id.clone(),
-        expires_at: after(now, config.webhook_tolerance * 2),
+    let agent_id = match &event {
+        AgentKitEvent::Register(d) => d.agent_id.clone(),
+        AgentKitEvent::Deregister(id) => id.clone(),
     };
-    match app.store.commit(vec![delivery]).await {
-        Ok(()) => {}
-        Err(CommitError::Conflict { .. }) => {
+    tracing::Span::current().record("agent_id", agent_id.as_str());
+    let outcome = app
+        .apply_delivery(&delivery_id, event, config.webhook_tolerance * 2)
+        .await
+        .map_err(|e| match e {
+            opscore_core::AppError::NotFound(_) => {
+                HttpError::App(opscore_core::AppError::NotFound(format!("Agent not found: {agent_id}")))
+            }
+            other => HttpError::App(other),
+        })?;
+    let body = match outcome {
+        DeliveryOutcome::Duplicate => {
             tracing::info!("duplicate webhook delivery ignored");
-            return Ok(json(
-                StatusCode::OK,
-                &json!({"status":"success","message":"Duplicate delivery ignored"}),
-            ));
+            json!({"status":"success","message":"Duplicate delivery ignored"})
         }
-        Err(CommitError::Store(e)) => return Err(HttpError::App(e.into())),
-    }
-    let result = apply(app, event).await;
-    if result.is_err() {
-        // The delivery was recorded but its effect did not happen: forget the record, so a
-        // redelivery of the same bytes is applied instead of dropped as a duplicate. Best effort:
-        // if this fails too, a redelivery is dropped until the record expires (2 × the window).
-        let forget = Write::ExpireDeliveryRecord { id: delivery_id };
-        if let Err(e) = app.store.commit(vec![forget]).await {
-            tracing::warn!(error = %e, "could not forget the delivery record of a failed webhook");
-        }
-    }
-    result
-}
-
-async fn apply(app: &App, event: Event) -> Result<Response, HttpError> {
-    match event {
-        Event::Register(details) => {
-            let id = details.agent_id.clone();
-            tracing::Span::current().record("agent_id", id.as_str());
-            let outcome = app.register_agent(details).await?;
-            let what = match outcome {
+        DeliveryOutcome::Registered(outcome) => {
+            let what = match *outcome {
                 RegisterOutcome::Created(_) => "created",
                 RegisterOutcome::Unchanged(_) => "unchanged",
                 RegisterOutcome::Updated(_) => "updated",
             };
             tracing::info!(outcome = what, "agent registered");
-            Ok(json(
-                StatusCode::OK,
-                &json!({"status":"success","message":format!("Agent {id} registered successfully."),"outcome":what}),
-            ))
+            json!({"status":"success","message":format!("Agent {agent_id} registered successfully."),"outcome":what})
         }
-        Event::Deregister(id) => {
-            tracing::Span::current().record("agent_id", id.as_str());
-            app.deregister_agent(&id).await.map_err(|e| match e {
-                opscore_core::AppError::NotFound(_) => {
-                    HttpError::App(opscore_core::AppError::NotFound(format!("Agent not found: {id}")))
-                }
-                other => HttpError::App(other),
-            })?;
+        DeliveryOutcome::Deregistered => {
             tracing::info!("agent deregistered");
-            Ok(json(
-                StatusCode::OK,
-                &json!({"status":"success","message":format!("Agent {id} deregistered successfully.")}),
-            ))
+            json!({"status":"success","message":format!("Agent {agent_id} deregistered successfully.")})
         }
-    }
+    };
+    Ok(json(StatusCode::OK, &body))
 }
 
 /// Accepts every payload variant AgentKit sends (see the contract): `metadata` `{}`, `null` or
 /// an object; `registration_time` / `registrationTime` or neither; `event_type` in any case.
-pub fn parse_event(body: &[u8]) -> Result<Event, HttpError> {
+pub fn parse_event(body: &[u8]) -> Result<AgentKitEvent, HttpError> {
     let v = json_body(body)?;
     let Value::Object(obj) = v else {
         return Err(HttpError::bad_request("webhook body must be a JSON object"));
@@ -144,9 +113,9 @@ pub fn parse_event(body: &[u8]) -> Result<Event, HttpError> {
         }
     };
     match event_type.as_str() {
-        "REGISTER" => parse_details(details).map(Event::Register),
+        "REGISTER" => parse_details(details).map(AgentKitEvent::Register),
         "DEREGISTER" => parse_agent_id(details, &mut Vec::new())
-            .map(Event::Deregister)
+            .map(AgentKitEvent::Deregister)
             .ok_or_else(|| HttpError::bad_request("agent_details.agentId is required and must be a valid agent id")),
         other => Err(HttpError::bad_request(format!(
             "unknown event_type {other:?}; expected REGISTER or DEREGISTER"
@@ -314,18 +283,18 @@ mod tests {
         let c = br#"{"event_type":"Register","agent_details":{"agentId":"a1","agentName":"n","version":"1","contactEndpoint":"https://h/task","metadata":{"description":"x","config":{"k":1}},"registrationTime":"2026-11-23T22:50:30.434824"}}"#;
         for body in [&a[..], &b[..], &c[..]] {
             assert!(
-                matches!(parse_event(body), Ok(Event::Register(_))),
+                matches!(parse_event(body), Ok(AgentKitEvent::Register(_))),
                 "{}",
                 String::from_utf8_lossy(body)
             );
         }
-        let Ok(Event::Register(d)) = parse_event(b) else {
+        let Ok(AgentKitEvent::Register(d)) = parse_event(b) else {
             panic!()
         };
         assert!(d.metadata.is_empty() && d.registration_time.is_some());
         assert!(matches!(
             parse_event(br#"{"event_type":"deregister","agent_details":{"agentId":"a1"}}"#),
-            Ok(Event::Deregister(_))
+            Ok(AgentKitEvent::Deregister(_))
         ));
     }
 
