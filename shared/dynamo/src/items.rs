@@ -107,43 +107,9 @@ pub mod keys {
     }
 }
 
-/// Serde helper: timestamps as RFC 3339 strings with as many fractional digits as they have (up to
-/// nanoseconds), so that what is read back equals what was written.
-pub mod ts {
-    use super::Timestamp;
-    use chrono::SecondsFormat;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
-        let s = String::deserialize(d)?;
-        opscore_core::time::parse_rfc3339(&s)
-            .ok_or_else(|| serde::de::Error::custom(format!("not an RFC 3339 timestamp: {s:?}")))
-    }
-    pub fn render(t: Timestamp) -> String {
-        t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
-    }
-
-    pub mod option {
-        use super::*;
-        pub fn serialize<S: Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
-            match t {
-                Some(t) => super::serialize(t, s),
-                None => s.serialize_none(),
-            }
-        }
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
-            match Option::<String>::deserialize(d)? {
-                None => Ok(None),
-                Some(s) => opscore_core::time::parse_rfc3339(&s)
-                    .map(Some)
-                    .ok_or_else(|| serde::de::Error::custom(format!("not an RFC 3339 timestamp: {s:?}"))),
-            }
-        }
-    }
-}
+/// Timestamps in items: the core's one RFC 3339 format (microseconds, nanoseconds when the
+/// instant has them), lossless, so what is read back equals what was written.
+use opscore_core::time::rfc3339 as ts;
 
 /// Serde helper: any serialisable value as a JSON string attribute.
 pub mod json_string {

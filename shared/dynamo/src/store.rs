@@ -581,7 +581,7 @@ impl DynamoStore {
                     .name("#deregistered", "deregistered")
                     .name("#state", "state")
                     .value(":dispatch", s(inflight.dispatch.render()))
-                    .value(":since", s(items::ts::render(inflight.since)))
+                    .value(":since", s(time::render(inflight.since)))
                     .value(":false", b(false))
                     .value(":idle", s(StateName::known(KnownState::Idle).as_str())),
             },
@@ -663,11 +663,11 @@ impl DynamoStore {
             .value(":metadata", json_string(&details.metadata)?)
             .value(":digest", s(details.digest()))
             .value(":false", b(false))
-            .value(":now", s(items::ts::render(now)));
+            .value(":now", s(time::render(now)));
         match details.registration_time {
             Some(t) => {
                 set.push("#registrationTime = :registrationTime");
-                expr = expr.value(":registrationTime", s(items::ts::render(t)));
+                expr = expr.value(":registrationTime", s(time::render(t)));
             }
             None => remove.push("#registrationTime"),
         }
@@ -755,7 +755,7 @@ impl Store for DynamoStore {
                 .expression_attribute_names("#updatedAt", "updatedAt")
                 .expression_attribute_values(":true", b(true))
                 .expression_attribute_values(":false", b(false))
-                .expression_attribute_values(":now", s(items::ts::render(now)))
+                .expression_attribute_values(":now", s(time::render(now)))
                 .return_values(ReturnValue::AllNew)
                 .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
                 .send()
@@ -820,9 +820,9 @@ impl Store for DynamoStore {
             .name("#gsi2pk", "gsi2pk")
             .name("#deregistered", "deregistered")
             .value(":state", s(report.state.as_str()))
-            .value(":ts", s(items::ts::render(report.timestamp)))
+            .value(":ts", s(time::render(report.timestamp)))
             .value(":order", n(order))
-            .value(":received", s(items::ts::render(received_at)))
+            .value(":received", s(time::render(received_at)))
             .value(":gsi2pk", s(keys::state_gsi2pk(&report.state)))
             .value(":one", n(1))
             .value(":false", b(false))
