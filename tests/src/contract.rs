@@ -157,6 +157,7 @@ fn assert_conflict(r: Result<(), CommitError>, index: usize) {
         Err(CommitError::Conflict {
             index: i,
             existing: None,
+            ..
         }) if i == index => {}
         other => panic!("expected a conflict at write {index}, got {other:?}"),
     }
@@ -724,6 +725,7 @@ pub async fn idempotency_key_conflict_names_the_existing_session(f: Fixture) {
         f.store.commit(create(&s2)).await,
         Err(CommitError::Conflict {
             index: 0,
+            write: WriteKind::CreateIdempotencyKey,
             existing: Some(Existing::IdempotencyKey {
                 session_id: s1.session_id,
                 fingerprint: Some("fp-1".into()),
@@ -738,6 +740,7 @@ pub async fn idempotency_key_conflict_names_the_existing_session(f: Fixture) {
         f.store.commit(alone).await,
         Err(CommitError::Conflict {
             index: 0,
+            write: WriteKind::CreateIdempotencyKey,
             existing: Some(Existing::IdempotencyKey {
                 session_id: s1.session_id,
                 fingerprint: Some("fp-1".into()),
@@ -1029,7 +1032,15 @@ pub async fn concurrent_claims_of_one_task_have_one_winner(f: Fixture) {
         let (next, r) = h.await.unwrap();
         match r {
             Ok(()) => winners.push(next),
-            Err(CommitError::Conflict { index, existing: None }) if index < 2 => lost_at[index] += 1,
+            Err(CommitError::Conflict {
+                index,
+                write,
+                existing: None,
+            }) if index < 2 => {
+                let named = [WriteKind::ClaimAgent, WriteKind::TransitionTask][index];
+                assert_eq!(write, named, "a conflict names the write at its index");
+                lost_at[index] += 1
+            }
             Err(e) => panic!("unexpected {e:?}"),
         }
     }
@@ -1074,6 +1085,7 @@ pub async fn concurrent_terminal_transitions_of_one_session_have_one_winner(f: F
             Ok(()) => winners.push(next),
             Err(CommitError::Conflict {
                 index: 0,
+                write: WriteKind::TransitionSession,
                 existing: None,
             }) => {}
             Err(e) => panic!("unexpected {e:?}"),
@@ -1349,6 +1361,7 @@ pub async fn idempotency_key_keeps_the_fingerprint_of_its_request(f: Fixture) {
     let s2 = session("a1", t(1));
     let expected = Err(CommitError::Conflict {
         index: 0,
+        write: WriteKind::CreateIdempotencyKey,
         existing: Some(Existing::IdempotencyKey {
             session_id: s1.session_id,
             fingerprint: Some("fp-one".into()),

@@ -337,7 +337,8 @@ impl Store for InMemoryStore {
             let mut s = self.lock();
             // Check every condition first, then apply: all or nothing.
             for (index, w) in writes.iter().enumerate() {
-                let conflict = |existing| Err(CommitError::Conflict { index, existing });
+                let write = w.kind();
+                let conflict = |existing| Err(CommitError::Conflict { index, write, existing });
                 match w {
                     Write::CreateSession(x) if s.sessions.contains_key(&x.session_id) => {
                         return conflict(None);

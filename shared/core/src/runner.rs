@@ -337,7 +337,10 @@ impl Runner {
                 Ok(()) => {}
                 // The agent is not available (busy, not idle, deregistered): it stays pending
                 // and is picked up when the agent frees up.
-                Err(CommitError::Conflict { index: 0, .. }) => return Ok(Claim::AgentBusy),
+                Err(CommitError::Conflict {
+                    write: WriteKind::ClaimAgent,
+                    ..
+                }) => return Ok(Claim::AgentBusy),
                 Err(CommitError::Conflict { .. }) => continue,
                 Err(CommitError::Store(e)) => return Err(e.into()),
             }

@@ -125,11 +125,48 @@ pub enum Write {
     ExpireDeliveryRecord { id: String },
 }
 
+/// A write intent's name, without its data: what a conflict reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteKind {
+    CreateSession,
+    TransitionSession,
+    CheckSessionOpen,
+    CreateTask,
+    TransitionTask,
+    CreateIdempotencyKey,
+    ClaimAgent,
+    ReleaseAgent,
+    CreateDeliveryRecord,
+    ExpireDeliveryRecord,
+}
+
+impl Write {
+    pub fn kind(&self) -> WriteKind {
+        match self {
+            Write::CreateSession(_) => WriteKind::CreateSession,
+            Write::TransitionSession { .. } => WriteKind::TransitionSession,
+            Write::CheckSessionOpen(_) => WriteKind::CheckSessionOpen,
+            Write::CreateTask(_) => WriteKind::CreateTask,
+            Write::TransitionTask { .. } => WriteKind::TransitionTask,
+            Write::CreateIdempotencyKey { .. } => WriteKind::CreateIdempotencyKey,
+            Write::ClaimAgent { .. } => WriteKind::ClaimAgent,
+            Write::ReleaseAgent { .. } => WriteKind::ReleaseAgent,
+            Write::CreateDeliveryRecord { .. } => WriteKind::CreateDeliveryRecord,
+            Write::ExpireDeliveryRecord { .. } => WriteKind::ExpireDeliveryRecord,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CommitError {
-    /// The condition of `writes[index]` did not hold; nothing was written.
-    #[error("condition of write {index} failed")]
-    Conflict { index: usize, existing: Option<Existing> },
+    /// The condition of `writes[index]`, a `write`, did not hold; nothing was written. Callers
+    /// decide by `write` (which intent lost), not by position.
+    #[error("the condition of {write:?} (write {index} of the batch) did not hold")]
+    Conflict {
+        index: usize,
+        write: WriteKind,
+        existing: Option<Existing>,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -1011,7 +1011,8 @@ impl Store for DynamoStore {
             }
         };
         let existing = self.existing_idempotency(&writes[index], old).await?;
-        Err(CommitError::Conflict { index, existing })
+        let write = writes[index].kind();
+        Err(CommitError::Conflict { index, write, existing })
     }
 
     async fn get_session(&self, id: &SessionId) -> Result<Option<SessionView>, StoreError> {

@@ -1072,7 +1072,8 @@ fn check(tx: &Tx<'_>, writes: &[Write], now: i64) -> Result<Result<Vec<Replaced>
     };
     let mut loaded = Vec::with_capacity(writes.len());
     for (index, w) in writes.iter().enumerate() {
-        let conflict = |existing| Ok(Err(CommitError::Conflict { index, existing }));
+        let write = w.kind();
+        let conflict = |existing| Ok(Err(CommitError::Conflict { index, write, existing }));
         let replaced = match w {
             Write::CreateSession(s) => {
                 if load_session(tx, &s.session_id)?.is_some() {
