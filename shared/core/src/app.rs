@@ -165,27 +165,24 @@ impl App {
     }
 
     pub async fn deregister_agent(&self, id: &AgentId) -> Result<Agent, AppError> {
-        Ok(self.store.deregister_agent(id, self.now()).await?)
+        self.store
+            .deregister_agent(id, self.now())
+            .await
+            .map_err(|e| AppError::agent_write(e, id))
     }
 
     pub async fn report_state(&self, report: &StateReport) -> Result<ReportOutcome, AppError> {
         self.store
             .report_state(report, self.now(), self.settings.history_retention)
             .await
-            .map_err(|e| match e {
-                AgentWriteError::NotFound => AppError::NotFound(format!("Agent not found: {}", report.agent_id)),
-                AgentWriteError::Deregistered => {
-                    AppError::Conflict(format!("Agent is deregistered: {}", report.agent_id))
-                }
-                AgentWriteError::Store(s) => s.into(),
-            })
+            .map_err(|e| AppError::agent_write(e, &report.agent_id))
     }
 
     pub async fn agent(&self, id: &AgentId) -> Result<Agent, AppError> {
         self.store
             .get_agent(id)
             .await?
-            .ok_or_else(|| AppError::NotFound(format!("Agent not found: {id}")))
+            .ok_or_else(|| AppError::agent_not_found(id))
     }
 
     pub async fn agent_state(&self, id: &AgentId) -> Result<CurrentState, AppError> {
@@ -223,10 +220,7 @@ impl App {
         self.store
             .get_workflow(id, version)
             .await?
-            .ok_or_else(|| match version {
-                Some(v) => AppError::NotFound(format!("Workflow definition not found: {id} version {v}")),
-                None => AppError::NotFound(format!("Workflow definition not found: {id}")),
-            })
+            .ok_or_else(|| AppError::workflow_not_found(id, version))
     }
 
     pub async fn list_workflows(&self, page: PageRequest) -> Result<Page<StoredWorkflow>, AppError> {
@@ -246,7 +240,7 @@ impl App {
     ) -> Result<Triggered, AppError> {
         let agent = self.agent(agent_id).await?;
         if agent.is_deregistered() {
-            return Err(AppError::Conflict(format!("Agent is deregistered: {agent_id}")));
+            return Err(AppError::agent_deregistered(agent_id));
         }
         let fingerprint = trigger_fingerprint(agent_id, &source, initial_payload.as_ref());
         let definition = match source {
@@ -325,7 +319,7 @@ impl App {
         self.store
             .get_session(id)
             .await?
-            .ok_or_else(|| AppError::NotFound(format!("Session not found: {id}")))
+            .ok_or_else(|| AppError::session_not_found(id))
     }
 
     pub async fn list_sessions(&self, agent: &AgentId, page: PageRequest) -> Result<Page<Session>, AppError> {

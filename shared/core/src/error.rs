@@ -1,6 +1,7 @@
 //! The application layer's error: what went wrong, in terms a client can act on.
 //! The HTTP layer maps it to a status code in exactly one place.
 
+use crate::ids::{AgentId, SessionId, WorkflowId, WorkflowVersion};
 use crate::store::{AgentWriteError, CommitError, StoreError};
 use crate::workflow::Problem;
 
@@ -52,11 +53,28 @@ impl From<CommitError> for AppError {
     }
 }
 
-impl From<AgentWriteError> for AppError {
-    fn from(e: AgentWriteError) -> Self {
+/// The "not found" and "deregistered" answers, worded once.
+impl AppError {
+    pub fn agent_not_found(id: &AgentId) -> Self {
+        AppError::NotFound(format!("Agent not found: {id}"))
+    }
+    pub fn agent_deregistered(id: &AgentId) -> Self {
+        AppError::Conflict(format!("Agent is deregistered: {id}"))
+    }
+    pub fn workflow_not_found(id: &WorkflowId, version: Option<&WorkflowVersion>) -> Self {
+        match version {
+            Some(v) => AppError::NotFound(format!("Workflow definition not found: {id} version {v}")),
+            None => AppError::NotFound(format!("Workflow definition not found: {id}")),
+        }
+    }
+    pub fn session_not_found(id: &SessionId) -> Self {
+        AppError::NotFound(format!("Session not found: {id}"))
+    }
+    /// A write to agent `id` that the store refused.
+    pub fn agent_write(e: AgentWriteError, id: &AgentId) -> Self {
         match e {
-            AgentWriteError::NotFound => AppError::NotFound("Agent not found".into()),
-            AgentWriteError::Deregistered => AppError::Conflict("Agent is deregistered".into()),
+            AgentWriteError::NotFound => Self::agent_not_found(id),
+            AgentWriteError::Deregistered => Self::agent_deregistered(id),
             AgentWriteError::Store(s) => s.into(),
         }
     }

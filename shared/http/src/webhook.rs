@@ -56,13 +56,7 @@ pub async fn handle(app: &App, config: &Config, headers: &HeaderMap, body: &[u8]
     tracing::Span::current().record("agent_id", agent_id.as_str());
     let outcome = app
         .apply_delivery(&delivery_id, event, config.webhook_tolerance * 2)
-        .await
-        .map_err(|e| match e {
-            opscore_core::AppError::NotFound(_) => {
-                HttpError::App(opscore_core::AppError::NotFound(format!("Agent not found: {agent_id}")))
-            }
-            other => HttpError::App(other),
-        })?;
+        .await?;
     let body = match outcome {
         DeliveryOutcome::Duplicate => {
             tracing::info!("duplicate webhook delivery ignored");
