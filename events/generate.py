@@ -25,7 +25,9 @@ EPOCH_MS = 1795474230000
 SAMPLE = json.loads((HERE.parent / "local" / "sample-workflow.json").read_text())
 
 
-def http_api(name, method, path, route, path_params=None, query="", body=None, headers=None, auth=True, b64=False):
+def http_api(name, method, path, query="", body=None, headers=None, auth=True, b64=False):
+    """An HTTP API event as API Gateway sends it to the state API's one `$default` route: no route
+    key and no path parameters, so the function's router routes `rawPath` (paths live only there)."""
     h = {"content-type": "application/json", "host": "abc123.execute-api.us-east-1.amazonaws.com",
          "user-agent": "python-httpx/0.27.0", "x-forwarded-proto": "https"}
     if auth:
@@ -33,20 +35,18 @@ def http_api(name, method, path, route, path_params=None, query="", body=None, h
     h.update(headers or {})
     h = {k: v for k, v in h.items() if v is not None}
     ev = {
-        "version": "2.0", "routeKey": f"{method} {route}", "rawPath": path, "rawQueryString": query,
+        "version": "2.0", "routeKey": "$default", "rawPath": path, "rawQueryString": query,
         "headers": h,
         "requestContext": {
             "accountId": "123456789012", "apiId": "abc123", "domainName": "abc123.execute-api.us-east-1.amazonaws.com",
             "domainPrefix": "abc123", "http": {"method": method, "path": path, "protocol": "HTTP/1.1",
                                                "sourceIp": "203.0.113.10", "userAgent": h.get("user-agent", "")},
-            "requestId": f"fixture-{name}", "routeKey": f"{method} {route}", "stage": "$default", "time": TIME,
+            "requestId": f"fixture-{name}", "routeKey": "$default", "stage": "$default", "time": TIME,
             "timeEpoch": EPOCH_MS},
         "isBase64Encoded": b64,
     }
     if query:
         ev["queryStringParameters"] = dict(p.split("=", 1) for p in query.split("&"))
-    if path_params:
-        ev["pathParameters"] = path_params
     if body is not None:
         ev["body"] = base64.b64encode(body.encode()).decode() if b64 else body
     return ev
@@ -77,53 +77,52 @@ def report(state, ts, details=None, agent=AGENT):
     return json.dumps({"agentId": agent, "timestamp": ts, "state": state, "details": details if details is not None else {}})
 
 
-ST = "/v1/opscore/agent/{agentId}/state"
 A = f"/v1/opscore/agent/{AGENT}"
 dereg = json.dumps({"event_type": "DEREGISTER", "agent_details": {"agentId": "1362af57-cd2a-4acb-9cd3-341d7b8506ff"}}, separators=(",", ":"))
 
 # (file, function, expected status, event). Order matters: later fixtures rely on earlier ones.
 FIXTURES = [
-    ("health.json", "StateApiFunction", 200, http_api("health", "GET", "/health", "/health", auth=False)),
-    ("openapi.json", "StateApiFunction", 200, http_api("openapi", "GET", "/openapi.json", "/openapi.json", auth=False)),
-    ("state-post-unknown-agent.json", "StateApiFunction", 404, http_api("unknown", "POST", f"{A}/state", ST, {"agentId": AGENT}, body=report("idle", "2026-11-23T22:50:29.000000+00:00"))),
+    ("health.json", "StateApiFunction", 200, http_api("health", "GET", "/health", auth=False)),
+    ("openapi.json", "StateApiFunction", 200, http_api("openapi", "GET", "/openapi.json", auth=False)),
+    ("state-post-unknown-agent.json", "StateApiFunction", 404, http_api("unknown", "POST", f"{A}/state", body=report("idle", "2026-11-23T22:50:29.000000+00:00"))),
     ("notify-register.json", "NotifyWebhookFunction", 200, function_url("register", VECTORS["body"], VECTORS["timestamp"], VECTORS["signature"])),
     ("notify-register-base64.json", "NotifyWebhookFunction", 200, function_url("register-b64", VECTORS["body"], VECTORS["timestamp"], VECTORS["signature"], b64=True)),
     ("notify-bad-signature.json", "NotifyWebhookFunction", 401, function_url("bad-sig", VECTORS["body"], VECTORS["timestamp"], "0" * 64)),
     ("notify-unsigned.json", "NotifyWebhookFunction", 401, function_url("unsigned", VECTORS["body"], None, None)),
     ("notify-deregister-unknown.json", "NotifyWebhookFunction", 404, function_url("dereg", dereg, VECTORS["timestamp"], sign(dereg, VECTORS["timestamp"]))),
-    ("state-post.json", "StateApiFunction", 202, http_api("state-post", "POST", f"{A}/state", ST, {"agentId": AGENT}, body=report("idle", "2026-11-23T22:50:31.182002+00:00"))),
-    ("state-post-base64.json", "StateApiFunction", 202, http_api("state-b64", "POST", f"{A}/state", ST, {"agentId": AGENT}, body=report("IDLE", "2026-11-23T22:50:32.000000Z", {"note": "upper-case state, base64 body"}), b64=True)),
-    ("state-post-stale.json", "StateApiFunction", 202, http_api("state-stale", "POST", f"{A}/state", ST, {"agentId": AGENT}, body=report("active", "2026-11-23T22:40:00Z"))),
-    ("state-get.json", "StateApiFunction", 200, http_api("state-get", "GET", f"{A}/state", ST, {"agentId": AGENT})),
-    ("state-post-no-auth.json", "StateApiFunction", 401, http_api("no-auth", "POST", f"{A}/state", ST, {"agentId": AGENT}, body="{not json", auth=False)),
-    ("state-post-wrong-key.json", "StateApiFunction", 401, http_api("wrong-key", "POST", f"{A}/state", ST, {"agentId": AGENT}, body=report("idle", "2026-11-23T22:50:33Z"), headers={"authorization": "Bearer wrong"})),
-    ("state-post-bad-json.json", "StateApiFunction", 400, http_api("bad-json", "POST", f"{A}/state", ST, {"agentId": AGENT}, body="{\"agentId\": ")),
-    ("state-post-mismatch.json", "StateApiFunction", 400, http_api("mismatch", "POST", f"{A}/state", ST, {"agentId": AGENT}, body=report("idle", "2026-11-23T22:50:33Z", agent="someone-else"))),
-    ("state-post-bad-timestamp.json", "StateApiFunction", 400, http_api("bad-ts", "POST", f"{A}/state", ST, {"agentId": AGENT}, body=report("idle", "2026-11-23 22:50:33"))),
-    ("state-post-wrong-types.json", "StateApiFunction", 422, http_api("types", "POST", f"{A}/state", ST, {"agentId": AGENT}, body=json.dumps({"agentId": AGENT, "timestamp": 5, "state": "", "details": []}))),
-    ("state-post-too-large.json", "StateApiFunction", 413, http_api("large", "POST", f"{A}/state", ST, {"agentId": AGENT}, body=report("idle", "2026-11-23T22:50:33Z", {"blob": "x" * 70000}))),
-    ("agent-get.json", "StateApiFunction", 200, http_api("agent-get", "GET", A, "/v1/opscore/agent/{agentId}", {"agentId": AGENT})),
-    ("agents-list.json", "StateApiFunction", 200, http_api("agents", "GET", "/v1/opscore/agents", "/v1/opscore/agents", query="state=idle&limit=10")),
-    ("history-get.json", "StateApiFunction", 200, http_api("history", "GET", f"{A}/state/history", "/v1/opscore/agent/{agentId}/state/history", {"agentId": AGENT}, query="limit=2")),
-    ("workflow-create.json", "StateApiFunction", 201, http_api("wf-create", "POST", "/v1/opscore/workflows", "/v1/opscore/workflows", body=json.dumps(SAMPLE))),
-    ("workflow-create-yaml.json", "StateApiFunction", 201, http_api("wf-yaml", "POST", "/v1/opscore/workflows", "/v1/opscore/workflows", headers={"content-type": "application/yaml"},
+    ("state-post.json", "StateApiFunction", 202, http_api("state-post", "POST", f"{A}/state", body=report("idle", "2026-11-23T22:50:31.182002+00:00"))),
+    ("state-post-base64.json", "StateApiFunction", 202, http_api("state-b64", "POST", f"{A}/state", body=report("IDLE", "2026-11-23T22:50:32.000000Z", {"note": "upper-case state, base64 body"}), b64=True)),
+    ("state-post-stale.json", "StateApiFunction", 202, http_api("state-stale", "POST", f"{A}/state", body=report("active", "2026-11-23T22:40:00Z"))),
+    ("state-get.json", "StateApiFunction", 200, http_api("state-get", "GET", f"{A}/state")),
+    ("state-post-no-auth.json", "StateApiFunction", 401, http_api("no-auth", "POST", f"{A}/state", body="{not json", auth=False)),
+    ("state-post-wrong-key.json", "StateApiFunction", 401, http_api("wrong-key", "POST", f"{A}/state", body=report("idle", "2026-11-23T22:50:33Z"), headers={"authorization": "Bearer wrong"})),
+    ("state-post-bad-json.json", "StateApiFunction", 400, http_api("bad-json", "POST", f"{A}/state", body="{\"agentId\": ")),
+    ("state-post-mismatch.json", "StateApiFunction", 400, http_api("mismatch", "POST", f"{A}/state", body=report("idle", "2026-11-23T22:50:33Z", agent="someone-else"))),
+    ("state-post-bad-timestamp.json", "StateApiFunction", 400, http_api("bad-ts", "POST", f"{A}/state", body=report("idle", "2026-11-23 22:50:33"))),
+    ("state-post-wrong-types.json", "StateApiFunction", 422, http_api("types", "POST", f"{A}/state", body=json.dumps({"agentId": AGENT, "timestamp": 5, "state": "", "details": []}))),
+    ("state-post-too-large.json", "StateApiFunction", 413, http_api("large", "POST", f"{A}/state", body=report("idle", "2026-11-23T22:50:33Z", {"blob": "x" * 70000}))),
+    ("agent-get.json", "StateApiFunction", 200, http_api("agent-get", "GET", A)),
+    ("agents-list.json", "StateApiFunction", 200, http_api("agents", "GET", "/v1/opscore/agents", query="state=idle&limit=10")),
+    ("history-get.json", "StateApiFunction", 200, http_api("history", "GET", f"{A}/state/history", query="limit=2")),
+    ("workflow-create.json", "StateApiFunction", 201, http_api("wf-create", "POST", "/v1/opscore/workflows", body=json.dumps(SAMPLE))),
+    ("workflow-create-yaml.json", "StateApiFunction", 201, http_api("wf-yaml", "POST", "/v1/opscore/workflows", headers={"content-type": "application/yaml"},
         body="id: yaml_workflow\nname: From YAML\nversion: '1.0'\nretryPolicy: {maxRetries: 2, baseDelaySeconds: 1, maxDelaySeconds: 10}\ntasks:\n  - taskId: only\n    name: Only Step\n    parameters: {message: hi}\n")),
-    ("workflow-create-invalid.json", "StateApiFunction", 422, http_api("wf-invalid", "POST", "/v1/opscore/workflows", "/v1/opscore/workflows",
+    ("workflow-create-invalid.json", "StateApiFunction", 422, http_api("wf-invalid", "POST", "/v1/opscore/workflows",
         body=json.dumps({"id": "bad", "name": "Bad", "tasks": [{"taskId": "a", "name": "A", "nextTaskId": "b"}, {"taskId": "a", "name": "A2", "nextTaskId": "missing"}]}))),
-    ("workflow-create-conflict.json", "StateApiFunction", 409, http_api("wf-conflict", "POST", "/v1/opscore/workflows", "/v1/opscore/workflows", body=json.dumps({**SAMPLE, "name": "Changed without a new version"}))),
-    ("workflows-list.json", "StateApiFunction", 200, http_api("wf-list", "GET", "/v1/opscore/workflows", "/v1/opscore/workflows")),
-    ("workflow-get.json", "StateApiFunction", 200, http_api("wf-get", "GET", "/v1/opscore/workflows/sample_workflow_id", "/v1/opscore/workflows/{workflowId}", {"workflowId": "sample_workflow_id"})),
-    ("trigger.json", "StateApiFunction", 202, http_api("trigger", "POST", f"{A}/workflow", "/v1/opscore/agent/{agentId}/workflow", {"agentId": AGENT},
+    ("workflow-create-conflict.json", "StateApiFunction", 409, http_api("wf-conflict", "POST", "/v1/opscore/workflows", body=json.dumps({**SAMPLE, "name": "Changed without a new version"}))),
+    ("workflows-list.json", "StateApiFunction", 200, http_api("wf-list", "GET", "/v1/opscore/workflows")),
+    ("workflow-get.json", "StateApiFunction", 200, http_api("wf-get", "GET", "/v1/opscore/workflows/sample_workflow_id")),
+    ("trigger.json", "StateApiFunction", 202, http_api("trigger", "POST", f"{A}/workflow",
         headers={"idempotency-key": "fixture-trigger-1"}, body=json.dumps({"workflowDefinitionId": "sample_workflow_id", "initialPayload": {"message": "hello"}}))),
-    ("trigger-both.json", "StateApiFunction", 422, http_api("trigger-both", "POST", f"{A}/workflow", "/v1/opscore/agent/{agentId}/workflow", {"agentId": AGENT},
+    ("trigger-both.json", "StateApiFunction", 422, http_api("trigger-both", "POST", f"{A}/workflow",
         body=json.dumps({"workflowDefinitionId": "sample_workflow_id", "workflowDefinition": SAMPLE}))),
-    ("trigger-unknown-workflow.json", "StateApiFunction", 404, http_api("trigger-unknown", "POST", f"{A}/workflow", "/v1/opscore/agent/{agentId}/workflow", {"agentId": AGENT},
+    ("trigger-unknown-workflow.json", "StateApiFunction", 404, http_api("trigger-unknown", "POST", f"{A}/workflow",
         body=json.dumps({"workflowDefinitionId": "no_such_workflow"}))),
-    ("sessions-list.json", "StateApiFunction", 200, http_api("sessions", "GET", f"{A}/sessions", "/v1/opscore/agent/{agentId}/sessions", {"agentId": AGENT})),
-    ("session-get-unknown.json", "StateApiFunction", 404, http_api("session-unknown", "GET", "/v1/opscore/sessions/00000000-0000-4000-8000-000000000000", "/v1/opscore/sessions/{sessionId}", {"sessionId": "00000000-0000-4000-8000-000000000000"})),
-    ("session-cancel-bad-id.json", "StateApiFunction", 400, http_api("cancel-bad", "POST", "/v1/opscore/sessions/not-a-uuid/cancel", "/v1/opscore/sessions/{sessionId}/cancel", {"sessionId": "not-a-uuid"})),
-    ("route-unknown.json", "StateApiFunction", 404, http_api("no-route", "GET", "/v1/opscore/nothing", "$default")),
-    ("method-not-allowed.json", "StateApiFunction", 405, http_api("method", "DELETE", f"{A}/state", "$default", {"agentId": AGENT})),
+    ("sessions-list.json", "StateApiFunction", 200, http_api("sessions", "GET", f"{A}/sessions")),
+    ("session-get-unknown.json", "StateApiFunction", 404, http_api("session-unknown", "GET", "/v1/opscore/sessions/00000000-0000-4000-8000-000000000000")),
+    ("session-cancel-bad-id.json", "StateApiFunction", 400, http_api("cancel-bad", "POST", "/v1/opscore/sessions/not-a-uuid/cancel")),
+    ("route-unknown.json", "StateApiFunction", 404, http_api("no-route", "GET", "/v1/opscore/nothing")),
+    ("method-not-allowed.json", "StateApiFunction", 405, http_api("method", "DELETE", f"{A}/state")),
 ]
 
 
