@@ -250,6 +250,37 @@ impl Agent {
         !self.is_deregistered() && self.inflight.is_none() && self.current.state.is(KnownState::Idle)
     }
 
+    /// What a registration of `details` does to the agent `existing` (if any). The rule every
+    /// store follows (the DynamoDB adapter as the condition and update expressions of its
+    /// `register_agent`, docs/table-design.md): a new agent starts in `UNKNOWN`; the same details
+    /// on an agent that is not deregistered change nothing (AgentKit redelivers); anything else
+    /// replaces the details and lifts a deregistration, keeping state, history and in-flight task.
+    pub fn registration(existing: Option<&Agent>, details: AgentDetails, now: Timestamp) -> Registration {
+        match existing {
+            None => Registration::Create(Agent::new(details, now)),
+            Some(old) if old.details.same_registration(&details) && !old.is_deregistered() => Registration::Unchanged,
+            Some(old) => {
+                let mut agent = old.clone();
+                agent.details = details;
+                agent.deregistered_at = None;
+                agent.updated_at = now;
+                Registration::Update(agent)
+            }
+        }
+    }
+
+    /// The agent deregistered at `now`, or `None` when it already is (deregistering is
+    /// idempotent: the first deregistration's time stays).
+    pub fn deregistered(&self, now: Timestamp) -> Option<Agent> {
+        if self.is_deregistered() {
+            return None;
+        }
+        let mut agent = self.clone();
+        agent.deregistered_at = Some(now);
+        agent.updated_at = now;
+        Some(agent)
+    }
+
     /// The agent after `report` became its current state (every store applies a report this way,
     /// once `current.is_superseded_by` said it is newer).
     pub fn with_report(&self, report: &StateReport, received_at: Timestamp) -> Agent {
@@ -264,6 +295,14 @@ impl Agent {
         agent.updated_at = received_at;
         agent
     }
+}
+
+/// The outcome of [`Agent::registration`]: the item to create, nothing, or the item to replace.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Registration {
+    Create(Agent),
+    Unchanged,
+    Update(Agent),
 }
 
 /// A validated state report (the body of `POST /v1/opscore/agent/{id}/state`).
@@ -439,5 +478,53 @@ mod tests {
         e.version = "2".into();
         assert_ne!(d.digest(), e.digest());
         assert!(!d.same_registration(&e));
+    }
+
+    #[test]
+    fn registration_creates_keeps_or_replaces_and_lifts_a_deregistration() {
+        let t0 = time::parse_rfc3339("2026-11-23T22:00:00Z").unwrap();
+        let t1 = t0 + chrono::Duration::seconds(60);
+        let details = AgentDetails {
+            agent_id: AgentId::parse("a1").unwrap(),
+            agent_name: "n".into(),
+            version: "1".into(),
+            capabilities: vec![],
+            contact_endpoint: "http://127.0.0.1/task".into(),
+            metadata: Map::new(),
+            registration_time: None,
+        };
+        let Registration::Create(agent) = Agent::registration(None, details.clone(), t0) else {
+            panic!("a new agent is created");
+        };
+        assert_eq!(agent.current.state.as_str(), "UNKNOWN");
+        let mut redelivered = details.clone();
+        redelivered.registration_time = Some(t1);
+        assert_eq!(
+            Agent::registration(Some(&agent), redelivered, t1),
+            Registration::Unchanged
+        );
+        let reported = agent.with_report(
+            &StateReport {
+                agent_id: details.agent_id.clone(),
+                state: StateName::known(KnownState::Idle),
+                details: None,
+                timestamp: t0,
+            },
+            t0,
+        );
+        let mut changed = details.clone();
+        changed.version = "2".into();
+        let Registration::Update(updated) = Agent::registration(Some(&reported), changed, t1) else {
+            panic!("changed details replace the old ones");
+        };
+        assert_eq!(updated.details.version, "2");
+        assert_eq!(updated.current, reported.current, "state survives a re-registration");
+        assert_eq!((updated.registered_at, updated.updated_at), (t0, t1));
+        let gone = reported.deregistered(t1).expect("deregistered once");
+        assert_eq!(gone.deregistered(t1 + chrono::Duration::seconds(1)), None, "idempotent");
+        let Registration::Update(back) = Agent::registration(Some(&gone), details, t1) else {
+            panic!("the same details on a deregistered agent register it again");
+        };
+        assert!(!back.is_deregistered());
     }
 }

@@ -1,7 +1,7 @@
 //! The in-memory adapter of the storage port: the reference semantics for the contract suite,
 //! and the store of the fastest tests and benches. One mutex makes every batch atomic.
 
-use crate::agent::{Agent, AgentDetails, HistoryEntry, StateName, StateReport};
+use crate::agent::{Agent, AgentDetails, HistoryEntry, Registration, StateName, StateReport};
 use crate::ids::{AgentId, IdempotencyKey, SessionId, TaskId, WorkflowId, WorkflowVersion};
 use crate::session::Session;
 use crate::store::*;
@@ -144,9 +144,9 @@ impl Store for InMemoryStore {
     async fn register_agent(&self, details: AgentDetails, now: Timestamp) -> Result<RegisterOutcome, StoreError> {
         let (outcome, change) = {
             let mut s = self.lock();
-            match s.agents.get(&details.agent_id).cloned() {
-                None => {
-                    let agent = Agent::new(details, now);
+            let old = s.agents.get(&details.agent_id).cloned();
+            match Agent::registration(old.as_ref(), details, now) {
+                Registration::Create(agent) => {
                     s.agents.insert(agent.id().clone(), agent.clone());
                     (
                         RegisterOutcome::Created(agent.clone()),
@@ -156,14 +156,9 @@ impl Store for InMemoryStore {
                         }),
                     )
                 }
-                Some(old) if old.details.same_registration(&details) && !old.is_deregistered() => {
-                    (RegisterOutcome::Unchanged(old), None)
-                }
-                Some(old) => {
-                    let mut agent = old.clone();
-                    agent.details = details;
-                    agent.deregistered_at = None;
-                    agent.updated_at = now;
+                Registration::Unchanged => (RegisterOutcome::Unchanged(old.expect("unchanged: it exists")), None),
+                Registration::Update(agent) => {
+                    let old = old.expect("updated: it exists");
                     s.agents.insert(agent.id().clone(), agent.clone());
                     (
                         RegisterOutcome::Updated(agent.clone()),
@@ -185,12 +180,9 @@ impl Store for InMemoryStore {
         let (agent, change) = {
             let mut s = self.lock();
             let old = s.agents.get(id).cloned().ok_or(AgentWriteError::NotFound)?;
-            if old.is_deregistered() {
+            let Some(agent) = old.deregistered(now) else {
                 return Ok(old);
-            }
-            let mut agent = old.clone();
-            agent.deregistered_at = Some(now);
-            agent.updated_at = now;
+            };
             s.agents.insert(id.clone(), agent.clone());
             (
                 agent.clone(),

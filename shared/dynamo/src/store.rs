@@ -20,7 +20,7 @@ use aws_sdk_dynamodb::types::{
     AttributeValue, CancellationReason, ConditionCheck, Put, ReturnValue, ReturnValuesOnConditionCheckFailure,
     TransactWriteItem, Update,
 };
-use opscore_core::agent::{Agent, AgentDetails, HistoryEntry, KnownState, StateName, StateReport};
+use opscore_core::agent::{Agent, AgentDetails, HistoryEntry, KnownState, Registration, StateName, StateReport};
 use opscore_core::ids::{AgentId, SessionId, WorkflowId, WorkflowVersion};
 use opscore_core::session::{Session, SessionStatus};
 use opscore_core::store::*;
@@ -720,7 +720,9 @@ impl Store for DynamoStore {
             };
             if let Some(old_raw) = old_raw {
                 let old_agent = decode_agent(old_raw)?;
-                if old_agent.details.same_registration(&details) && !old_agent.is_deregistered() {
+                // The core's rule decides; `update_registration` is its `Update` as an update
+                // expression (details replaced, deregistration lifted; state and history kept).
+                if Agent::registration(Some(&old_agent), details.clone(), now) == Registration::Unchanged {
                     return Ok(RegisterOutcome::Unchanged(old_agent));
                 }
                 if let Some(updated) = self.update_registration(&details, now).await? {

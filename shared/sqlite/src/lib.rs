@@ -22,7 +22,7 @@ mod writer;
 
 use async_trait::async_trait;
 use cache::{Image, ItemCache, SessionEntry};
-use opscore_core::agent::{Agent, AgentDetails, HistoryEntry, StateName, StateReport};
+use opscore_core::agent::{Agent, AgentDetails, HistoryEntry, Registration, StateName, StateReport};
 use opscore_core::ids::{AgentId, SessionId, TaskId, WorkflowId, WorkflowVersion};
 use opscore_core::session::Session;
 use opscore_core::store::*;
@@ -715,24 +715,22 @@ impl Store for SqliteStore {
     async fn register_agent(&self, details: AgentDetails, now: Timestamp) -> Result<RegisterOutcome, StoreError> {
         self.writer
             .write(move |tx| {
-                Ok(Verdict::Keep(match load_agent(tx, &details.agent_id)? {
-                    None => {
-                        let agent = Agent::new(details, now);
-                        save_agent(tx, None, &agent)?;
-                        RegisterOutcome::Created(agent)
-                    }
-                    Some(old) if old.item.details.same_registration(&details) && !old.item.is_deregistered() => {
-                        RegisterOutcome::Unchanged((*old.item).clone())
-                    }
-                    Some(old) => {
-                        let mut agent = (*old.item).clone();
-                        agent.details = details;
-                        agent.deregistered_at = None;
-                        agent.updated_at = now;
-                        save_agent(tx, Some(&old), &agent)?;
-                        RegisterOutcome::Updated(agent)
-                    }
-                }))
+                let old = load_agent(tx, &details.agent_id)?;
+                Ok(Verdict::Keep(
+                    match Agent::registration(old.as_ref().map(|o| &*o.item), details, now) {
+                        Registration::Create(agent) => {
+                            save_agent(tx, None, &agent)?;
+                            RegisterOutcome::Created(agent)
+                        }
+                        Registration::Unchanged => {
+                            RegisterOutcome::Unchanged((*old.expect("unchanged: it exists").item).clone())
+                        }
+                        Registration::Update(agent) => {
+                            save_agent(tx, old.as_ref(), &agent)?;
+                            RegisterOutcome::Updated(agent)
+                        }
+                    },
+                ))
             })
             .await
     }
@@ -744,12 +742,9 @@ impl Store for SqliteStore {
                 let Some(old) = load_agent(tx, &id)? else {
                     return Ok(Verdict::Undo(Err(AgentWriteError::NotFound)));
                 };
-                if old.item.is_deregistered() {
+                let Some(agent) = old.item.deregistered(now) else {
                     return Ok(Verdict::Keep(Ok((*old.item).clone())));
-                }
-                let mut agent = (*old.item).clone();
-                agent.deregistered_at = Some(now);
-                agent.updated_at = now;
+                };
                 save_agent(tx, Some(&old), &agent)?;
                 Ok(Verdict::Keep(Ok(agent)))
             })
