@@ -207,7 +207,7 @@ pub async fn stream_records_decode_every_item_kind(f: Fixture) {
     let keys = key_of(&broken);
     assert!(matches!(
         decode_stream_record(&lambda_record(&keys, None, Some(&broken))),
-        Err(StoreError::Corrupt(_))
+        Err(StoreError::Corrupt { .. })
     ));
 }
 

@@ -417,7 +417,7 @@ struct Flaky {
 }
 
 fn down() -> StoreError {
-    StoreError::Unavailable("injected outage".into())
+    StoreError::unavailable("injected outage")
 }
 
 #[async_trait]

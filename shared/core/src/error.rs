@@ -37,9 +37,11 @@ impl AppError {
 impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(m) => AppError::Unavailable(format!("storage unavailable, retry later: {m}")),
+            StoreError::Unavailable { message, .. } => {
+                AppError::Unavailable(format!("storage unavailable, retry later: {message}"))
+            }
             StoreError::InvalidCursor => AppError::BadRequest("invalid pagination cursor".into()),
-            StoreError::Corrupt(m) => AppError::Internal(format!("corrupt stored item: {m}")),
+            StoreError::Corrupt { message, .. } => AppError::Internal(format!("corrupt stored item: {message}")),
         }
     }
 }

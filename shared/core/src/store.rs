@@ -15,15 +15,87 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     /// The store could not be reached or throttled us: the caller may retry later (→ 503).
-    #[error("storage unavailable: {0}")]
-    Unavailable(String),
+    #[error("storage unavailable: {message}")]
+    Unavailable {
+        message: String,
+        /// What the store's client said, when it said something (SQLite, the AWS SDK).
+        #[source]
+        source: Option<ErrorSource>,
+    },
     /// A pagination cursor that this store did not issue, or issued for another list (→ 400).
     #[error("invalid pagination cursor")]
     InvalidCursor,
     /// An item in the store that cannot be read back (a bug or a hand edit).
-    #[error("corrupt item: {0}")]
-    Corrupt(String),
+    #[error("corrupt item: {message}")]
+    Corrupt {
+        message: String,
+        #[source]
+        source: Option<ErrorSource>,
+    },
 }
+
+impl StoreError {
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::Unavailable {
+            message: message.into(),
+            source: None,
+        }
+    }
+    /// Unavailable because of `source`, kept for whoever walks the error chain.
+    pub fn unavailable_because(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Unavailable {
+            message: message.into(),
+            source: Some(ErrorSource::new(source)),
+        }
+    }
+    pub fn corrupt(message: impl Into<String>) -> Self {
+        Self::Corrupt {
+            message: message.into(),
+            source: None,
+        }
+    }
+    pub fn corrupt_because(message: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Corrupt {
+            message: message.into(),
+            source: Some(ErrorSource::new(source)),
+        }
+    }
+}
+
+/// A lower layer's error kept as a [`StoreError`]'s source. Shared (`Arc`), so store errors stay
+/// cheap to clone (a group commit answers every caller with its error); equal when their messages
+/// are, so errors stay comparable in tests.
+#[derive(Debug, Clone)]
+pub struct ErrorSource(Arc<dyn std::error::Error + Send + Sync>);
+
+impl ErrorSource {
+    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self(Arc::new(e))
+    }
+}
+
+impl std::fmt::Display for ErrorSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for ErrorSource {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl PartialEq for ErrorSource {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for ErrorSource {}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageRequest {
@@ -254,5 +326,24 @@ impl Change {
             Change::Session { old, new } => new.as_deref().or(old.as_deref()).map(|s| &s.agent_id),
             Change::Task { old, new } => new.as_deref().or(old.as_deref()).map(|t| &t.agent_id),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn a_store_error_keeps_its_source() {
+        let io = || std::io::Error::new(std::io::ErrorKind::TimedOut, "disk did not answer");
+        let e = StoreError::unavailable_because("sqlite: disk did not answer", io());
+        assert_eq!(
+            e.source().map(|s| s.to_string()).as_deref(),
+            Some("disk did not answer")
+        );
+        assert_eq!(e, e.clone(), "clones share the source");
+        assert_eq!(e, StoreError::unavailable_because("sqlite: disk did not answer", io()));
+        assert!(StoreError::unavailable("no client error").source().is_none());
     }
 }

@@ -27,10 +27,10 @@ pub(crate) fn encode(item: &HashMap<String, AttributeValue>, shape: &CursorShape
             Some(AttributeValue::S(s)) => {
                 key.insert(*k, s.as_str());
             }
-            _ => return Err(StoreError::Corrupt(format!("item without key attribute {k}"))),
+            _ => return Err(StoreError::corrupt(format!("item without key attribute {k}"))),
         }
     }
-    let json = serde_json::to_vec(&key).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let json = serde_json::to_vec(&key).map_err(|e| StoreError::corrupt_because(e.to_string(), e))?;
     Ok(URL_SAFE_NO_PAD.encode(json))
 }
 

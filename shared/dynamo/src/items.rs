@@ -200,7 +200,7 @@ impl AgentItem {
     /// The item as DynamoDB attributes, `stateOrder` included.
     pub fn to_item(&self) -> Result<serde_dynamo::Item, StoreError> {
         let item: serde_dynamo::Item =
-            serde_dynamo::to_item(self).map_err(|e| StoreError::Corrupt(format!("cannot encode agent: {e}")))?;
+            serde_dynamo::to_item(self).map_err(|e| StoreError::corrupt(format!("cannot encode agent: {e}")))?;
         let mut map: std::collections::HashMap<String, serde_dynamo::AttributeValue> = item.into();
         if let Some(o) = self.state_order {
             map.insert(STATE_ORDER.into(), serde_dynamo::AttributeValue::N(o.to_string()));
@@ -215,10 +215,10 @@ impl AgentItem {
             None => None,
             Some(serde_dynamo::AttributeValue::N(n)) => Some(
                 n.parse::<i128>()
-                    .map_err(|e| StoreError::Corrupt(format!("{what}: stateOrder {n:?}: {e}")))?,
+                    .map_err(|e| StoreError::corrupt(format!("{what}: stateOrder {n:?}: {e}")))?,
             ),
             Some(other) => {
-                return Err(StoreError::Corrupt(format!(
+                return Err(StoreError::corrupt(format!(
                     "{what}: stateOrder is not a number: {other:?}"
                 )));
             }
@@ -264,11 +264,11 @@ impl AgentItem {
             (None, _) => None,
             (Some(d), Some(since)) => Some(Inflight {
                 dispatch: DispatchId::parse(&d)
-                    .ok_or_else(|| StoreError::Corrupt(format!("agent {}: bad inflight {d:?}", self.agent_id)))?,
+                    .ok_or_else(|| StoreError::corrupt(format!("agent {}: bad inflight {d:?}", self.agent_id)))?,
                 since,
             }),
             (Some(_), None) => {
-                return Err(StoreError::Corrupt(format!(
+                return Err(StoreError::corrupt(format!(
                     "agent {}: inflight without inflightSince",
                     self.agent_id
                 )));
@@ -634,7 +634,7 @@ pub fn kind_of(pk: &str, sk: &str) -> Kind {
 
 /// Decodes a raw item of any supported attribute-value type into a typed item.
 pub fn decode<T: serde::de::DeserializeOwned>(item: serde_dynamo::Item, what: &str) -> Result<T, StoreError> {
-    serde_dynamo::from_item(item).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+    serde_dynamo::from_item(item).map_err(|e| StoreError::corrupt(format!("{what}: {e}")))
 }
 
 /// The string value of a key attribute of a raw item.

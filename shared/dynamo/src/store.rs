@@ -141,17 +141,17 @@ fn key(pk: String, sk: impl Into<String>) -> RawItem {
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<RawItem, StoreError> {
-    serde_dynamo::to_item(v).map_err(|e| StoreError::Corrupt(format!("cannot encode item: {e}")))
+    serde_dynamo::to_item(v).map_err(|e| StoreError::corrupt(format!("cannot encode item: {e}")))
 }
 
 fn encode_value<T: Serialize>(v: &T) -> Result<AttributeValue, StoreError> {
-    serde_dynamo::to_attribute_value(v).map_err(|e| StoreError::Corrupt(format!("cannot encode value: {e}")))
+    serde_dynamo::to_attribute_value(v).map_err(|e| StoreError::corrupt(format!("cannot encode value: {e}")))
 }
 
 fn json_string<T: Serialize>(v: &T) -> Result<AttributeValue, StoreError> {
     serde_json::to_string(v)
         .map(AttributeValue::S)
-        .map_err(|e| StoreError::Corrupt(format!("cannot encode value: {e}")))
+        .map_err(|e| StoreError::corrupt(format!("cannot encode value: {e}")))
 }
 
 fn decode_agent(raw: RawItem) -> Result<Agent, StoreError> {
@@ -166,7 +166,7 @@ fn unavailable<E>(op: &str, e: SdkError<E>) -> StoreError
 where
     E: std::error::Error + Send + Sync + 'static,
 {
-    StoreError::Unavailable(format!("DynamoDB {op}: {}", DisplayErrorContext(&e)))
+    StoreError::unavailable_because(format!("DynamoDB {op}: {}", DisplayErrorContext(&e)), e)
 }
 
 fn is_transaction_conflict(code: Option<&str>) -> bool {
@@ -303,7 +303,7 @@ impl DynamoStore {
     }
 
     fn transact_item(&self, p: Prepared) -> Result<TransactWriteItem, StoreError> {
-        let build_err = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Corrupt(format!("bad request: {e}"));
+        let build_err = |e: aws_sdk_dynamodb::error::BuildError| StoreError::corrupt(format!("bad request: {e}"));
         let all_old = ReturnValuesOnConditionCheckFailure::AllOld;
         Ok(match p {
             Prepared::Put { item, condition, expr } => TransactWriteItem::builder()
@@ -689,7 +689,7 @@ impl DynamoStore {
             Ok(out) => {
                 let raw = out
                     .attributes
-                    .ok_or_else(|| StoreError::Corrupt("UpdateItem returned no attributes".into()))?;
+                    .ok_or_else(|| StoreError::corrupt("UpdateItem returned no attributes"))?;
                 Ok(Some(decode_agent(raw)?))
             }
             Err(e) => match e.as_service_error() {
@@ -731,7 +731,7 @@ impl Store for DynamoStore {
             }
             // Only a concurrent transaction on the item (or an item that vanished) gets here.
             if attempt >= TRANSACTION_CANCEL_RETRIES {
-                return Err(StoreError::Unavailable(format!(
+                return Err(StoreError::unavailable(format!(
                     "agent {} stayed locked by concurrent transactions",
                     details.agent_id
                 )));
@@ -766,7 +766,7 @@ impl Store for DynamoStore {
                 Ok(out) => {
                     let raw = out
                         .attributes
-                        .ok_or_else(|| StoreError::Corrupt("UpdateItem returned no attributes".into()))?;
+                        .ok_or_else(|| StoreError::corrupt("UpdateItem returned no attributes"))?;
                     return Ok(decode_agent(raw)?);
                 }
                 Err(e) => e,
@@ -792,7 +792,7 @@ impl Store for DynamoStore {
                 Some(a) if a.is_deregistered() => return Ok(a),
                 // Re-registered between the write and the read: try again.
                 Some(_) if attempt < TRANSACTION_CANCEL_RETRIES => attempt += 1,
-                Some(_) => return Err(StoreError::Unavailable("agent kept changing concurrently".into()).into()),
+                Some(_) => return Err(StoreError::unavailable("agent kept changing concurrently").into()),
             }
         }
     }
@@ -876,11 +876,11 @@ impl Store for DynamoStore {
                     Ok(()) => Ok(ReportOutcome::Stale { current: old.current }),
                     Err(WriteFailed::Store(e) | WriteFailed::Busy(e)) => Err(e.into()),
                     Err(WriteFailed::Condition(_)) => {
-                        Err(StoreError::Unavailable("history key collision; retry".into()).into())
+                        Err(StoreError::unavailable("history key collision; retry").into())
                     }
                 }
             }
-            TxOutcome::Cancelled { .. } => Err(StoreError::Unavailable("history key collision; retry".into()).into()),
+            TxOutcome::Cancelled { .. } => Err(StoreError::unavailable("history key collision; retry").into()),
         }
     }
 
@@ -946,7 +946,7 @@ impl Store for DynamoStore {
             Err(WriteFailed::Condition(None)) => self
                 .get_raw(key(keys::workflow_pk(&def.id), keys::workflow_sk(&def.version)))
                 .await?
-                .ok_or_else(|| StoreError::Unavailable("workflow write conflicted with a delete; retry".into()))?,
+                .ok_or_else(|| StoreError::unavailable("workflow write conflicted with a delete; retry"))?,
         };
         let existing = decode::<WorkflowItem>(old, "workflow")?.into_stored();
         Ok(if existing.definition.same_content(def) {
@@ -1025,7 +1025,7 @@ impl Store for DynamoStore {
         for raw in raws {
             let sk = match raw.get(items::SK) {
                 Some(AttributeValue::S(sk)) => sk.clone(),
-                _ => return Err(StoreError::Corrupt(format!("item of session {id} without sk"))),
+                _ => return Err(StoreError::corrupt(format!("item of session {id} without sk"))),
             };
             if sk == keys::SESSION_SK {
                 session = Some(decode::<SessionItem>(raw, "session")?.into_session());

@@ -12,7 +12,7 @@ use opscore_core::store::StoreError;
 use std::time::Duration;
 
 fn bad(e: BuildError) -> StoreError {
-    StoreError::Corrupt(format!("bad CreateTable request: {e}"))
+    StoreError::corrupt(format!("bad CreateTable request: {e}"))
 }
 
 fn key(name: &str, kind: KeyType) -> Result<KeySchemaElement, StoreError> {
@@ -63,7 +63,7 @@ pub async fn create_table(client: &Client, name: &str) -> Result<(), StoreError>
     }
     req.send()
         .await
-        .map_err(|e| StoreError::Unavailable(format!("CreateTable {name}: {}", DisplayErrorContext(&e))))?;
+        .map_err(|e| StoreError::unavailable(format!("CreateTable {name}: {}", DisplayErrorContext(&e))))?;
     wait_active(client, name).await?;
     enable_ttl(client, name).await;
     Ok(())
@@ -79,7 +79,7 @@ pub async fn ensure_table(client: &Client, name: &str) -> Result<bool, StoreErro
         {
             create_table(client, name).await.map(|()| true)
         }
-        Err(e) => Err(StoreError::Unavailable(format!(
+        Err(e) => Err(StoreError::unavailable(format!(
             "DescribeTable {name}: {}",
             DisplayErrorContext(&e)
         ))),
@@ -93,7 +93,7 @@ async fn wait_active(client: &Client, name: &str) -> Result<(), StoreError> {
             .table_name(name)
             .send()
             .await
-            .map_err(|e| StoreError::Unavailable(format!("DescribeTable {name}: {}", DisplayErrorContext(&e))))?;
+            .map_err(|e| StoreError::unavailable(format!("DescribeTable {name}: {}", DisplayErrorContext(&e))))?;
         let table = out.table();
         let active = table.and_then(|t| t.table_status()) == Some(&TableStatus::Active);
         let gsis_active = table.is_some_and(|t| {
@@ -106,7 +106,7 @@ async fn wait_active(client: &Client, name: &str) -> Result<(), StoreError> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Err(StoreError::Unavailable(format!("table {name} did not become active")))
+    Err(StoreError::unavailable(format!("table {name} did not become active")))
 }
 
 async fn enable_ttl(client: &Client, name: &str) {

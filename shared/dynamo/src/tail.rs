@@ -57,7 +57,7 @@ fn streams_err<E: std::error::Error + Send + Sync + 'static>(
     op: &str,
     e: aws_sdk_dynamodbstreams::error::SdkError<E>,
 ) -> StoreError {
-    StoreError::Unavailable(format!("DynamoDB Streams {op}: {}", DisplayErrorContext(&e)))
+    StoreError::unavailable(format!("DynamoDB Streams {op}: {}", DisplayErrorContext(&e)))
 }
 
 impl StreamTail {
@@ -77,7 +77,7 @@ impl StreamTail {
             .filter(|s| s.table_name() == Some(table_name))
             .max_by_key(|s| s.stream_label().unwrap_or_default().to_owned())
             .and_then(|s| s.stream_arn())
-            .ok_or_else(|| StoreError::Unavailable(format!("table {table_name} has no stream")))?
+            .ok_or_else(|| StoreError::unavailable(format!("table {table_name} has no stream")))?
             .to_owned();
         let mut tail = Self {
             client,
@@ -158,7 +158,7 @@ impl StreamTail {
             .map_err(|e| streams_err("GetShardIterator", e))?;
         out.shard_iterator()
             .map(str::to_owned)
-            .ok_or_else(|| StoreError::Unavailable(format!("no iterator for shard {shard}")))
+            .ok_or_else(|| StoreError::unavailable(format!("no iterator for shard {shard}")))
     }
 
     /// Adds shards not seen before, read from their start.

@@ -145,15 +145,15 @@ pub enum OpenError {
 /// Maps an SQLite error to the port's: a busy or locked database is "try again", others too (the
 /// caller answers 503 and the client retries); nothing here is the client's fault.
 pub(crate) fn sql_error(e: rusqlite::Error) -> StoreError {
-    StoreError::Unavailable(format!("sqlite: {e}"))
+    StoreError::unavailable_because(format!("sqlite: {e}"), e)
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(format!("cannot encode an item: {e}")))
+    serde_json::to_string(v).map_err(|e| StoreError::corrupt_because(format!("cannot encode an item: {e}"), e))
 }
 
 fn from_json<T: DeserializeOwned>(s: &str) -> Result<T, StoreError> {
-    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("cannot decode an item: {e}")))
+    serde_json::from_str(s).map_err(|e| StoreError::corrupt_because(format!("cannot decode an item: {e}"), e))
 }
 
 /// A sortable key for instants the server made (session starts, due times, timers).
@@ -514,7 +514,7 @@ fn change_of(kind: &str, old: Option<&str>, new: Option<&str>) -> Result<Change,
             old: image(old)?,
             new: image(new)?,
         },
-        other => return Err(StoreError::Corrupt(format!("feed entry of unknown kind {other:?}"))),
+        other => return Err(StoreError::corrupt(format!("feed entry of unknown kind {other:?}"))),
     })
 }
 
@@ -688,8 +688,8 @@ fn query_keys(c: &Connection, sql: &str, params: impl rusqlite::Params) -> Resul
         let (session, task) = row.map_err(sql_error)?;
         keys.push(TaskKey {
             session_id: SessionId::parse(&session)
-                .map_err(|e| StoreError::Corrupt(format!("task row's session id: {e}")))?,
-            task_id: TaskId::parse(task).map_err(|e| StoreError::Corrupt(format!("task row's task id: {e}")))?,
+                .map_err(|e| StoreError::corrupt(format!("task row's session id: {e}")))?,
+            task_id: TaskId::parse(task).map_err(|e| StoreError::corrupt(format!("task row's task id: {e}")))?,
         });
     }
     Ok(keys)
@@ -1113,7 +1113,7 @@ fn check(tx: &Tx<'_>, writes: &[Write], now: i64) -> Result<Result<Vec<Replaced>
                     && expires >= now
                 {
                     let session_id = SessionId::parse(&session)
-                        .map_err(|e| StoreError::Corrupt(format!("idempotency key's session id: {e}")))?;
+                        .map_err(|e| StoreError::corrupt(format!("idempotency key's session id: {e}")))?;
                     return conflict(Some(Existing::IdempotencyKey {
                         session_id,
                         fingerprint: Some(fingerprint),

@@ -128,10 +128,10 @@ impl Writer {
             .as_ref()
             .expect("open until dropped")
             .send(job)
-            .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
+            .map_err(|_| StoreError::unavailable("the store is closed"))?;
         answer
             .await
-            .map_err(|_| StoreError::Unavailable("the store's writer stopped".into()))?
+            .map_err(|_| StoreError::unavailable("the store's writer stopped"))?
     }
 }
 
