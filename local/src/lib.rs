@@ -9,7 +9,7 @@ mod protocol_errors;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use opscore_agentkit::AgentKitClient;
-use opscore_core::app::{App, Settings};
+use opscore_core::app::App;
 use opscore_core::config::{Config, Secret};
 use opscore_core::memory::InMemoryStore;
 use opscore_core::runner::Runner;
@@ -135,11 +135,7 @@ impl Stack {
         let wake = Arc::new(Notify::new());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (store, source, sqlite, store_description) = open_store(&opts, &wake, &shutdown_rx).await?;
-        let settings = Settings {
-            history_retention: opts.config.history_retention,
-            ..Settings::default()
-        };
-        let app = App::new(store.clone(), Arc::new(SystemClock), settings.clone());
+        let app = App::new(store.clone(), Arc::new(SystemClock), opts.config.engine.clone());
 
         let sample = WorkflowDefinition::parse(SAMPLE_WORKFLOW.as_bytes(), Format::Json)
             .map_err(|p| format!("sample workflow: {p:?}"))?;
@@ -152,8 +148,7 @@ impl Stack {
             store.clone(),
             Arc::new(SystemClock),
             dispatcher,
-            settings,
-            opts.config.lease,
+            opts.config.engine.clone(),
         ));
         let api_key = opts.config.api_keys[0].clone();
         let webhook_secret = opts.config.webhook_secrets[0].clone();

@@ -399,8 +399,10 @@ pub fn engine(
         store,
         Arc::new(clock.clone()),
         dispatcher,
-        Settings::default(),
-        TEST_LEASE,
+        Settings {
+            lease: TEST_LEASE,
+            ..Settings::default()
+        },
     );
     (app, runner)
 }

@@ -17,13 +17,20 @@ use std::time::Duration;
 /// has its own, lower-level retry of writes a concurrent transaction cancelled.
 pub(crate) const LOST_WRITE_RETRIES: usize = 8;
 
-#[derive(Debug, Clone)]
+/// The engine's settings: the section of [`crate::config::Config`] (`config.engine`) that the use
+/// cases and the runner read. Read from the environment only by `Config::from_env`; tests build
+/// it directly.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
+    /// How long a state report stays in history (`OPSCORE_HISTORY_RETENTION_DAYS`).
     pub history_retention: Duration,
     pub idempotency_ttl: Duration,
     /// A fresh task is looked at again by the sweep after this long if no change event got it
     /// dispatched (a safety net for a lost stream record).
     pub recheck_after: Duration,
+    /// How long a runner holds a claimed task before AgentKit must have accepted it; past it the
+    /// sweep ends the attempt (`OPSCORE_LEASE_SECONDS`).
+    pub lease: Duration,
 }
 
 impl Default for Settings {
@@ -32,6 +39,7 @@ impl Default for Settings {
             history_retention: Duration::from_secs(30 * 86_400),
             idempotency_ttl: Duration::from_secs(86_400),
             recheck_after: Duration::from_secs(30),
+            lease: Duration::from_secs(30),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Settings, and the one place that reads the environment.
 
+use crate::app::Settings;
 use std::fmt;
 use std::time::Duration;
 
@@ -58,8 +59,8 @@ pub struct Config {
     pub table_name: Option<String>,
     pub ddb_endpoint: Option<String>,
     pub webhook_tolerance: Duration,
-    pub history_retention: Duration,
-    pub lease: Duration,
+    /// What the use cases and the runner read (history retention, lease, …).
+    pub engine: Settings,
     /// A state report whose timestamp is further ahead of the server clock than this is refused
     /// (422): it would hold the agent's state until real time caught up with it.
     pub max_clock_skew: Duration,
@@ -77,8 +78,7 @@ impl Default for Config {
             table_name: None,
             ddb_endpoint: None,
             webhook_tolerance: Duration::from_secs(300),
-            history_retention: Duration::from_secs(30 * 86_400),
-            lease: Duration::from_secs(30),
+            engine: Settings::default(),
             max_clock_skew: Duration::from_secs(300),
             json_logs: true,
             data_dir: None,
@@ -121,7 +121,7 @@ impl Config {
         };
         let d = Self::default();
         let retention_days = match non_empty(names::HISTORY_RETENTION_DAYS) {
-            None => d.history_retention,
+            None => d.engine.history_retention,
             Some(v) => v
                 .parse::<u64>()
                 .ok()
@@ -148,8 +148,11 @@ impl Config {
             table_name: non_empty(names::TABLE_NAME),
             ddb_endpoint: non_empty(names::DDB_ENDPOINT),
             webhook_tolerance: seconds(names::WEBHOOK_TOLERANCE, d.webhook_tolerance)?,
-            history_retention: retention_days,
-            lease: seconds(names::LEASE_SECONDS, d.lease)?,
+            engine: Settings {
+                history_retention: retention_days,
+                lease: seconds(names::LEASE_SECONDS, d.engine.lease)?,
+                ..d.engine.clone()
+            },
             max_clock_skew: seconds(names::MAX_CLOCK_SKEW, d.max_clock_skew)?,
             json_logs: non_empty(names::LOG_FORMAT).is_none_or(|v| v != "text"),
             data_dir: non_empty(names::DATA_DIR)
@@ -219,5 +222,18 @@ mod tests {
                 .as_deref(),
             Some("http://x")
         );
+    }
+
+    #[test]
+    fn the_engine_section_is_read_here_too() {
+        let c = cfg(&[(names::LEASE_SECONDS, "12"), (names::HISTORY_RETENTION_DAYS, "2")]).unwrap();
+        assert_eq!(c.engine.lease, Duration::from_secs(12));
+        assert_eq!(c.engine.history_retention, Duration::from_secs(2 * 86_400));
+        assert_eq!(
+            c.engine.idempotency_ttl,
+            Settings::default().idempotency_ttl,
+            "the rest keeps its defaults"
+        );
+        assert_eq!(cfg(&[]).unwrap().engine, Settings::default());
     }
 }

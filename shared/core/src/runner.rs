@@ -159,14 +159,13 @@ impl Runner {
         clock: Arc<dyn Clock>,
         dispatcher: Arc<dyn Dispatcher>,
         settings: Settings,
-        lease: Duration,
     ) -> Self {
         Self {
             store,
             clock,
             dispatcher,
+            lease: settings.lease,
             settings,
-            lease,
             faults: Mutex::default(),
         }
     }

@@ -8,7 +8,6 @@ use aws_lambda_events::event::dynamodb::Event as StreamEvent;
 use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use lambda_http::RequestExt;
 use opscore_agentkit::AgentKitClient;
-use opscore_core::app::Settings;
 use opscore_core::config::{Config, names};
 use opscore_core::runner::{CONCURRENT_AGENTS, Runner, by_agent};
 use opscore_core::store::Store;
@@ -26,14 +25,6 @@ pub async fn dynamo_store(config: &Config) -> Result<Arc<dyn Store>, LambdaError
         .ok_or_else(|| format!("{} is not set", names::TABLE_NAME))?;
     let client = opscore_dynamo::client_for_endpoint(config.ddb_endpoint.as_deref()).await;
     Ok(Arc::new(opscore_dynamo::DynamoStore::new(client, table)))
-}
-
-/// The use cases' settings from the configuration.
-pub fn settings(config: &Config) -> Settings {
-    Settings {
-        history_retention: config.history_retention,
-        ..Settings::default()
-    }
 }
 
 /// The router with each request's `x-request-id` set to the Lambda request id (so the request's
@@ -65,8 +56,7 @@ pub fn runner_from_config(config: &Config, store: Arc<dyn Store>) -> Result<Runn
         store,
         Arc::new(SystemClock),
         dispatcher,
-        settings(config),
-        config.lease,
+        config.engine.clone(),
     ))
 }
 
