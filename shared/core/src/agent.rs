@@ -340,6 +340,20 @@ impl HistoryEntry {
     }
 }
 
+/// Registration details for the core's unit tests.
+#[cfg(test)]
+pub(crate) fn test_details(id: &str) -> AgentDetails {
+    AgentDetails {
+        agent_id: AgentId::parse(id).unwrap(),
+        agent_name: "n".into(),
+        version: "1".into(),
+        capabilities: vec![],
+        contact_endpoint: "http://127.0.0.1:9/task".into(),
+        metadata: Map::new(),
+        registration_time: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,15 +424,7 @@ mod tests {
         fn ordering_matches_timestamp_order_over_the_whole_range(a in any_timestamp(), b in any_timestamp()) {
             let now = time::parse_rfc3339("2026-11-23T22:00:00Z").unwrap();
             let agent = Agent::new(
-                AgentDetails {
-                    agent_id: AgentId::parse("a1").unwrap(),
-                    agent_name: "n".into(),
-                    version: "1".into(),
-                    capabilities: vec![],
-                    contact_endpoint: "http://127.0.0.1/task".into(),
-                    metadata: Map::new(),
-                    registration_time: None,
-                },
+                test_details("a1"),
                 now,
             );
             let at_a = agent.with_report(&report_at(a), now);
@@ -484,15 +490,7 @@ mod tests {
     fn registration_creates_keeps_or_replaces_and_lifts_a_deregistration() {
         let t0 = time::parse_rfc3339("2026-11-23T22:00:00Z").unwrap();
         let t1 = t0 + chrono::Duration::seconds(60);
-        let details = AgentDetails {
-            agent_id: AgentId::parse("a1").unwrap(),
-            agent_name: "n".into(),
-            version: "1".into(),
-            capabilities: vec![],
-            contact_endpoint: "http://127.0.0.1/task".into(),
-            metadata: Map::new(),
-            registration_time: None,
-        };
+        let details = test_details("a1");
         let Registration::Create(agent) = Agent::registration(None, details.clone(), t0) else {
             panic!("a new agent is created");
         };

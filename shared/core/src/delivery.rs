@@ -74,7 +74,7 @@ impl App {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::AgentDetails;
+    use crate::agent::test_details;
     use crate::memory::InMemoryStore;
     use crate::time::ManualClock;
     use std::sync::Arc;
@@ -88,24 +88,12 @@ mod tests {
         )
     }
 
-    fn details(id: &AgentId) -> AgentDetails {
-        AgentDetails {
-            agent_id: id.clone(),
-            agent_name: "n".into(),
-            version: "1".into(),
-            capabilities: vec![],
-            contact_endpoint: "http://127.0.0.1:9/task".into(),
-            metadata: Default::default(),
-            registration_time: None,
-        }
-    }
-
     #[tokio::test]
     async fn a_delivery_applies_once() {
         let app = app();
         let id = AgentId::parse("a1").unwrap();
         let window = Duration::from_secs(600);
-        let register = AgentKitEvent::Register(details(&id));
+        let register = AgentKitEvent::Register(test_details(id.as_str()));
         let first = app.apply_delivery("sig-1", register.clone(), window).await.unwrap();
         let DeliveryOutcome::Registered(outcome) = first else {
             panic!("a new delivery is applied: {first:?}");
@@ -132,7 +120,7 @@ mod tests {
         let deregister = AgentKitEvent::Deregister(id.clone());
         let refused = app.apply_delivery("sig-d", deregister.clone(), window).await;
         assert!(matches!(refused, Err(AppError::NotFound(_))), "{refused:?}");
-        app.register_agent(details(&id)).await.unwrap();
+        app.register_agent(test_details(id.as_str())).await.unwrap();
         assert_eq!(
             app.apply_delivery("sig-d", deregister, window).await.unwrap(),
             DeliveryOutcome::Deregistered,

@@ -300,6 +300,17 @@ pub fn json_value(body: &[u8]) -> Result<serde_json::Value, HttpError> {
     serde_json::from_slice(body).map_err(|e| HttpError::bad_request(format!("malformed JSON: {e}")))
 }
 
+/// A body that must be a JSON object: malformed JSON is 400, any other JSON value 422.
+pub fn json_object(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, HttpError> {
+    match json_value(body)? {
+        serde_json::Value::Object(obj) => Ok(obj),
+        _ => Err(HttpError::invalid(
+            "request body must be a JSON object",
+            vec![opscore_core::workflow::Problem::new("", "must be an object")],
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

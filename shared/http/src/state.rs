@@ -2,7 +2,7 @@
 //! read with every problem reported at once, then turned into the core's [`StateReport`].
 
 use crate::error::HttpError;
-use crate::extract::{FromJson, json_value};
+use crate::extract::{FromJson, json_object};
 use opscore_api::StateUpdateRequest;
 use opscore_core::agent::{StateName, StateReport};
 use opscore_core::ids::AgentId;
@@ -16,13 +16,7 @@ pub const MAX_DETAILS_BYTES: usize = 32 * 1024;
 impl FromJson for StateUpdateRequest {
     /// Type problems are 422, all named at once; malformed JSON is 400.
     fn from_json(body: &[u8]) -> Result<Self, HttpError> {
-        let v = json_value(body)?;
-        let Value::Object(mut obj) = v else {
-            return Err(HttpError::invalid(
-                "request body must be a JSON object",
-                vec![Problem::new("", "must be an object")],
-            ));
-        };
+        let mut obj = json_object(body)?;
         let mut problems = Vec::new();
         let mut string_field = |name: &str| match obj.remove(name) {
             Some(Value::String(s)) => Some(s),

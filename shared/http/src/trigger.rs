@@ -2,7 +2,7 @@
 //! wire) read into what the use case takes, with the same 422s as ever.
 
 use crate::error::HttpError;
-use crate::extract::{FromJson, json_value};
+use crate::extract::{FromJson, json_object};
 use crate::state::summarise;
 use opscore_core::app::DefinitionSource;
 use opscore_core::ids::{WorkflowId, WorkflowVersion};
@@ -17,13 +17,7 @@ pub struct Trigger {
 
 impl FromJson for Trigger {
     fn from_json(body: &[u8]) -> Result<Self, HttpError> {
-        let v = json_value(body)?;
-        let Value::Object(mut obj) = v else {
-            return Err(HttpError::invalid(
-                "request body must be a JSON object",
-                vec![Problem::new("", "must be an object")],
-            ));
-        };
+        let mut obj = json_object(body)?;
         let take = |o: &mut Map<String, Value>, k: &str| o.remove(k).filter(|v| !v.is_null());
         let id = take(&mut obj, "workflowDefinitionId");
         let inline = take(&mut obj, "workflowDefinition");
