@@ -2,7 +2,7 @@
 """Writes the Lambda event fixtures in this folder and manifest.json.
 
 API Gateway HTTP API (payload 2.0) events for the state API, Lambda function URL events for the
-notify webhook. The Rust handler tests (tests/tests/fixtures.rs) replay every fixture in manifest
+notify webhook. The Rust handler tests (tests/tests/suite/fixtures.rs) replay every fixture in manifest
 order against one store and check the status; tools/sam-check.sh feeds the same files to
 `sam local invoke`. Run `python3 events/generate.py` after changing it; commit the output.
 

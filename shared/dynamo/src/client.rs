@@ -16,7 +16,7 @@ pub fn usable_endpoint(endpoint: Option<&str>) -> Option<&str> {
 /// `Retry-After`). The SDK sets no operation timeout by default, so a store that accepts the
 /// connection but never answers (a frozen host, a black-holed route) would hold a request until
 /// the Lambda or the client gives up; with these, such a request fails in at most
-/// [`OPERATION_TIMEOUT`] (`tests/tests/faults.rs` measures it). A healthy single-item call or
+/// [`OPERATION_TIMEOUT`] (`tests/tests/suite/faults.rs` measures it). A healthy single-item call or
 /// transaction answers in milliseconds, so an attempt is cut after [`ATTEMPT_TIMEOUT`] and retried
 /// by the SDK's standard retry policy (3 attempts, transactions with their idempotency token).
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);

@@ -35,7 +35,7 @@ async fn stack() -> opscore_http::HttpRouter {
     app.register_agent(opscore_tests::fake::agent_details(&agent, "fuzz"))
         .await
         .unwrap();
-    let def = WorkflowDefinition::parse(include_bytes!("../../local/sample-workflow.json"), Format::Json).unwrap();
+    let def = WorkflowDefinition::parse(include_bytes!("../../../local/sample-workflow.json"), Format::Json).unwrap();
     app.create_workflow(def).await.unwrap();
     let config = Config {
         api_keys: vec![Secret::new("fixture-api-key")],

@@ -1,0 +1,15 @@
+//! The integration tests of `opscore-tests` as one test binary: one link of the whole dependency
+//! graph (the AWS SDK included) instead of one per file. Each module is what was a file of its
+//! own; `cargo test -p opscore-tests engine::` still runs one of them. The Lambda-emulator test
+//! (`lambda_rie`) stays a binary of its own: `.ci/run` runs it alone, after `sam build`.
+
+mod agentkit_vectors;
+mod bad_input;
+mod e2e_local;
+mod engine;
+mod faults;
+mod fixtures;
+mod fuzz_regressions;
+mod proptests;
+mod store_contract;
+mod stream_batch;
