@@ -349,60 +349,6 @@ pub async fn report(http: &reqwest::Client, opscore: &str, key: &str, agent: &st
         .unwrap_or(0)
 }
 
-/// AgentKit as the runner's `Dispatcher` port sees it, in process: records every dispatch and
-/// answers from a script (then 202 for ever). For engine tests that need no HTTP.
-#[derive(Default)]
-pub struct ScriptedAgentKit {
-    pub script: Mutex<VecDeque<opscore_core::runner::DispatchOutcome>>,
-    pub seen: Mutex<Vec<opscore_core::runner::DispatchRequest>>,
-}
-
-#[async_trait::async_trait]
-impl opscore_core::runner::Dispatcher for ScriptedAgentKit {
-    async fn dispatch(&self, req: &opscore_core::runner::DispatchRequest) -> opscore_core::runner::DispatchOutcome {
-        self.seen.lock().unwrap().push(req.clone());
-        self.script
-            .lock()
-            .unwrap()
-            .pop_front()
-            .unwrap_or(opscore_core::runner::DispatchOutcome::Accepted)
-    }
-}
-
-/// Registration details of a test agent (what a REGISTER webhook would carry). The contact
-/// endpoint is a closed port: the runner talks to AgentKit, never to the agent.
-pub fn agent_details(id: &opscore_core::ids::AgentId, name: &str) -> opscore_core::agent::AgentDetails {
-    opscore_core::agent::AgentDetails {
-        agent_id: id.clone(),
-        agent_name: name.into(),
-        version: "1".into(),
-        capabilities: vec![],
-        contact_endpoint: "http://127.0.0.1:9/task".into(),
-        metadata: Default::default(),
-        registration_time: None,
-    }
-}
-
-/// The claim lease of in-process engines in tests.
-pub const TEST_LEASE: Duration = Duration::from_secs(30);
-
-/// The workflow engine in process: an App and a Runner sharing `store` and `clock` (default
-/// settings, [`TEST_LEASE`]), the runner dispatching through `dispatcher`.
-pub fn engine(
-    store: Arc<dyn opscore_core::store::Store>,
-    clock: &opscore_core::time::ManualClock,
-    dispatcher: Arc<dyn opscore_core::runner::Dispatcher>,
-) -> (opscore_core::app::App, opscore_core::runner::Runner) {
-    use opscore_core::app::{App, Settings};
-    let app = App::new(store.clone(), Arc::new(clock.clone()), Settings::default());
-    let runner = opscore_core::runner::Runner::new(
-        store,
-        Arc::new(clock.clone()),
-        dispatcher,
-        Settings {
-            lease: TEST_LEASE,
-            ..Settings::default()
-        },
-    );
-    (app, runner)
-}
+// The in-process engine pieces live in the core (its engine scenarios use them without this
+// crate's AWS dependencies); re-exported for the tests here.
+pub use opscore_core::testing::{ScriptedAgentKit, TEST_LEASE, agent_details, engine};

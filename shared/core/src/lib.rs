@@ -12,6 +12,8 @@ pub mod runner;
 pub mod session;
 pub mod store;
 pub mod task;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod time;
 pub mod workflow;
 

@@ -1,12 +1,12 @@
 //! The integration tests of `opscore-tests` as one test binary: one link of the whole dependency
 //! graph (the AWS SDK included) instead of one per file. Each module is what was a file of its
-//! own; `cargo test -p opscore-tests engine::` still runs one of them. The Lambda-emulator test
-//! (`lambda_rie`) stays a binary of its own: `.ci/run` runs it alone, after `sam build`.
+//! own; `cargo test -p opscore-tests faults::` still runs one of them. The Lambda-emulator test
+//! (`lambda_rie`) stays a binary of its own: `.ci/run` runs it alone, after `sam build`. The engine
+//! scenarios are the core's own (`shared/core/tests/engine.rs`), built without the AWS SDK.
 
 mod agentkit_vectors;
 mod bad_input;
 mod e2e_local;
-mod engine;
 mod faults;
 mod fixtures;
 mod fuzz_regressions;

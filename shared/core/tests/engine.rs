@@ -11,9 +11,9 @@ use opscore_core::runner::{DispatchOutcome, DispatchRequest, Runner, RunnerError
 use opscore_core::session::SessionStatus;
 use opscore_core::store::{Change, Store};
 use opscore_core::task::TaskStatus;
+use opscore_core::testing::{ScriptedAgentKit, agent_details, engine};
 use opscore_core::time::{Clock, ManualClock};
 use opscore_core::workflow::WorkflowDefinition;
-use opscore_tests::fake::{ScriptedAgentKit, agent_details, engine};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
