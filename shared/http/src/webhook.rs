@@ -10,11 +10,11 @@ use http::{HeaderMap, StatusCode};
 use opscore_api::Accepted;
 use opscore_api::paths::{self, headers};
 use opscore_core::agent::AgentDetails;
-use opscore_core::app::{App, after};
+use opscore_core::app::App;
 use opscore_core::config::Config;
 use opscore_core::ids::AgentId;
 use opscore_core::store::{CommitError, RegisterOutcome, Write};
-use opscore_core::time::{self, Timestamp};
+use opscore_core::time::{self, Timestamp, after};
 use opscore_core::workflow::Problem;
 use serde_json::{Map, Value, json};
 
