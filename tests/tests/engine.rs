@@ -8,7 +8,7 @@ use opscore_core::app::{App, DefinitionSource};
 use opscore_core::ids::{AgentId, SessionId};
 use opscore_core::memory::InMemoryStore;
 use opscore_core::runner::{DispatchOutcome, DispatchRequest, Runner, RunnerError, Step};
-use opscore_core::session::SessionStatus;
+use opscore_core::session::{FailureCode, SessionStatus};
 use opscore_core::store::{Change, Store};
 use opscore_core::task::TaskStatus;
 use opscore_core::time::{Clock, ManualClock};
@@ -254,7 +254,7 @@ async fn agentkit_always_503_fails_the_session_with_its_cause() {
     let v = w.app.session(&s).await.unwrap();
     assert_eq!(v.session.status, SessionStatus::Failed);
     let e = v.session.error.unwrap();
-    assert_eq!(e.code, "retries_exhausted");
+    assert_eq!(e.code, FailureCode::RetriesExhausted);
     assert_eq!(e.attempts, Some(4));
     assert_eq!(e.task_id.unwrap().as_str(), "step_1");
     assert!(
@@ -277,7 +277,7 @@ async fn a_non_retryable_rejection_fails_at_once() {
     let s = w.trigger(sample(json!(null))).await;
     let v = w.app.session(&s).await.unwrap();
     assert_eq!(v.session.status, SessionStatus::Failed);
-    assert_eq!(v.session.error.unwrap().code, "dispatch_rejected");
+    assert_eq!(v.session.error.unwrap().code, FailureCode::DispatchRejected);
 }
 
 #[tokio::test]
@@ -316,7 +316,7 @@ async fn an_agent_stuck_in_unknown_hits_the_dispatch_timeout() {
     let v = w.app.session(&s).await.unwrap();
     assert_eq!(v.session.status, SessionStatus::Failed);
     let e = v.session.error.unwrap();
-    assert_eq!(e.code, "dispatch_timeout");
+    assert_eq!(e.code, FailureCode::DispatchTimeout);
     assert!(e.message.contains("UNKNOWN"), "{}", e.message);
     assert!(w.dispatches().is_empty());
 }
@@ -398,7 +398,7 @@ async fn deregistration_mid_run_fails_the_session_with_that_cause() {
     for id in [s, other] {
         let v = w.app.session(&id).await.unwrap();
         assert_eq!(v.session.status, SessionStatus::Failed);
-        assert_eq!(v.session.error.unwrap().code, "agent_deregistered");
+        assert_eq!(v.session.error.unwrap().code, FailureCode::AgentDeregistered);
     }
     assert!(
         w.app

@@ -3,7 +3,7 @@
 use crate::agent::{Agent, AgentDetails, CurrentState, HistoryEntry, StateName, StateReport};
 use crate::error::AppError;
 use crate::ids::{AgentId, IdempotencyKey, SessionId, WorkflowId, WorkflowVersion};
-use crate::session::{FailureCause, Session, SessionStatus};
+use crate::session::{FailureCause, FailureCode, Session, SessionStatus};
 use crate::store::*;
 use crate::task::TaskInstance;
 use crate::time::{Clock, Timestamp};
@@ -313,7 +313,7 @@ impl App {
                 .transition(SessionStatus::Cancelled, now)
                 .map_err(|e| AppError::Conflict(e.to_string()))?;
             next.error = Some(FailureCause {
-                code: "cancelled".into(),
+                code: FailureCode::Cancelled,
                 message: "Session cancelled by request".into(),
                 task_id: None,
                 attempts: None,

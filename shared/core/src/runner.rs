@@ -8,7 +8,7 @@
 use crate::agent::{Agent, Inflight, KnownState};
 use crate::app::{LOST_WRITE_RETRIES, Settings};
 use crate::ids::{AgentId, DispatchId, SessionId};
-use crate::session::{FailureCause, Session, SessionStatus};
+use crate::session::{FailureCause, FailureCode, Session, SessionStatus};
 use crate::store::*;
 use crate::task::{TaskInstance, TaskKey, TaskStatus};
 use crate::time::{Clock, Timestamp, after, render};
@@ -357,7 +357,7 @@ impl Runner {
                     let why = format!(
                         "dispatch failed: AgentKit answered {status} (redirect to {location:?}); redirects are not followed"
                     );
-                    self.fail_attempt_with(&dispatch, why, false, "dispatch_redirected")
+                    self.fail_attempt_with(&dispatch, why, false, FailureCode::DispatchRedirected)
                         .await?
                 }
             }
@@ -451,7 +451,7 @@ impl Runner {
     /// Ends the current attempt as failed: a retry after backoff while retries remain (and the
     /// failure is retryable), otherwise the task and its session fail with the cause.
     async fn fail_attempt_of(&self, dispatch: &DispatchId, error: String, retryable: bool) -> Result<(), RunnerError> {
-        self.fail_attempt_with(dispatch, error, retryable, "retries_exhausted")
+        self.fail_attempt_with(dispatch, error, retryable, FailureCode::RetriesExhausted)
             .await
     }
 
@@ -461,7 +461,7 @@ impl Runner {
         dispatch: &DispatchId,
         error: String,
         retryable: bool,
-        code: &'static str,
+        code: FailureCode,
     ) -> Result<(), RunnerError> {
         self.fault(Step::BeforeFailAttempt)?;
         self.update_attempt(dispatch, None, |l, now| {
@@ -478,7 +478,14 @@ impl Runner {
     /// The writes that fail the current attempt of `l` (or its pending task): a retry while
     /// the failure is `retryable` and retries remain, else the task fails and its session with
     /// `code`. `None` when the task is no longer in a status this applies to.
-    fn fail_writes(&self, l: &Loaded, now: Timestamp, error: &str, retryable: bool, code: &str) -> Option<Vec<Write>> {
+    fn fail_writes(
+        &self,
+        l: &Loaded,
+        now: Timestamp,
+        error: &str,
+        retryable: bool,
+        code: FailureCode,
+    ) -> Option<Vec<Write>> {
         let t = &l.task;
         let def = &l.session.definition;
         if retryable && t.retries_left() {
@@ -491,7 +498,7 @@ impl Runner {
         let failed = t.fail(now, error).ok()?;
         let attempts = t.attempt;
         let message = match code {
-            "retries_exhausted" if attempts > 0 => format!(
+            FailureCode::RetriesExhausted if attempts > 0 => format!(
                 "task {} ({}) failed after {attempts} attempt{}: {error}",
                 t.task_id,
                 t.name,
@@ -500,8 +507,8 @@ impl Runner {
             _ => format!("task {} ({}) failed: {error}", t.task_id, t.name),
         };
         // A failure a retry would not mend: the dispatch was refused, the retries were not used up.
-        let code = if !retryable && code == "retries_exhausted" {
-            "dispatch_rejected"
+        let code = if !retryable && code == FailureCode::RetriesExhausted {
+            FailureCode::DispatchRejected
         } else {
             code
         };
@@ -511,7 +518,7 @@ impl Runner {
         }];
         if let Ok(mut s) = l.session.transition(SessionStatus::Failed, now) {
             s.error = Some(FailureCause {
-                code: code.into(),
+                code,
                 message,
                 task_id: Some(t.task_id.clone()),
                 attempts: Some(attempts),
@@ -563,19 +570,19 @@ impl Runner {
                     agent_id: l.task.agent_id.clone(),
                     dispatch: i.dispatch.clone(),
                 }];
-                w.extend(self.fail_writes(l, now, why, false, "agent_deregistered")?);
+                w.extend(self.fail_writes(l, now, why, false, FailureCode::AgentDeregistered)?);
                 Some(w)
             })
             .await?;
         }
         let far_future = after(self.clock.now(), Duration::from_secs(100 * 365 * 86_400));
         for key in self.store.runnable_tasks(agent.id(), far_future, 1000).await? {
-            self.fail_pending(&key, why, "agent_deregistered").await?;
+            self.fail_pending(&key, why, FailureCode::AgentDeregistered).await?;
         }
         Ok(())
     }
 
-    async fn fail_pending(&self, key: &TaskKey, why: &str, code: &str) -> Result<(), RunnerError> {
+    async fn fail_pending(&self, key: &TaskKey, why: &str, code: FailureCode) -> Result<(), RunnerError> {
         for _ in 0..LOST_WRITE_RETRIES {
             let Some(l) = self.load(key).await? else {
                 return Ok(());
@@ -656,7 +663,7 @@ impl Runner {
                     let why = format!(
                         "not dispatched within {waited} s: the agent never became available (last state: {state})"
                     );
-                    self.fail_pending(key, &why, "dispatch_timeout").await?;
+                    self.fail_pending(key, &why, FailureCode::DispatchTimeout).await?;
                     report.failed_attempts += 1;
                     return Ok(());
                 }
