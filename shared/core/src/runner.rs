@@ -504,6 +504,13 @@ impl Runner {
                 t.name,
                 if attempts == 1 { "" } else { "s" }
             ),
+            FailureCode::TaskTimeout => format!(
+                "task {} ({}) did not finish within {} s, and no retries were left after {attempts} attempt{}",
+                t.task_id,
+                t.name,
+                run_timeout(l).as_secs_f64(),
+                if attempts == 1 { "" } else { "s" }
+            ),
             _ => format!("task {} ({}) failed: {error}", t.task_id, t.name),
         };
         // A failure a retry would not mend: the dispatch was refused, the retries were not used up.
@@ -689,15 +696,23 @@ impl Runner {
             }
             TaskStatus::Dispatched | TaskStatus::Running => {
                 let dispatch = l.task.current_dispatch().expect("holds the agent");
-                let why = if l.task.lease_expires_at.is_some_and(|t| t <= now) {
-                    "the runner that claimed it stopped before AgentKit's answer was recorded (lease expired)"
-                        .to_owned()
+                // An expired lease is the runner's failure, not the task's: if it was the last
+                // attempt, the retries are exhausted. A run deadline is the task's own timeout.
+                let (why, code) = if l.task.lease_expires_at.is_some_and(|t| t <= now) {
+                    (
+                        "the runner that claimed it stopped before AgentKit's answer was recorded (lease expired)"
+                            .to_owned(),
+                        FailureCode::RetriesExhausted,
+                    )
                 } else if l.task.run_deadline.is_some_and(|t| t <= now) {
-                    format!("timed out after {} s", run_timeout(&l).as_secs_f64())
+                    (
+                        format!("timed out after {} s", run_timeout(&l).as_secs_f64()),
+                        FailureCode::TaskTimeout,
+                    )
                 } else {
                     return Ok(());
                 };
-                self.fail_attempt_of(&dispatch, why, true).await?;
+                self.fail_attempt_with(&dispatch, why, true, code).await?;
                 report.failed_attempts += 1;
             }
             _ => {}
