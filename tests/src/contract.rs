@@ -7,7 +7,7 @@ use crate::stores::Fixture;
 use chrono::Duration as ChronoDuration;
 use opscore_core::agent::{AgentDetails, CurrentState, Inflight, KnownState, StateName, StateReport};
 use opscore_core::ids::{AgentId, DispatchId, IdempotencyKey, SessionId, TaskId, WorkflowId, WorkflowVersion};
-use opscore_core::session::{FailureCause, Session, SessionStatus};
+use opscore_core::session::{FailureCause, FailureCode, Session, SessionStatus};
 use opscore_core::store::*;
 use opscore_core::task::{Attempt, TaskInstance, TaskKey, TaskStatus};
 use opscore_core::time::{self, Timestamp};
@@ -628,7 +628,7 @@ pub async fn session_and_tasks_round_trip(f: Fixture) {
     let mut failed = running.transition(SessionStatus::Failed, t(4)).unwrap();
     failed.result = Some(json!({"partial": [1.0, 2]}));
     failed.error = Some(FailureCause {
-        code: "retries_exhausted".into(),
+        code: FailureCode::RetriesExhausted,
         message: "gave up".into(),
         task_id: Some(TaskId::parse("fetch").unwrap()),
         attempts: Some(4),

@@ -3,11 +3,11 @@
 use crate::agent::{Agent, AgentDetails, CurrentState, HistoryEntry, StateName, StateReport};
 use crate::error::AppError;
 use crate::ids::{AgentId, IdempotencyKey, SessionId, WorkflowId, WorkflowVersion};
-use crate::session::{FailureCause, Session, SessionStatus};
+use crate::session::{FailureCause, FailureCode, Session, SessionStatus};
 use crate::store::*;
-use crate::task::{TaskInstance, TaskStatus};
+use crate::task::TaskInstance;
 use crate::time::{Clock, Timestamp};
-use crate::workflow::{TaskDefinition, WorkflowDefinition};
+use crate::workflow::WorkflowDefinition;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,43 +67,6 @@ pub struct Triggered {
     pub workflow_id: WorkflowId,
     /// False when an `Idempotency-Key` matched an earlier trigger.
     pub created: bool,
-}
-
-pub fn after(t: Timestamp, d: Duration) -> Timestamp {
-    t + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
-}
-
-/// A new pending task instance for `def` in `session`.
-pub(crate) fn new_task(
-    session: &Session,
-    def: &TaskDefinition,
-    payload: Value,
-    now: Timestamp,
-    recheck: Duration,
-) -> TaskInstance {
-    let deadline = after(now, session.definition.dispatch_timeout());
-    TaskInstance {
-        session_id: session.session_id,
-        task_id: def.task_id.clone(),
-        agent_id: session.agent_id.clone(),
-        name: def.name.clone(),
-        payload,
-        next_task_id: def.next_task_id.clone(),
-        status: TaskStatus::Pending,
-        attempt: 0,
-        max_retries: session.definition.max_retries_for(def),
-        created_at: now,
-        updated_at: now,
-        due_at: now,
-        dispatch_deadline: Some(deadline),
-        lease_expires_at: None,
-        run_deadline: None,
-        timer_at: Some(after(now, recheck).min(deadline)),
-        attempts: Vec::new(),
-        result: None,
-        last_error: None,
-        rev: 0,
-    }
 }
 
 /// What an `Idempotency-Key` is bound to: SHA-256 (hex) of the trigger as the API read it (the
@@ -269,7 +232,7 @@ impl App {
             idempotency_key.clone(),
             now,
         );
-        let task = new_task(&session, &entry, payload, now, self.settings.recheck_after);
+        let task = TaskInstance::new(&session, &entry, payload, now, self.settings.recheck_after);
         let session_id = session.session_id;
         let mut writes = Vec::new();
         if let Some(key) = &idempotency_key {
@@ -352,7 +315,7 @@ impl App {
                 .transition(SessionStatus::Cancelled, now)
                 .map_err(|e| AppError::Conflict(e.to_string()))?;
             next.error = Some(FailureCause {
-                code: "cancelled".into(),
+                code: FailureCode::Cancelled,
                 message: "Session cancelled by request".into(),
                 task_id: None,
                 attempts: None,
@@ -369,10 +332,11 @@ impl App {
                         dispatch,
                     });
                 }
-                writes.push(Write::TransitionTask {
-                    from: t.status,
-                    next: crate::runner::end_task(t, TaskStatus::Cancelled, now, Some("session cancelled")),
-                });
+                // Open tasks only (filtered above), so the task table allows it.
+                let next = t
+                    .cancel(now, "session cancelled")
+                    .map_err(|e| AppError::Conflict(e.to_string()))?;
+                writes.push(Write::TransitionTask { from: t.status, next });
             }
             match self.store.commit(writes).await {
                 Ok(()) => return self.session(id).await,

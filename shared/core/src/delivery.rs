@@ -5,10 +5,11 @@
 //! whether the delivery is new and applies it.
 
 use crate::agent::AgentDetails;
-use crate::app::{App, after};
+use crate::app::App;
 use crate::error::AppError;
 use crate::ids::AgentId;
 use crate::store::{CommitError, RegisterOutcome, Write};
+use crate::time::after;
 use std::time::Duration;
 
 /// What an AgentKit webhook delivery asks for.

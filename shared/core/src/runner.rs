@@ -6,12 +6,12 @@
 //! batch delivered twice) can race freely: one wins, the other re-reads and finds nothing to do.
 
 use crate::agent::{Agent, Inflight, KnownState};
-use crate::app::{LOST_WRITE_RETRIES, Settings, after, new_task};
+use crate::app::{LOST_WRITE_RETRIES, Settings};
 use crate::ids::{AgentId, DispatchId, SessionId};
-use crate::session::{FailureCause, Session, SessionStatus};
+use crate::session::{FailureCause, FailureCode, Session, SessionStatus};
 use crate::store::*;
-use crate::task::{Attempt, TaskInstance, TaskKey, TaskStatus};
-use crate::time::{Clock, Timestamp, render};
+use crate::task::{TaskInstance, TaskKey, TaskStatus};
+use crate::time::{Clock, Timestamp, after, render};
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 use std::collections::HashSet;
@@ -284,28 +284,14 @@ impl Runner {
                 return Ok(Claim::NotRunnable);
             };
             let now = self.clock.now();
-            if task.status != TaskStatus::Pending || task.due_at > now || session.status.is_terminal() {
+            if task.due_at > now || session.status.is_terminal() {
                 return Ok(Claim::NotRunnable);
             }
-            let mut next = task.clone();
-            next.status = TaskStatus::Dispatched;
-            next.attempt += 1;
-            next.rev += 1;
-            next.updated_at = now;
-            next.dispatch_deadline = None;
-            next.lease_expires_at = Some(after(now, self.lease));
-            next.timer_at = next.lease_expires_at;
+            // Only a pending task can be claimed.
+            let Ok(next) = task.claim(now, after(now, self.lease)) else {
+                return Ok(Claim::NotRunnable);
+            };
             let dispatch = next.current_dispatch().expect("dispatched holds the agent");
-            next.attempts.push(Attempt {
-                attempt: next.attempt,
-                dispatch_id: dispatch.render(),
-                claimed_at: now,
-                accepted_at: None,
-                started_at: None,
-                ended_at: None,
-                outcome: None,
-                error: None,
-            });
             let (session_write, session_after) = if session.status == SessionStatus::Started {
                 let running = session
                     .transition(SessionStatus::Running, now)
@@ -373,7 +359,7 @@ impl Runner {
                     let why = format!(
                         "dispatch failed: AgentKit answered {status} (redirect to {location:?}); redirects are not followed"
                     );
-                    self.fail_attempt_with(&dispatch, why, false, "dispatch_redirected")
+                    self.fail_attempt_with(&dispatch, why, false, FailureCode::DispatchRedirected)
                         .await?
                 }
             }
@@ -385,14 +371,12 @@ impl Runner {
     /// AgentKit accepted: the lease becomes a run deadline.
     async fn confirm(&self, dispatch: &DispatchId, claimed: Loaded) -> Result<(), RunnerError> {
         self.update_attempt(dispatch, Some(claimed), |l, now| {
-            let mut next = l.task.clone();
-            if let Some(a) = next.current_attempt_mut() {
-                a.accepted_at.get_or_insert(now);
-            }
-            next.lease_expires_at = None;
-            let run_deadline = *next.run_deadline.get_or_insert_with(|| after(now, run_timeout(l)));
-            next.timer_at = Some(run_deadline);
-            Some(vec![touch(&l.task, next, now)])
+            // The attempt is current (dispatched or running), so acceptance applies.
+            let next = l.task.accept(now, after(now, run_timeout(l))).ok()?;
+            Some(vec![Write::TransitionTask {
+                from: l.task.status,
+                next,
+            }])
         })
         .await?;
         self.fault(Step::AfterConfirm)
@@ -400,18 +384,12 @@ impl Runner {
 
     async fn mark_running(&self, dispatch: &DispatchId) -> Result<(), RunnerError> {
         self.update_attempt(dispatch, None, |l, now| {
-            if l.task.status != TaskStatus::Dispatched {
-                return None;
-            }
-            let mut next = l.task.clone();
-            next.status = TaskStatus::Running;
-            if let Some(a) = next.current_attempt_mut() {
-                a.started_at.get_or_insert(now);
-            }
-            next.lease_expires_at = None;
-            let run_deadline = *next.run_deadline.get_or_insert_with(|| after(now, run_timeout(l)));
-            next.timer_at = Some(run_deadline);
-            Some(vec![touch(&l.task, next, now)])
+            // Refused unless dispatched: a second `active` for a running attempt changes nothing.
+            let next = l.task.start_running(now, after(now, run_timeout(l))).ok()?;
+            Some(vec![Write::TransitionTask {
+                from: l.task.status,
+                next,
+            }])
         })
         .await
     }
@@ -427,8 +405,7 @@ impl Runner {
         self.fault(Step::BeforeComplete)?;
         let recheck = self.settings.recheck_after;
         self.update_attempt(dispatch, Some(loaded), |l, now| {
-            let mut done = end_task(&l.task, TaskStatus::Succeeded, now, None);
-            done.result = details.clone();
+            let done = l.task.succeed(now, details.clone()).ok()?;
             let mut writes = vec![
                 Write::ReleaseAgent {
                     agent_id: l.task.agent_id.clone(),
@@ -446,7 +423,7 @@ impl Runner {
                 .and_then(|id| l.session.definition.task(id));
             match next_def {
                 Some(def) => {
-                    writes.push(Write::CreateTask(new_task(
+                    writes.push(Write::CreateTask(TaskInstance::new(
                         &l.session,
                         def,
                         Value::Object(def.parameters.clone()),
@@ -476,7 +453,7 @@ impl Runner {
     /// Ends the current attempt as failed: a retry after backoff while retries remain (and the
     /// failure is retryable), otherwise the task and its session fail with the cause.
     async fn fail_attempt_of(&self, dispatch: &DispatchId, error: String, retryable: bool) -> Result<(), RunnerError> {
-        self.fail_attempt_with(dispatch, error, retryable, "retries_exhausted")
+        self.fail_attempt_with(dispatch, error, retryable, FailureCode::RetriesExhausted)
             .await
     }
 
@@ -486,7 +463,7 @@ impl Runner {
         dispatch: &DispatchId,
         error: String,
         retryable: bool,
-        code: &'static str,
+        code: FailureCode,
     ) -> Result<(), RunnerError> {
         self.fault(Step::BeforeFailAttempt)?;
         self.update_attempt(dispatch, None, |l, now| {
@@ -494,48 +471,53 @@ impl Runner {
                 agent_id: l.task.agent_id.clone(),
                 dispatch: dispatch.clone(),
             }];
-            writes.extend(self.fail_writes(l, now, &error, retryable, code));
+            writes.extend(self.fail_writes(l, now, &error, retryable, code)?);
             Some(writes)
         })
         .await
     }
 
-    fn fail_writes(&self, l: &Loaded, now: Timestamp, error: &str, retryable: bool, code: &str) -> Vec<Write> {
+    /// The writes that fail the current attempt of `l` (or its pending task): a retry while
+    /// the failure is `retryable` and retries remain, else the task fails and its session with
+    /// `code`. `None` when the task is no longer in a status this applies to.
+    fn fail_writes(
+        &self,
+        l: &Loaded,
+        now: Timestamp,
+        error: &str,
+        retryable: bool,
+        code: FailureCode,
+    ) -> Option<Vec<Write>> {
         let t = &l.task;
+        let def = &l.session.definition;
         if retryable && t.retries_left() {
-            let policy = l.session.definition.retry_policy();
-            let delay = policy.backoff(t.attempt, fastrand::f64());
-            let mut next = t.clone();
-            if let Some(a) = next.current_attempt_mut() {
-                a.ended_at = Some(now);
-                a.outcome = Some("failed".into());
-                a.error = Some(error.to_owned());
-            }
-            next.status = TaskStatus::Pending;
-            next.rev += 1;
-            next.updated_at = now;
-            next.last_error = Some(error.to_owned());
-            next.due_at = after(now, delay);
-            next.dispatch_deadline = Some(after(next.due_at, l.session.definition.dispatch_timeout()));
-            next.lease_expires_at = None;
-            next.run_deadline = None;
-            next.timer_at = Some(next.due_at);
-            return vec![Write::TransitionTask { from: t.status, next }];
+            let due_at = after(now, def.retry_policy().backoff(t.attempt, fastrand::f64()));
+            let next = t
+                .retry_later(now, error, due_at, after(due_at, def.dispatch_timeout()))
+                .ok()?;
+            return Some(vec![Write::TransitionTask { from: t.status, next }]);
         }
-        let mut failed = end_task(t, TaskStatus::Failed, now, Some(error));
-        failed.last_error = Some(error.to_owned());
+        let failed = t.fail(now, error).ok()?;
         let attempts = t.attempt;
         let message = match code {
-            "retries_exhausted" if attempts > 0 => format!(
+            FailureCode::RetriesExhausted if attempts > 0 => format!(
                 "task {} ({}) failed after {attempts} attempt{}: {error}",
                 t.task_id,
                 t.name,
                 if attempts == 1 { "" } else { "s" }
             ),
+            FailureCode::TaskTimeout => format!(
+                "task {} ({}) did not finish within {} s, and no retries were left after {attempts} attempt{}",
+                t.task_id,
+                t.name,
+                run_timeout(l).as_secs_f64(),
+                if attempts == 1 { "" } else { "s" }
+            ),
             _ => format!("task {} ({}) failed: {error}", t.task_id, t.name),
         };
-        let code = if !retryable && code == "retries_exhausted" {
-            "dispatch_rejected"
+        // A failure a retry would not mend: the dispatch was refused, the retries were not used up.
+        let code = if !retryable && code == FailureCode::RetriesExhausted {
+            FailureCode::DispatchRejected
         } else {
             code
         };
@@ -545,7 +527,7 @@ impl Runner {
         }];
         if let Ok(mut s) = l.session.transition(SessionStatus::Failed, now) {
             s.error = Some(FailureCause {
-                code: code.into(),
+                code,
                 message,
                 task_id: Some(t.task_id.clone()),
                 attempts: Some(attempts),
@@ -556,7 +538,7 @@ impl Runner {
                 next: s,
             });
         }
-        writes
+        Some(writes)
     }
 
     /// Reads the attempt (or starts from `known`, what the caller just read or wrote), builds
@@ -597,19 +579,19 @@ impl Runner {
                     agent_id: l.task.agent_id.clone(),
                     dispatch: i.dispatch.clone(),
                 }];
-                w.extend(self.fail_writes(l, now, why, false, "agent_deregistered"));
+                w.extend(self.fail_writes(l, now, why, false, FailureCode::AgentDeregistered)?);
                 Some(w)
             })
             .await?;
         }
         let far_future = after(self.clock.now(), Duration::from_secs(100 * 365 * 86_400));
         for key in self.store.runnable_tasks(agent.id(), far_future, 1000).await? {
-            self.fail_pending(&key, why, "agent_deregistered").await?;
+            self.fail_pending(&key, why, FailureCode::AgentDeregistered).await?;
         }
         Ok(())
     }
 
-    async fn fail_pending(&self, key: &TaskKey, why: &str, code: &str) -> Result<(), RunnerError> {
+    async fn fail_pending(&self, key: &TaskKey, why: &str, code: FailureCode) -> Result<(), RunnerError> {
         for _ in 0..LOST_WRITE_RETRIES {
             let Some(l) = self.load(key).await? else {
                 return Ok(());
@@ -617,11 +599,10 @@ impl Runner {
             if l.task.status != TaskStatus::Pending {
                 return Ok(());
             }
-            match self
-                .store
-                .commit(self.fail_writes(&l, self.clock.now(), why, false, code))
-                .await
-            {
+            let Some(writes) = self.fail_writes(&l, self.clock.now(), why, false, code) else {
+                return Ok(());
+            };
+            match self.store.commit(writes).await {
                 Ok(()) => return Ok(()),
                 Err(CommitError::Conflict { .. }) => continue,
                 Err(CommitError::Store(e)) => return Err(e.into()),
@@ -691,7 +672,7 @@ impl Runner {
                     let why = format!(
                         "not dispatched within {waited} s: the agent never became available (last state: {state})"
                     );
-                    self.fail_pending(key, &why, "dispatch_timeout").await?;
+                    self.fail_pending(key, &why, FailureCode::DispatchTimeout).await?;
                     report.failed_attempts += 1;
                     return Ok(());
                 }
@@ -700,9 +681,16 @@ impl Runner {
                     Claim::AgentBusy | Claim::NotRunnable => {
                         // Not dispatchable now: wait for the agent's next change, and look again
                         // at the dispatch deadline.
-                        let mut next = l.task.clone();
-                        next.timer_at = next.dispatch_deadline;
-                        if self.store.commit(vec![touch(&l.task, next, now)]).await.is_ok() {
+                        if let Ok(next) = l.task.park(now)
+                            && self
+                                .store
+                                .commit(vec![Write::TransitionTask {
+                                    from: l.task.status,
+                                    next,
+                                }])
+                                .await
+                                .is_ok()
+                        {
                             report.parked += 1;
                         }
                     }
@@ -710,15 +698,23 @@ impl Runner {
             }
             TaskStatus::Dispatched | TaskStatus::Running => {
                 let dispatch = l.task.current_dispatch().expect("holds the agent");
-                let why = if l.task.lease_expires_at.is_some_and(|t| t <= now) {
-                    "the runner that claimed it stopped before AgentKit's answer was recorded (lease expired)"
-                        .to_owned()
+                // An expired lease is the runner's failure, not the task's: if it was the last
+                // attempt, the retries are exhausted. A run deadline is the task's own timeout.
+                let (why, code) = if l.task.lease_expires_at.is_some_and(|t| t <= now) {
+                    (
+                        "the runner that claimed it stopped before AgentKit's answer was recorded (lease expired)"
+                            .to_owned(),
+                        FailureCode::RetriesExhausted,
+                    )
                 } else if l.task.run_deadline.is_some_and(|t| t <= now) {
-                    format!("timed out after {} s", run_timeout(&l).as_secs_f64())
+                    (
+                        format!("timed out after {} s", run_timeout(&l).as_secs_f64()),
+                        FailureCode::TaskTimeout,
+                    )
                 } else {
                     return Ok(());
                 };
-                self.fail_attempt_of(&dispatch, why, true).await?;
+                self.fail_attempt_with(&dispatch, why, true, code).await?;
                 report.failed_attempts += 1;
             }
             _ => {}
@@ -739,34 +735,6 @@ fn run_timeout(l: &Loaded) -> Duration {
     let def = l.session.definition.task(&l.task.task_id);
     def.map(|d| l.session.definition.task_timeout(d))
         .unwrap_or(Duration::from_secs_f64(crate::workflow::DEFAULT_TASK_TIMEOUT))
-}
-
-/// A same-status update (timers, acceptance), conditioned like a transition.
-fn touch(cur: &TaskInstance, mut next: TaskInstance, now: Timestamp) -> Write {
-    next.rev = cur.rev + 1;
-    next.updated_at = now;
-    Write::TransitionTask { from: cur.status, next }
-}
-
-/// The task in a terminal status, its current attempt closed.
-pub(crate) fn end_task(t: &TaskInstance, to: TaskStatus, now: Timestamp, error: Option<&str>) -> TaskInstance {
-    debug_assert!(t.status.can_become(to), "{:?} -> {to:?}", t.status);
-    let mut next = t.clone();
-    next.status = to;
-    next.rev += 1;
-    next.updated_at = now;
-    next.lease_expires_at = None;
-    next.run_deadline = None;
-    next.dispatch_deadline = None;
-    next.timer_at = None;
-    if t.status.holds_agent()
-        && let Some(a) = next.current_attempt_mut()
-    {
-        a.ended_at = Some(now);
-        a.outcome = Some(to.as_str().to_owned());
-        a.error = error.map(str::to_owned);
-    }
-    next
 }
 
 /// For log lines and error bodies.

@@ -47,13 +47,67 @@ impl SessionStatus {
     }
 }
 
+/// Why a session failed, for machines (`error.code`). Stored and sent as these strings:
+///
+/// - `retries_exhausted`: a task's last attempt failed (AgentKit unavailable, the agent reported
+///   `error`, the runner that claimed it died) and no retries were left;
+/// - `dispatch_timeout`: a task was not dispatched within `dispatchTimeoutSeconds`: its agent
+///   never became available;
+/// - `task_timeout`: a task's last attempt did not finish within its timeout (`timeoutSeconds`,
+///   else `taskTimeoutSeconds`) and no retries were left;
+/// - `dispatch_rejected`: AgentKit refused a dispatch with an answer a retry would not change
+///   (a 4xx other than 404, 408 and 429);
+/// - `dispatch_redirected`: AgentKit answered a dispatch with a redirect, which is never followed;
+/// - `agent_deregistered`: the agent was deregistered while it held or waited for a task;
+/// - `cancelled`: the session was cancelled by request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureCode {
+    RetriesExhausted,
+    DispatchTimeout,
+    TaskTimeout,
+    DispatchRejected,
+    DispatchRedirected,
+    AgentDeregistered,
+    Cancelled,
+}
+
+impl FailureCode {
+    pub const ALL: [FailureCode; 7] = [
+        Self::RetriesExhausted,
+        Self::DispatchTimeout,
+        Self::TaskTimeout,
+        Self::DispatchRejected,
+        Self::DispatchRedirected,
+        Self::AgentDeregistered,
+        Self::Cancelled,
+    ];
+
+    /// The wire and stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RetriesExhausted => "retries_exhausted",
+            Self::DispatchTimeout => "dispatch_timeout",
+            Self::TaskTimeout => "task_timeout",
+            Self::DispatchRejected => "dispatch_rejected",
+            Self::DispatchRedirected => "dispatch_redirected",
+            Self::AgentDeregistered => "agent_deregistered",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why a session failed: names the task, its attempts and the last error.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FailureCause {
-    /// Machine-readable: `retries_exhausted`, `dispatch_timeout`, `task_timeout`, `dispatch_rejected`,
-    /// `agent_deregistered`, `cancelled`.
-    pub code: String,
+    pub code: FailureCode,
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
@@ -162,5 +216,34 @@ mod tests {
         assert_eq!(c.end_time, Some(now));
         assert_eq!(c.rev, 2);
         assert!(c.transition(Failed, now).is_err());
+    }
+
+    /// The codes are stored in sessions and sent to clients: their strings never change.
+    #[test]
+    fn failure_codes_keep_their_strings() {
+        let strings = [
+            "retries_exhausted",
+            "dispatch_timeout",
+            "task_timeout",
+            "dispatch_rejected",
+            "dispatch_redirected",
+            "agent_deregistered",
+            "cancelled",
+        ];
+        for (code, s) in FailureCode::ALL.into_iter().zip(strings) {
+            assert_eq!(code.as_str(), s);
+            assert_eq!(code.to_string(), s);
+            assert_eq!(serde_json::to_value(code).unwrap(), Value::String(s.into()));
+            assert_eq!(
+                serde_json::from_value::<FailureCode>(Value::String(s.into())).unwrap(),
+                code
+            );
+        }
+        // A cause as stored before the enum reads back the same.
+        let stored = serde_json::json!({"code": "dispatch_timeout", "message": "m", "taskId": "step_1", "attempts": 0});
+        let cause: FailureCause = serde_json::from_value(stored.clone()).unwrap();
+        assert_eq!(cause.code, FailureCode::DispatchTimeout);
+        assert_eq!(serde_json::to_value(&cause).unwrap(), stored);
+        assert!(serde_json::from_value::<FailureCode>(Value::String("RetriesExhausted".into())).is_err());
     }
 }

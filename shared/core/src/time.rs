@@ -42,6 +42,12 @@ impl Clock for ManualClock {
     }
 }
 
+/// `t` plus `d`: deadlines, leases, backoff, expiry times. A `d` too long for chrono counts as
+/// chrono's longest duration.
+pub fn after(t: Timestamp, d: std::time::Duration) -> Timestamp {
+    t + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
 /// The ordering key of a state report: nanoseconds since the epoch as an `i128`, exact for every
 /// instant chrono can represent (years -262143 to 262142: at most 22 digits, so it also fits a
 /// DynamoDB number, which holds 38). Strictly increasing with the timestamp, except that a leap

@@ -8,7 +8,7 @@ use opscore_core::app::{App, DefinitionSource};
 use opscore_core::ids::{AgentId, SessionId};
 use opscore_core::memory::InMemoryStore;
 use opscore_core::runner::{DispatchOutcome, DispatchRequest, Runner, RunnerError, Step};
-use opscore_core::session::SessionStatus;
+use opscore_core::session::{FailureCode, SessionStatus};
 use opscore_core::store::{Change, Store};
 use opscore_core::task::TaskStatus;
 use opscore_core::testing::{ScriptedAgentKit, agent_details, engine};
@@ -254,7 +254,7 @@ async fn agentkit_always_503_fails_the_session_with_its_cause() {
     let v = w.app.session(&s).await.unwrap();
     assert_eq!(v.session.status, SessionStatus::Failed);
     let e = v.session.error.unwrap();
-    assert_eq!(e.code, "retries_exhausted");
+    assert_eq!(e.code, FailureCode::RetriesExhausted);
     assert_eq!(e.attempts, Some(4));
     assert_eq!(e.task_id.unwrap().as_str(), "step_1");
     assert!(
@@ -277,7 +277,7 @@ async fn a_non_retryable_rejection_fails_at_once() {
     let s = w.trigger(sample(json!(null))).await;
     let v = w.app.session(&s).await.unwrap();
     assert_eq!(v.session.status, SessionStatus::Failed);
-    assert_eq!(v.session.error.unwrap().code, "dispatch_rejected");
+    assert_eq!(v.session.error.unwrap().code, FailureCode::DispatchRejected);
 }
 
 #[tokio::test]
@@ -316,7 +316,7 @@ async fn an_agent_stuck_in_unknown_hits_the_dispatch_timeout() {
     let v = w.app.session(&s).await.unwrap();
     assert_eq!(v.session.status, SessionStatus::Failed);
     let e = v.session.error.unwrap();
-    assert_eq!(e.code, "dispatch_timeout");
+    assert_eq!(e.code, FailureCode::DispatchTimeout);
     assert!(e.message.contains("UNKNOWN"), "{}", e.message);
     assert!(w.dispatches().is_empty());
 }
@@ -348,6 +348,73 @@ async fn a_task_that_runs_too_long_times_out_and_is_retried() {
         SessionStatus::Failed,
         "second timeout exhausts maxRetries 1"
     );
+}
+
+/// Issue 14: `task_timeout` was documented and never produced. A task whose last attempt runs
+/// past its timeout fails the session with it, whether the agent started the attempt or not.
+#[tokio::test]
+async fn a_task_whose_last_attempt_runs_too_long_fails_with_task_timeout() {
+    let mut w = World::new().await;
+    w.report("idle", None).await;
+    let def = sample(
+        json!({"taskTimeoutSeconds": 10, "retryPolicy": {"maxRetries": 1, "baseDelaySeconds": 1, "maxDelaySeconds": 1}}),
+    );
+    let s = w.trigger(def).await;
+    // Attempt 1: AgentKit accepted it, the agent never said `active`; the run deadline holds.
+    w.advance(9.5).await;
+    assert_eq!(w.app.session(&s).await.unwrap().tasks[0].status, TaskStatus::Dispatched);
+    w.advance(1.0).await;
+    let v = w.app.session(&s).await.unwrap();
+    assert_eq!(v.tasks[0].status, TaskStatus::Pending, "a retry is left");
+    assert_eq!(v.session.error, None);
+    // Attempt 2: the agent starts it and never finishes.
+    w.advance(1.5).await;
+    assert_eq!(w.dispatches().len(), 2);
+    let second = w.last_dispatch_id();
+    w.report("active", Some(json!({"opscore_task_id": second}))).await;
+    w.advance(10.5).await;
+    let v = w.app.session(&s).await.unwrap();
+    assert_eq!(v.session.status, SessionStatus::Failed);
+    assert_eq!(v.tasks[0].status, TaskStatus::Failed);
+    let e = v.session.error.unwrap();
+    assert_eq!(e.code, FailureCode::TaskTimeout);
+    assert_eq!(e.attempts, Some(2));
+    assert_eq!(e.task_id.as_ref().unwrap().as_str(), "step_1");
+    assert!(
+        e.message.contains("step_1") && e.message.contains("did not finish within 10 s"),
+        "{}",
+        e.message
+    );
+    assert!(
+        e.last_error.as_deref().unwrap().contains("timed out after 10 s"),
+        "{e:?}"
+    );
+    assert!(w.app.agent(&w.agent).await.unwrap().inflight.is_none());
+    assert_eq!(w.dispatches().len(), 2, "nothing more runs");
+}
+
+/// The last attempt's lease expiring (its runner died before AgentKit's answer was recorded) is
+/// not the task running too long: the session fails with `retries_exhausted`, not `task_timeout`.
+#[tokio::test]
+async fn a_last_attempt_lost_with_its_runner_exhausts_the_retries() {
+    let mut w = World::new().await;
+    w.report("idle", None).await;
+    w.runner.inject_fault(Step::AfterDispatch);
+    let def = sample(json!({"taskTimeoutSeconds": 10, "retryPolicy": {"maxRetries": 0}}));
+    let t = w
+        .app
+        .trigger(&w.agent, DefinitionSource::Inline(Box::new(def)), None, None)
+        .await
+        .unwrap();
+    assert!(matches!(w.pump().await, Err(RunnerError::Aborted(Step::AfterDispatch))));
+    w.pump().await.unwrap();
+    w.advance(31.0).await;
+    let v = w.app.session(&t.session_id).await.unwrap();
+    assert_eq!(v.session.status, SessionStatus::Failed);
+    let e = v.session.error.unwrap();
+    assert_eq!(e.code, FailureCode::RetriesExhausted);
+    assert_eq!(e.attempts, Some(1));
+    assert!(e.last_error.as_deref().unwrap().contains("lease expired"), "{e:?}");
 }
 
 #[tokio::test]
@@ -398,7 +465,7 @@ async fn deregistration_mid_run_fails_the_session_with_that_cause() {
     for id in [s, other] {
         let v = w.app.session(&id).await.unwrap();
         assert_eq!(v.session.status, SessionStatus::Failed);
-        assert_eq!(v.session.error.unwrap().code, "agent_deregistered");
+        assert_eq!(v.session.error.unwrap().code, FailureCode::AgentDeregistered);
     }
     assert!(
         w.app

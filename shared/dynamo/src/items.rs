@@ -725,6 +725,34 @@ mod tests {
         assert_eq!(back.current.ordering_nanos, None);
     }
 
+    /// A failed session's cause keeps its code as the string it always was (`S`), so items written
+    /// before the code was an enum read back, and so do the ones written now.
+    #[test]
+    fn a_failure_code_is_stored_as_its_string() {
+        use opscore_core::session::FailureCode;
+        let def =
+            WorkflowDefinition::from_value(json!({"id": "w", "name": "n", "tasks": [{"taskId": "a", "name": "A"}]}))
+                .unwrap();
+        let now = time::parse_rfc3339("2026-11-23T22:16:20Z").unwrap();
+        let mut s = Session::start(AgentId::parse("a1").unwrap(), def, None, None, now)
+            .transition(SessionStatus::Failed, now)
+            .unwrap();
+        s.error = Some(FailureCause {
+            code: FailureCode::TaskTimeout,
+            message: "m".into(),
+            task_id: Some(TaskId::parse("a").unwrap()),
+            attempts: Some(2),
+            last_error: None,
+        });
+        let item: serde_dynamo::Item = serde_dynamo::to_item(SessionItem::new(&s)).unwrap();
+        let Some(Av::M(cause)) = item.get("error") else {
+            panic!("error is a map: {item:?}");
+        };
+        assert_eq!(cause.get("code"), Some(&Av::S("task_timeout".into())));
+        let back: SessionItem = serde_dynamo::from_item(item).unwrap();
+        assert_eq!(back.into_session(), s);
+    }
+
     #[test]
     fn keys_sort_as_the_queries_need() {
         let early = time::parse_rfc3339("1969-12-31T23:59:59Z").unwrap();

@@ -3,7 +3,7 @@
 
 use crate::error::ErrorBody;
 use opscore_api::*;
-use opscore_core::session::{FailureCause, SessionStatus};
+use opscore_core::session::{FailureCause, FailureCode, SessionStatus};
 use opscore_core::task::Attempt;
 use opscore_core::workflow::{Problem, RetryPolicy, TaskDefinition, WorkflowDefinition};
 use utoipa::OpenApi;
@@ -14,7 +14,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
     info(title = "Ops-Core", description = "Operations backbone for AgentKit agents: lifecycle state and multi-step workflows."),
     components(schemas(ErrorBody, Problem, Health, Accepted, StateUpdateRequest, StateUpdateAccepted, AgentStateView, AgentView,
                        HistoryEntryView, WorkflowSummary, WorkflowView, WorkflowDefinition, TaskDefinition, RetryPolicy,
-                       TriggerRequest, TriggerResponse, SessionSummary, SessionDetail, TaskView, Attempt, FailureCause, SessionStatus)),
+                       TriggerRequest, TriggerResponse, SessionSummary, SessionDetail, TaskView, Attempt, FailureCause, FailureCode, SessionStatus)),
     modifiers(&Bearer, &TriggerOneOf)
 )]
 struct Doc;
@@ -131,6 +131,27 @@ mod tests {
             }
         }
         assert_eq!(documented, 15);
+    }
+
+    /// A client can branch on a failed session's `error.code`: the document lists every value.
+    #[test]
+    fn the_failure_codes_are_listed() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let listed: Vec<&str> = schemas["FailureCode"]["enum"]
+            .as_array()
+            .expect("an enum of strings")
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let all: Vec<&str> = opscore_core::session::FailureCode::ALL
+            .iter()
+            .map(|c| c.as_str())
+            .collect();
+        assert_eq!(listed, all);
+        assert!(listed.contains(&"task_timeout"));
+        let code = &schemas["FailureCause"]["properties"]["code"];
+        assert!(code.to_string().contains("#/components/schemas/FailureCode"), "{code}");
     }
 
     #[test]
