@@ -193,6 +193,18 @@ impl Runner {
         }))
     }
 
+    /// Whether [`Runner::on_change`] can ever act on a change's state: on an agent's, and on a
+    /// task's that left it pending; never on a session's (a timer a change sets is found again
+    /// through the timer index, whatever the change). A durable feed need not keep the image of
+    /// a change the runner does not act on (the SQLite store keeps only its place in the order).
+    pub fn acts_on(change: &Change) -> bool {
+        match change {
+            Change::Agent { new, .. } => new.is_some(),
+            Change::Task { new: Some(t), .. } => t.status == TaskStatus::Pending,
+            Change::Task { new: None, .. } | Change::Session { .. } => false,
+        }
+    }
+
     /// Handles one change record. Safe to call twice with the same record.
     pub async fn on_change(&self, change: &Change) -> Result<(), RunnerError> {
         match change {
