@@ -170,7 +170,9 @@ PY
 #
 # Runs `sam local invoke <Function> -e events/<fixture> --env-vars <generated json> --skip-pull-image`
 # for every line of events/sam-invocations.txt ("<Function> <fixture file under events/> <expected>",
-# where <expected> is an HTTP statusCode, or `ok` for "returned without a Lambda error") and checks
+# where <expected> is an HTTP statusCode, or `ok` for "returned without a Lambda error"; a `+emf`
+# suffix, e.g. `401+emf`, also requires a CloudWatch embedded-metric-format line of namespace
+# OpsCore in the function's log output, docs/operations.md) and checks
 # each response. Lines "@env KEY=VALUE" in that file set a variable for every function (only
 # variables the template declares reach a function). ENDPOINT is DynamoDB Local as the container
 # sees it (http://172.17.0.1:<port>).
@@ -178,7 +180,7 @@ PY
 # ==================================================================================================
 invoke_fixtures() {
   local endpoint=$1 table=${2:-$DEFAULT_TABLE}
-  local env_json=$REPO/.tmp/sam-env.json t t1 fn fixture expected rest out got n=0 failed=0
+  local env_json=$REPO/.tmp/sam-env.json t t1 fn fixture expected rest out got emf n=0 failed=0
   t=$(now); step "invoke fixtures from $INVOCATIONS (DynamoDB at $endpoint, table $table)"
   if ! grep -qvE '^[[:space:]]*(#|@env|$)' "$INVOCATIONS" 2>/dev/null; then
     echo "   no invocations listed in $INVOCATIONS: nothing to invoke"
@@ -196,6 +198,8 @@ invoke_fixtures() {
     fi
     n=$((n + 1))
     t1=$(now)
+    emf=""
+    if [[ $expected == *+emf ]]; then emf=1; expected=${expected%+emf}; fi
     if ! out=$(sam local invoke "$fn" -e "events/$fixture" --env-vars "$env_json" --skip-pull-image \
         --parameter-overrides "Architecture=x86_64 ApiKeys=local-only-api-key-0000 WebhookSecrets=local-only-webhook-secret AgentKitApiUrl=http://127.0.0.1:9" \
         2>"$REPO/.tmp/sam-invoke.log" </dev/null); then
@@ -217,6 +221,26 @@ elif isinstance(doc, dict) and "statusCode" in doc:
 else:
     print("ok")
 ')
+    if [[ -n $emf ]] && ! python3 - "$REPO/.tmp/sam-invoke.log" <<'PY'
+import json, sys
+for line in open(sys.argv[1], errors="replace"):
+    start = line.find('{"_aws"')
+    if start < 0:
+        continue
+    try:
+        doc = json.loads(line[start:])
+    except ValueError:
+        continue
+    if any(d.get("Namespace") == "OpsCore" for d in doc["_aws"].get("CloudWatchMetrics", [])):
+        print("   emf  " + line[start:].strip())
+        sys.exit(0)
+sys.exit(1)
+PY
+    then
+      echo "   FAIL $fn $fixture: no EMF line of namespace OpsCore in the function's output; log:" >&2
+      { tail -30 "$REPO/.tmp/sam-invoke.log"; echo; } | sed 's/^/     /' >&2
+      failed=$((failed + 1)); continue
+    fi
     if [[ $got == "$expected" || ( $expected == ok && $got != error:* && $got != unparsable ) ]]; then
       echo "   ok   $fn $fixture -> $got ($(since "$t1"))"
     else

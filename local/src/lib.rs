@@ -8,10 +8,12 @@ mod protocol_errors;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
+use metrics_exporter_prometheus::PrometheusHandle;
 use opscore_agentkit::AgentKitClient;
 use opscore_core::app::App;
 use opscore_core::config::{Config, Secret};
 use opscore_core::memory::InMemoryStore;
+use opscore_core::metrics::Metrics;
 use opscore_core::runner::Runner;
 use opscore_core::store::Store;
 use opscore_core::time::SystemClock;
@@ -135,7 +137,9 @@ impl Stack {
         let wake = Arc::new(Notify::new());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (store, source, sqlite, store_description) = open_store(&opts, &wake, &shutdown_rx).await?;
-        let app = App::new(store.clone(), Arc::new(SystemClock), opts.config.engine.clone());
+        let (metrics, prometheus) = prometheus_metrics()?;
+        let app =
+            App::new(store.clone(), Arc::new(SystemClock), opts.config.engine.clone()).with_metrics(metrics.clone());
 
         let sample = WorkflowDefinition::parse(SAMPLE_WORKFLOW.as_bytes(), Format::Json)
             .map_err(|p| format!("sample workflow: {p:?}"))?;
@@ -144,12 +148,15 @@ impl Stack {
             .map_err(|e| format!("seeding the sample workflow: {e}"))?;
 
         let dispatcher = Arc::new(AgentKitClient::new(&agentkit_url)?);
-        let runner = Arc::new(Runner::new(
-            store.clone(),
-            Arc::new(SystemClock),
-            dispatcher,
-            opts.config.engine.clone(),
-        ));
+        let runner = Arc::new(
+            Runner::new(
+                store.clone(),
+                Arc::new(SystemClock),
+                dispatcher,
+                opts.config.engine.clone(),
+            )
+            .with_metrics(metrics),
+        );
         let api_key = opts.config.api_keys[0].clone();
         let webhook_secret = opts.config.webhook_secrets[0].clone();
         let router = opscore_http::router(app, opts.config, Surface::Both);
@@ -157,7 +164,7 @@ impl Stack {
         let listener = TcpListener::bind(("127.0.0.1", opts.port)).await?;
         let addr = listener.local_addr()?;
 
-        let server = tokio::spawn(serve(listener, router, wake, shutdown_rx.clone()));
+        let server = tokio::spawn(serve(listener, router, prometheus, wake, shutdown_rx.clone()));
         let mut tasks = vec![tokio::spawn(feed::consume(source, runner.clone(), shutdown_rx.clone()))];
         tasks.push(tokio::spawn({
             let mut stop = shutdown_rx.clone();
@@ -286,9 +293,19 @@ async fn open_store(
 /// A request hyper cannot parse, or over [`MAX_URI_BYTES`], [`MAX_HEAD_BYTES`] or
 /// [`MAX_HEADER_FIELDS`], is answered with the API's JSON error (400, 414, 431) instead of hyper's
 /// empty one: see [`protocol_errors`].
-async fn serve(listener: TcpListener, router: HttpRouter, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+async fn serve(
+    listener: TcpListener,
+    router: HttpRouter,
+    prometheus: PrometheusHandle,
+    wake: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
     // A write (every POST) wakes the runner's feed reader at once.
-    let router = WakeOnWrite { router, wake };
+    let router = WakeOnWrite {
+        router,
+        wake,
+        prometheus,
+    };
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
@@ -332,11 +349,13 @@ async fn serve(listener: TcpListener, router: HttpRouter, wake: Arc<Notify>, mut
     }
 }
 
-/// The router, waking the runner's feed reader when a POST (a write) has been answered.
+/// The router, waking the runner's feed reader when a POST (a write) has been answered, and
+/// `GET /metrics` (the local stack's own route, not the API's: not in the OpenAPI document).
 #[derive(Clone)]
 struct WakeOnWrite {
     router: HttpRouter,
     wake: Arc<Notify>,
+    prometheus: PrometheusHandle,
 }
 
 impl tower::Service<http::Request<hyper::body::Incoming>> for WakeOnWrite {
@@ -349,6 +368,10 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for WakeOnWrite {
     }
 
     fn call(&mut self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        if req.method() == http::Method::GET && req.uri().path() == METRICS_PATH {
+            let response = metrics_response(&self.prometheus);
+            return Box::pin(std::future::ready(Ok(response)));
+        }
         let writes = req.method() == http::Method::POST;
         let answer = self.router.call(req);
         let wake = self.wake.clone();
@@ -360,6 +383,37 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for WakeOnWrite {
             resp
         })
     }
+}
+
+/// Where the local stack serves its figures as Prometheus text.
+pub const METRICS_PATH: &str = "/metrics";
+
+/// Upper bounds (ms) of the latency histograms' buckets: from a fast local dispatch to a run of
+/// several minutes.
+const LATENCY_BUCKETS_MS: [f64; 14] = [
+    5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1_000.0, 2_500.0, 5_000.0, 10_000.0, 30_000.0, 60_000.0, 300_000.0,
+];
+
+/// The stack's own Prometheus recorder (not the process's global one: two stacks in one test
+/// process count apart) and the handle that renders it.
+fn prometheus_metrics() -> Result<(Metrics, PrometheusHandle), Box<dyn std::error::Error + Send + Sync>> {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&LATENCY_BUCKETS_MS)?
+        .build_recorder();
+    let handle = recorder.handle();
+    Ok((Metrics::to(Arc::new(recorder)), handle))
+}
+
+/// `GET /metrics`: the figures in the Prometheus text format. No API key: it carries no agent or
+/// session id, no key and no payload, only counts by workflow id, failure code and write kind, and
+/// the stack listens on 127.0.0.1 only (docs/operations.md).
+fn metrics_response(prometheus: &PrometheusHandle) -> axum::response::Response {
+    let mut response = axum::response::Response::new(axum::body::Body::from(prometheus.render()));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
 }
 
 /// A request's headers must arrive within this; an idle keep-alive connection is closed after it.

@@ -103,6 +103,31 @@ impl Function {
         None
     }
 
+    /// The CloudWatch embedded-metric-format lines the function wrote (JSON with `_aws`).
+    fn emf_lines(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v.get("_aws").is_some())
+            .collect()
+    }
+
+    /// The value of `metric` on this function's EMF lines whose dimensions are `dims`.
+    fn emf_value(&self, metric: &str, dims: &[(&str, &str)]) -> Option<Value> {
+        self.emf_lines().into_iter().find_map(|l| {
+            let d = &l["_aws"]["CloudWatchMetrics"][0];
+            let named = d["Metrics"].as_array()?.iter().any(|m| m["Name"] == metric);
+            let set: Vec<&str> = d["Dimensions"][0]
+                .as_array()?
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            let same = set.len() == dims.len() && dims.iter().all(|(k, v)| set.contains(k) && l[*k] == *v);
+            (d["Namespace"] == "OpsCore" && named && same).then(|| l[metric].clone())
+        })
+    }
+
     fn init_lines(&self) -> Vec<String> {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
@@ -230,6 +255,33 @@ async fn release_binaries_under_the_runtime_emulator() {
     let session: Value = serde_json::from_str(session["body"].as_str().unwrap()).unwrap();
     assert_eq!(session["status"], "running", "{session}");
     assert_eq!(session["tasks"][0]["status"], "dispatched", "{session}");
+
+    // The figures, as EMF lines on the functions' stdout (issue 15): the refused deliveries of
+    // the fixtures by reason, the runner's dispatch and trigger → dispatch latency by workflow;
+    // no session id on any line.
+    assert_eq!(
+        webhook.emf_value("webhook_deliveries_refused", &[("reason", "unauthorized")]),
+        Some(json!(1)),
+        "notify-bad-signature.json and notify-unsigned.json, one invocation each: {:#?}",
+        webhook.emf_lines()
+    );
+    let workflow = session["workflowId"].as_str().unwrap();
+    assert_eq!(
+        runner.emf_value("tasks_dispatched", &[("workflow_id", workflow)]),
+        Some(json!(1)),
+        "{:#?}",
+        runner.emf_lines()
+    );
+    assert!(
+        runner
+            .emf_value("trigger_to_dispatch_ms", &[("workflow_id", workflow)])
+            .is_some()
+    );
+    for f in [&api, &webhook, &runner] {
+        for l in f.emf_lines() {
+            assert!(!l.to_string().contains(&session_id), "{}: {l}", f.name);
+        }
+    }
 
     // 3. The schedule: a sweep.
     let schedule: Value =

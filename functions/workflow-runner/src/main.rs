@@ -4,7 +4,7 @@
 use lambda_runtime::{LambdaEvent, service_fn};
 use opscore_core::config::Config;
 use opscore_http::init_tracing;
-use opscore_lambda::{LambdaError, dynamo_store, handle_runner_event, runner_from_config};
+use opscore_lambda::{LambdaError, dynamo_store, emf, runner_from_config, runner_invocation};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -12,10 +12,11 @@ use std::sync::Arc;
 async fn main() -> Result<(), LambdaError> {
     let config = Config::from_env()?;
     init_tracing(config.json_logs);
+    let metrics = emf::install()?;
     let runner = Arc::new(runner_from_config(&config, dynamo_store(&config).await?)?);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let runner = runner.clone();
-        async move { handle_runner_event(&runner, event.payload).await }
+        async move { runner_invocation(&runner, metrics, event).await }
     }))
     .await
 }

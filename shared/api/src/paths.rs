@@ -34,6 +34,9 @@ pub mod headers {
     pub const RETRY_AFTER: &str = "retry-after";
     /// The id of a request, in the logs and on the response.
     pub const REQUEST_ID: &str = "x-request-id";
+    /// The AWS X-Ray trace id of a request (set by the Lambda glue from the invocation's context),
+    /// in the request's log lines.
+    pub const TRACE_ID: &str = "x-amzn-trace-id";
 }
 
 /// The segments of `template` with its parameters filled in, in order (not percent-encoded: the

@@ -3,6 +3,7 @@
 use crate::agent::{Agent, AgentDetails, CurrentState, HistoryEntry, StateName, StateReport};
 use crate::error::AppError;
 use crate::ids::{AgentId, IdempotencyKey, SessionId, WorkflowId, WorkflowVersion};
+use crate::metrics::Metrics;
 use crate::session::{FailureCause, FailureCode, Session, SessionStatus};
 use crate::store::*;
 use crate::task::TaskInstance;
@@ -49,6 +50,8 @@ pub struct App {
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
     pub settings: Settings,
+    /// Where the use cases' figures go (the global recorder unless [`App::with_metrics`]).
+    pub metrics: Metrics,
 }
 
 /// Where a trigger's definition comes from.
@@ -122,7 +125,23 @@ fn write_canonical(v: &Value, out: &mut String) {
 
 impl App {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, settings: Settings) -> Self {
-        Self { store, clock, settings }
+        Self {
+            store,
+            clock,
+            settings,
+            metrics: Metrics::global(),
+        }
+    }
+
+    /// The same use cases, recording their figures into `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Commits `writes` of a session of `workflow` (or of none) through [`Metrics::commit`].
+    pub(crate) async fn commit(&self, workflow: Option<&WorkflowId>, writes: Vec<Write>) -> Result<(), CommitError> {
+        self.metrics.commit(self.store.as_ref(), workflow, writes).await
     }
 
     pub fn now(&self) -> Timestamp {
@@ -246,7 +265,7 @@ impl App {
         }
         writes.push(Write::CreateSession(session));
         writes.push(Write::CreateTask(task));
-        match self.store.commit(writes).await {
+        match self.commit(Some(&workflow_id), writes).await {
             Ok(()) => Ok(Triggered {
                 session_id,
                 workflow_id,
@@ -338,7 +357,7 @@ impl App {
                     .map_err(|e| AppError::Conflict(e.to_string()))?;
                 writes.push(Write::TransitionTask { from: t.status, next });
             }
-            match self.store.commit(writes).await {
+            match self.commit(Some(&view.session.definition.id), writes).await {
                 Ok(()) => return self.session(id).await,
                 Err(CommitError::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),

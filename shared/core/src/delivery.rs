@@ -47,7 +47,7 @@ impl App {
             id: delivery_id.to_owned(),
             expires_at: after(self.now(), remember_for),
         };
-        match self.store.commit(vec![record]).await {
+        match self.commit(None, vec![record]).await {
             Ok(()) => {}
             Err(CommitError::Conflict { .. }) => return Ok(DeliveryOutcome::Duplicate),
             Err(CommitError::Store(e)) => return Err(e.into()),

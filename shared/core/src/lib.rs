@@ -8,6 +8,7 @@ pub mod delivery;
 pub mod error;
 pub mod ids;
 pub mod memory;
+pub mod metrics;
 pub mod runner;
 pub mod session;
 pub mod store;

@@ -7,7 +7,8 @@
 
 use crate::agent::{Agent, Inflight, KnownState};
 use crate::app::{LOST_WRITE_RETRIES, Settings};
-use crate::ids::{AgentId, DispatchId, SessionId};
+use crate::ids::{AgentId, DispatchId, SessionId, WorkflowId};
+use crate::metrics::Metrics;
 use crate::session::{FailureCause, FailureCode, Session, SessionStatus};
 use crate::store::*;
 use crate::task::{TaskInstance, TaskKey, TaskStatus};
@@ -145,6 +146,7 @@ pub struct Runner {
     settings: Settings,
     lease: Duration,
     faults: Mutex<HashSet<Step>>,
+    metrics: Metrics,
 }
 
 /// A task and the session it belongs to, read together (one query of the session's partition).
@@ -167,7 +169,20 @@ impl Runner {
             lease: settings.lease,
             settings,
             faults: Mutex::default(),
+            metrics: Metrics::global(),
         }
+    }
+
+    /// The same runner, recording its figures into `metrics` (the global recorder otherwise).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Commits the writes of a session of `workflow` through [`Metrics::commit`], which counts
+    /// what they did.
+    async fn commit(&self, workflow: &WorkflowId, writes: Vec<Write>) -> Result<(), CommitError> {
+        self.metrics.commit(self.store.as_ref(), Some(workflow), writes).await
     }
 
     /// Makes the runner stop right after `step`, once (tests of crash recovery).
@@ -330,7 +345,7 @@ impl Runner {
                 },
                 session_write,
             ];
-            match self.store.commit(writes).await {
+            match self.commit(&session.definition.id, writes).await {
                 Ok(()) => {}
                 // The agent is not available (busy, not idle, deregistered): it stays pending
                 // and is picked up when the agent frees up.
@@ -573,7 +588,7 @@ impl Runner {
             let Some(writes) = build(&l, self.clock.now()) else {
                 return Ok(());
             };
-            match self.store.commit(writes).await {
+            match self.commit(&l.session.definition.id, writes).await {
                 Ok(()) => return Ok(()),
                 Err(CommitError::Conflict { .. }) => continue,
                 Err(CommitError::Store(e)) => return Err(e.into()),
@@ -614,7 +629,7 @@ impl Runner {
             let Some(writes) = self.fail_writes(&l, self.clock.now(), why, false, code) else {
                 return Ok(());
             };
-            match self.store.commit(writes).await {
+            match self.commit(&l.session.definition.id, writes).await {
                 Ok(()) => return Ok(()),
                 Err(CommitError::Conflict { .. }) => continue,
                 Err(CommitError::Store(e)) => return Err(e.into()),
@@ -695,11 +710,13 @@ impl Runner {
                         // at the dispatch deadline.
                         if let Ok(next) = l.task.park(now)
                             && self
-                                .store
-                                .commit(vec![Write::TransitionTask {
-                                    from: l.task.status,
-                                    next,
-                                }])
+                                .commit(
+                                    &l.session.definition.id,
+                                    vec![Write::TransitionTask {
+                                        from: l.task.status,
+                                        next,
+                                    }],
+                                )
                                 .await
                                 .is_ok()
                         {

@@ -127,9 +127,17 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_str(uuid.hyphenated().encode_lower(&mut buf)).expect("a UUID is a valid header value")
 }
 
+/// The span every log line of a request carries. `trace_id`: the X-Ray trace id, which the Lambda
+/// glue puts in `x-amzn-trace-id` from the invocation's context (absent locally unless a caller
+/// sends one), so a log line leads to its trace.
 fn span(req: &Request, id: &HeaderValue) -> Span {
     let id = id.to_str().unwrap_or("");
-    tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path(), agent_id = tracing::field::Empty)
+    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path(),
+        agent_id = tracing::field::Empty, trace_id = tracing::field::Empty);
+    if let Some(trace) = req.headers().get(headers::TRACE_ID).and_then(|v| v.to_str().ok()) {
+        span.record("trace_id", trace);
+    }
+    span
 }
 
 fn done(resp: &Response, latency: Duration) {

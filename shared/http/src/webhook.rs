@@ -28,8 +28,17 @@ use serde_json::{Map, Value, json};
 pub(crate) async fn notify(State(api): State<std::sync::Arc<Api>>, req: Request) -> Result<Response, HttpError> {
     // The headers by reference (no copy of the map), then the body.
     let (parts, body) = req.into_parts();
-    let Body(body) = Body::<MAX_BODY_BYTES>::from_request(Request::new(body), &()).await?;
-    handle(&api.app, &api.config, &parts.headers, &body).await
+    let result = async {
+        let Body(body) = Body::<MAX_BODY_BYTES>::from_request(Request::new(body), &()).await?;
+        handle(&api.app, &api.config, &parts.headers, &body).await
+    }
+    .await;
+    // Every refusal counts once, by its code (the figure an operator alarms on: a wrong secret
+    // or a skewed clock shows as `unauthorized`, a missing one as `not_configured`).
+    if let Err(e) = &result {
+        api.app.metrics.webhook_refused(e.code());
+    }
+    result
 }
 
 /// Verifies, parses and applies one delivery (a replay is answered 200 and has no effect).

@@ -2,7 +2,10 @@
 //! put together (configuration, store, core, then the router or the runner).
 //!
 //! The HTTP router itself is `opscore_http::router`, served by `lambda_http::run`; this crate only
-//! adds what needs AWS: the store, the stream-batch handler, and the Lambda request id.
+//! adds what needs AWS: the store, the stream-batch handler, the Lambda request and trace ids, and
+//! the metrics in CloudWatch embedded metric format ([`emf`]).
+
+pub mod emf;
 
 use aws_lambda_events::event::dynamodb::Event as StreamEvent;
 use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
@@ -28,7 +31,9 @@ pub async fn dynamo_store(config: &Config) -> Result<Arc<dyn Store>, LambdaError
 }
 
 /// The router with each request's `x-request-id` set to the Lambda request id (so the request's
-/// log lines carry the id CloudWatch and API Gateway show).
+/// log lines carry the id CloudWatch and API Gateway show) and `x-amzn-trace-id` to the
+/// invocation's X-Ray trace id (its log lines carry it as `trace_id`; what a client sent in that
+/// header is replaced, so a log line never names a trace the caller made up).
 pub fn with_lambda_request_id<S>(
     service: S,
 ) -> tower::util::MapRequest<S, fn(lambda_http::Request) -> lambda_http::Request> {
@@ -40,6 +45,14 @@ pub fn with_lambda_request_id<S>(
         if let Some(id) = id {
             req.headers_mut().insert("x-request-id", id);
         }
+        let trace = req
+            .lambda_context_ref()
+            .and_then(|c| c.xray_trace_id.as_deref())
+            .and_then(|t| http::HeaderValue::from_str(t).ok());
+        match trace {
+            Some(trace) => req.headers_mut().insert("x-amzn-trace-id", trace),
+            None => req.headers_mut().remove("x-amzn-trace-id"),
+        };
         req
     }
     tower::util::MapRequest::new(service, set as fn(_) -> _)
@@ -58,6 +71,25 @@ pub fn runner_from_config(config: &Config, store: Arc<dyn Store>) -> Result<Runn
         dispatcher,
         config.engine.clone(),
     ))
+}
+
+/// One invocation of the runner function: [`handle_runner_event`] in a span carrying the Lambda
+/// request id and the X-Ray trace id (so every log line of it names them), then the invocation's
+/// metrics flushed as EMF lines.
+pub async fn runner_invocation(
+    runner: &Runner,
+    metrics: &metrics_cloudwatch_embedded::Collector,
+    event: lambda_runtime::LambdaEvent<Value>,
+) -> Result<Value, LambdaError> {
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        "invocation",
+        request_id = %event.context.request_id,
+        trace_id = event.context.xray_trace_id.as_deref().unwrap_or_default()
+    );
+    let result = handle_runner_event(runner, event.payload).instrument(span).await;
+    emf::flush(metrics);
+    result
 }
 
 /// A DynamoDB stream batch (→ partial batch failures) or a scheduled event (→ a sweep).

@@ -272,3 +272,60 @@ async fn an_unauthenticated_request_is_refused_before_its_body_is_read() {
     assert!(answer.contains("\"code\":\"unauthorized\""), "{answer}");
     e.stack.stop().await;
 }
+
+/// Issue 15: the local stack serves the engine's figures as Prometheus text at `GET /metrics`
+/// (no API key: no ids in it), the same figures the functions write as EMF lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_metrics_serves_the_run_as_prometheus_text() {
+    let e = env(Behaviour::Complete(Duration::from_millis(20))).await;
+    let session = e.trigger(json!({"workflowDefinitionId": "sample_workflow_id"})).await;
+    let done = e.wait_for_end(&session, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "completed", "{done:#}");
+    // A delivery without a signature: refused, and counted by its reason.
+    let refused = e
+        .http
+        .post(format!("{}/v1/opscore/internal/agent/notify", e.stack.url()))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+
+    let r = e
+        .http
+        .get(format!("{}{}", e.stack.url(), opscore_local::METRICS_PATH))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"),
+        "{:?}",
+        r.headers()
+    );
+    let text = r.text().await.unwrap();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let wf = r#"{workflow_id="sample_workflow_id"}"#;
+    assert_eq!(value(&format!("tasks_dispatched{wf}")), 2.0);
+    assert_eq!(value(&format!("tasks_succeeded{wf}")), 2.0);
+    assert_eq!(value(&format!("sessions_completed{wf}")), 1.0);
+    assert_eq!(value(&format!("trigger_to_dispatch_ms_count{wf}")), 1.0);
+    assert_eq!(value(&format!("task_run_time_ms_count{wf}")), 2.0);
+    assert_eq!(value(r#"webhook_deliveries_refused{reason="unauthorized"}"#), 1.0);
+    assert!(text.contains("# TYPE task_run_time_ms histogram"), "{text}");
+    assert!(
+        !text.contains(&e.agent.id) && !text.contains(&session),
+        "no agent or session id in the figures:\n{text}"
+    );
+    e.stack.stop().await;
+}
