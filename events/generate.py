@@ -126,7 +126,50 @@ FIXTURES = [
 ]
 
 
+def sqs_message(n, body):
+    """One record of an SQS batch as the event source mapping delivers it to the runner."""
+    return {
+        "messageId": f"0000000{n}-aaaa-4bbb-8ccc-00000000000{n}",
+        "receiptHandle": f"fixture-receipt-handle-{n}",
+        "body": body,
+        "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": str(EPOCH_MS),
+                       "SenderId": "AROAEXAMPLE:ops-core-workflow-runner",
+                       "ApproximateFirstReceiveTimestamp": str(EPOCH_MS + 3000)},
+        "messageAttributes": {},
+        "md5OfBody": hashlib.md5(body.encode()).hexdigest(),
+        "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:ops-core-TimerQueue-EXAMPLE",
+        "awsRegion": "us-east-1",
+    }
+
+
+def wake_up(session, task="step_1", attempt=1, at="2026-11-23T22:50:33.280840Z"):
+    return json.dumps({"sessionId": session, "taskId": task, "attempt": attempt, "timerAt": at},
+                      separators=(",", ":"))
+
+
+# The runner's timer queue (SQS wake-ups, shared/lambda/src/timers.rs). Not in the manifest (that
+# lists the HTTP fixtures): tests/tests/suite/timers_sqs.rs replays these, and
+# events/sam-invocations.txt names them with the batchItemFailures they must answer.
+RUNNER_FIXTURES = [
+    # Wake-ups for tasks that do not exist (any more): nothing to do, nothing to retry.
+    ("runner-wakeups.json", {"Records": [
+        sqs_message(1, wake_up("00000000-0000-4000-8000-000000000001")),
+        sqs_message(2, wake_up("00000000-0000-4000-8000-000000000002", attempt=2)),
+    ]}),
+    # A partial batch failure: the second body is not a wake-up, so it alone is reported (SQS
+    # redelivers it, then moves it to the dead-letter queue); the others are done.
+    ("runner-wakeups-partial.json", {"Records": [
+        sqs_message(1, wake_up("00000000-0000-4000-8000-000000000001")),
+        sqs_message(2, json.dumps({"sessionId": "not-a-session", "taskId": "step_1"})),
+        sqs_message(3, wake_up("00000000-0000-4000-8000-000000000003")),
+    ]}),
+]
+
+
 def main():
+    for name, ev in RUNNER_FIXTURES:
+        (HERE / name).write_text(json.dumps(ev, indent=2) + "\n")
     manifest = []
     for name, function, status, ev in FIXTURES:
         (HERE / name).write_text(json.dumps(ev, indent=2, ensure_ascii=False) + "\n")
@@ -134,7 +177,7 @@ def main():
     (HERE / "manifest.json").write_text(json.dumps({
         "apiKey": API_KEY, "webhookSecret": VECTORS["secret"], "signedAt": int(VECTORS["timestamp"]),
         "invocations": manifest}, indent=2) + "\n")
-    print(f"wrote {len(FIXTURES)} fixtures and manifest.json")
+    print(f"wrote {len(FIXTURES)} fixtures and manifest.json, and {len(RUNNER_FIXTURES)} runner fixtures")
 
 
 if __name__ == "__main__":

@@ -121,7 +121,10 @@ doc = {
     "Parameters": common,
     "StateApiFunction": {**common, "OPSCORE_API_KEY": os.environ["API_KEY"]},
     "NotifyWebhookFunction": {**common, "OPSCORE_WEBHOOK_SECRET": os.environ["WEBHOOK_SECRET"]},
-    "WorkflowRunnerFunction": {**common, "AGENTKIT_API_URL": os.environ["AGENTKIT"]},
+    # No timer queue under `sam local invoke` (no SQS the container could reach): the runner's
+    # timers wait for the sweep; its SQS handler still answers the SQS fixtures.
+    "WorkflowRunnerFunction": {**common, "AGENTKIT_API_URL": os.environ["AGENTKIT"],
+                               "OPSCORE_TIMER_QUEUE_URL": ""},
 }
 for line in os.environ["EXTRA_ENV"].splitlines():
     if line.strip():
@@ -170,9 +173,10 @@ PY
 #
 # Runs `sam local invoke <Function> -e events/<fixture> --env-vars <generated json> --skip-pull-image`
 # for every line of events/sam-invocations.txt ("<Function> <fixture file under events/> <expected>",
-# where <expected> is an HTTP statusCode, or `ok` for "returned without a Lambda error"; a `+emf`
-# suffix, e.g. `401+emf`, also requires a CloudWatch embedded-metric-format line of namespace
-# OpsCore in the function's log output, docs/operations.md) and checks
+# where <expected> is an HTTP statusCode, `ok` for "returned without a Lambda error", or
+# `failures=<id,...>` for an SQS batch's exact batchItemFailures, in order; a `+emf` suffix, e.g.
+# `401+emf`, also requires a CloudWatch embedded-metric-format line of namespace OpsCore in the
+# function's log output, docs/operations.md) and checks
 # each response. Lines "@env KEY=VALUE" in that file set a variable for every function (only
 # variables the template declares reach a function). ENDPOINT is DynamoDB Local as the container
 # sees it (http://172.17.0.1:<port>).
@@ -218,6 +222,8 @@ if isinstance(doc, dict) and "errorType" in doc:
     print("error:" + str(doc.get("errorType")))
 elif isinstance(doc, dict) and "statusCode" in doc:
     print(doc["statusCode"])
+elif isinstance(doc, dict) and isinstance(doc.get("batchItemFailures"), list):
+    print("failures=" + ",".join(str(f.get("itemIdentifier")) for f in doc["batchItemFailures"]))
 else:
     print("ok")
 ')

@@ -39,6 +39,9 @@ pub mod names {
     pub const DATA_DIR: &str = "OPSCORE_DATA_DIR";
     /// How far ahead of the server clock a state report's timestamp may be (seconds).
     pub const MAX_CLOCK_SKEW: &str = "OPSCORE_MAX_CLOCK_SKEW_SECONDS";
+    /// The SQS queue (URL) the workflow runner sends task-timer wake-ups to and consumes; unset:
+    /// timers wait for the sweep (the local stack has timers of its own).
+    pub const TIMER_QUEUE_URL: &str = "OPSCORE_TIMER_QUEUE_URL";
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -58,6 +61,8 @@ pub struct Config {
     pub agentkit_api_url: Option<String>,
     pub table_name: Option<String>,
     pub ddb_endpoint: Option<String>,
+    /// Where the runner sends wake-ups for task timers (an SQS queue URL); `None`: the sweep only.
+    pub timer_queue_url: Option<String>,
     pub webhook_tolerance: Duration,
     /// What the use cases and the runner read (history retention, lease, …).
     pub engine: Settings,
@@ -77,6 +82,7 @@ impl Default for Config {
             agentkit_api_url: None,
             table_name: None,
             ddb_endpoint: None,
+            timer_queue_url: None,
             webhook_tolerance: Duration::from_secs(300),
             engine: Settings::default(),
             max_clock_skew: Duration::from_secs(300),
@@ -141,12 +147,22 @@ impl Config {
                 message: format!("expected an http(s) URL, got {u:?}"),
             });
         }
+        let timer_queue_url = non_empty(names::TIMER_QUEUE_URL);
+        if let Some(u) = &timer_queue_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(ConfigError {
+                name: names::TIMER_QUEUE_URL,
+                message: format!("expected an SQS queue URL (https://sqs.…), got {u:?}"),
+            });
+        }
         Ok(Self {
             api_keys: list(names::API_KEY),
             webhook_secrets: list(names::WEBHOOK_SECRET),
             agentkit_api_url,
             table_name: non_empty(names::TABLE_NAME),
             ddb_endpoint: non_empty(names::DDB_ENDPOINT),
+            timer_queue_url,
             webhook_tolerance: seconds(names::WEBHOOK_TOLERANCE, d.webhook_tolerance)?,
             engine: Settings {
                 history_retention: retention_days,
@@ -207,6 +223,11 @@ mod tests {
             names::MAX_CLOCK_SKEW
         );
         assert_eq!(cfg(&[]).unwrap().max_clock_skew, Duration::from_secs(300));
+        assert_eq!(
+            cfg(&[(names::TIMER_QUEUE_URL, "ops-core-timers")]).unwrap_err().name,
+            names::TIMER_QUEUE_URL
+        );
+        assert_eq!(cfg(&[(names::TIMER_QUEUE_URL, " ")]).unwrap().timer_queue_url, None);
         assert_eq!(
             cfg(&[(names::MAX_CLOCK_SKEW, "60")]).unwrap().max_clock_skew,
             Duration::from_secs(60)

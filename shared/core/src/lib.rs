@@ -16,6 +16,7 @@ pub mod task;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod time;
+pub mod wake_up;
 pub mod workflow;
 
 pub use app::{App, DefinitionSource, Settings, Triggered};

@@ -13,6 +13,7 @@ use crate::session::{FailureCause, FailureCode, Session, SessionStatus};
 use crate::store::*;
 use crate::task::{TaskInstance, TaskKey, TaskStatus};
 use crate::time::{Clock, Timestamp, after, render};
+use crate::wake_up::{TimerQueue, TimerQueueError, WakeUp, WakeUpOutcome, wake_up_delay};
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 use std::collections::HashSet;
@@ -55,6 +56,9 @@ pub enum RunnerError {
     Store(#[from] StoreError),
     #[error("still conflicting after {LOST_WRITE_RETRIES} re-reads")]
     Contended,
+    /// A wake-up that had to be re-armed could not be sent (its message is redelivered).
+    #[error(transparent)]
+    TimerQueue(#[from] TimerQueueError),
     /// A fault injected by a test: the runner "died" at this step.
     #[error("aborted at {0:?} (fault injection)")]
     Aborted(Step),
@@ -147,6 +151,8 @@ pub struct Runner {
     lease: Duration,
     faults: Mutex<HashSet<Step>>,
     metrics: Metrics,
+    /// Where wake-ups for task timers go (SQS on AWS); `None`: timers wait for the sweep.
+    timer_queue: Option<Arc<dyn TimerQueue>>,
 }
 
 /// A task and the session it belongs to, read together (one query of the session's partition).
@@ -170,6 +176,7 @@ impl Runner {
             settings,
             faults: Mutex::default(),
             metrics: Metrics::global(),
+            timer_queue: None,
         }
     }
 
@@ -183,6 +190,15 @@ impl Runner {
     /// what they did.
     async fn commit(&self, workflow: &WorkflowId, writes: Vec<Write>) -> Result<(), CommitError> {
         self.metrics.commit(self.store.as_ref(), Some(workflow), writes).await
+    }
+
+
+    /// Arms a wake-up on `queue` for every new task timer this runner sees in a change, and
+    /// handles the wake-ups ([`Self::on_wake_up`]): timers act within about a second of their
+    /// instant instead of at the next sweep.
+    pub fn with_timer_queue(mut self, queue: Arc<dyn TimerQueue>) -> Self {
+        self.timer_queue = Some(queue);
+        self
     }
 
     /// Makes the runner stop right after `step`, once (tests of crash recovery).
@@ -222,6 +238,9 @@ impl Runner {
 
     /// Handles one change record. Safe to call twice with the same record.
     pub async fn on_change(&self, change: &Change) -> Result<(), RunnerError> {
+        if let Change::Task { old, new: Some(t) } = change {
+            self.arm_new_timer(old.as_deref(), t).await;
+        }
         match change {
             Change::Task { new: Some(t), .. } if t.status == TaskStatus::Pending && t.due_at <= self.clock.now() => {
                 self.try_dispatch(&t.key()).await.map(drop)
@@ -636,6 +655,56 @@ impl Runner {
             }
         }
         Err(RunnerError::Contended)
+    }
+
+    /// A change gave `task` a timer it did not have before (`old`: the image before the change,
+    /// as the stream reports it): send a wake-up for it. A failed send is only logged: the sweep
+    /// still finds the timer, at most a minute late, and the change itself must not be retried
+    /// for it (that would hold up the agent's later changes).
+    async fn arm_new_timer(&self, old: Option<&TaskInstance>, task: &TaskInstance) {
+        let Some(queue) = &self.timer_queue else {
+            return;
+        };
+        let Some(wake_up) = WakeUp::for_task(task) else {
+            return;
+        };
+        if old.is_some_and(|o| wake_up.is_current_for(o)) {
+            // Same timer as before the change: its wake-up is already on its way.
+            return;
+        }
+        if let Err(e) = self.send_wake_up(queue.as_ref(), &wake_up).await {
+            tracing::warn!(session_id = %task.session_id, task_id = %task.task_id, error = %e,
+                "wake-up not sent; the sweep will find the timer");
+        }
+    }
+
+    async fn send_wake_up(&self, queue: &dyn TimerQueue, wake_up: &WakeUp) -> Result<(), TimerQueueError> {
+        let delay = wake_up_delay(wake_up.timer_at, self.clock.now(), queue.max_delay());
+        queue.schedule(wake_up, delay).await
+    }
+
+    /// Handles one wake-up from the timer queue. Idempotent: a wake-up for a timer the task no
+    /// longer has does nothing; one that arrives before its timer is due (a timer further ahead
+    /// than the queue's longest delay) is sent again for the time left; a due one is handled as
+    /// the sweep handles it, every step a conditional write, so a duplicate finds nothing to do.
+    pub async fn on_wake_up(&self, wake_up: &WakeUp) -> Result<WakeUpOutcome, RunnerError> {
+        let key = wake_up.task_key();
+        let Some(task) = self.store.get_task(&key).await? else {
+            return Ok(WakeUpOutcome::MovedOn);
+        };
+        if !wake_up.is_current_for(&task) {
+            return Ok(WakeUpOutcome::MovedOn);
+        }
+        if wake_up.timer_at > self.clock.now() {
+            let Some(queue) = &self.timer_queue else {
+                // No queue to re-arm on (a runner without one was handed a wake-up).
+                return Ok(WakeUpOutcome::LeftToSweep);
+            };
+            self.send_wake_up(queue.as_ref(), wake_up).await?;
+            return Ok(WakeUpOutcome::Rearmed);
+        }
+        self.on_timer(&key, &mut SweepReport::default()).await?;
+        Ok(WakeUpOutcome::Handled)
     }
 
     /// Handles every task whose timer has fired: due retries, expired leases, deadlines.

@@ -64,3 +64,48 @@ pub fn engine(
     );
     (app, runner)
 }
+
+/// A timer queue in process: records every wake-up with its delay and delivers nothing by itself
+/// (a test hands the wake-ups to the runner when its manual clock says they are due).
+pub struct RecordedTimerQueue {
+    pub max_delay: Duration,
+    pub sent: Mutex<Vec<(crate::wake_up::WakeUp, Duration)>>,
+}
+
+impl RecordedTimerQueue {
+    /// A queue with SQS's longest delay (15 minutes).
+    pub fn new() -> Self {
+        Self::with_max_delay(Duration::from_secs(900))
+    }
+    pub fn with_max_delay(max_delay: Duration) -> Self {
+        Self {
+            max_delay,
+            sent: Mutex::default(),
+        }
+    }
+    /// The wake-ups sent so far, emptying the record.
+    pub fn take(&self) -> Vec<(crate::wake_up::WakeUp, Duration)> {
+        std::mem::take(&mut *self.sent.lock().unwrap())
+    }
+}
+
+impl Default for RecordedTimerQueue {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::wake_up::TimerQueue for RecordedTimerQueue {
+    fn max_delay(&self) -> Duration {
+        self.max_delay
+    }
+    async fn schedule(
+        &self,
+        wake_up: &crate::wake_up::WakeUp,
+        delay: Duration,
+    ) -> Result<(), crate::wake_up::TimerQueueError> {
+        self.sent.lock().unwrap().push((wake_up.clone(), delay));
+        Ok(())
+    }
+}

@@ -2,12 +2,15 @@
 //! put together (configuration, store, core, then the router or the runner).
 //!
 //! The HTTP router itself is `opscore_http::router`, served by `lambda_http::run`; this crate only
-//! adds what needs AWS: the store, the stream-batch handler, the Lambda request and trace ids, and
-//! the metrics in CloudWatch embedded metric format ([`emf`]).
+//! adds what needs AWS: the store, the stream-batch handler, the timer queue (SQS) and its
+//! handler ([`timers`]), the Lambda request and trace ids, and the metrics in CloudWatch
+//! embedded metric format ([`emf`]).
 
 pub mod emf;
+pub mod timers;
 
 use aws_lambda_events::event::dynamodb::Event as StreamEvent;
+use aws_lambda_events::event::sqs::SqsEvent;
 use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use lambda_http::RequestExt;
 use opscore_agentkit::AgentKitClient;
@@ -15,6 +18,7 @@ use opscore_core::config::{Config, names};
 use opscore_core::runner::{CONCURRENT_AGENTS, Runner, by_agent};
 use opscore_core::store::Store;
 use opscore_core::time::SystemClock;
+use opscore_core::wake_up::TimerQueue;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
@@ -92,8 +96,23 @@ pub async fn runner_invocation(
     result
 }
 
-/// A DynamoDB stream batch (→ partial batch failures) or a scheduled event (→ a sweep).
+/// The timer queue of the configuration (`OPSCORE_TIMER_QUEUE_URL`): wake-ups for task timers
+/// go to that SQS queue. `None` when unset: timers then wait for the sweep.
+pub async fn timer_queue_from_config(config: &Config) -> Option<Arc<dyn TimerQueue>> {
+    let url = config.timer_queue_url.as_deref()?;
+    let client = aws_sdk_sqs::Client::new(&opscore_dynamo::sdk_config(None).await);
+    Some(Arc::new(timers::SqsTimerQueue::new(client, url)))
+}
+
+/// The runner's three event kinds: a DynamoDB stream batch (→ partial batch failures by sequence
+/// number), a batch of wake-ups from the timer queue (SQS → partial batch failures by message
+/// id), or a scheduled event (→ a sweep).
 pub async fn handle_runner_event(runner: &Runner, event: Value) -> Result<Value, LambdaError> {
+    if is_sqs_batch(&event) {
+        let batch: SqsEvent = serde_json::from_value(event)?;
+        let response = timers::handle_wake_up_batch(runner, &batch).await;
+        return Ok(serde_json::to_value(response)?);
+    }
     if event.get("Records").is_some() {
         let batch: StreamEvent = serde_json::from_value(event)?;
         let response = handle_stream_batch(runner, &batch).await;
@@ -106,7 +125,18 @@ pub async fn handle_runner_event(runner: &Runner, event: Value) -> Result<Value,
         return Ok(json!({"examined": report.examined, "dispatched": report.dispatched,
                          "failedAttempts": report.failed_attempts, "parked": report.parked}));
     }
-    Err("unrecognised event: expected a DynamoDB stream batch or a scheduled event".into())
+    Err("unrecognised event: expected a DynamoDB stream batch, an SQS batch or a scheduled event".into())
+}
+
+/// Both batch kinds are `{"Records": [...]}`; SQS records say `"eventSource": "aws:sqs"`.
+fn is_sqs_batch(event: &Value) -> bool {
+    event
+        .get("Records")
+        .and_then(Value::as_array)
+        .and_then(|records| records.first())
+        .and_then(|r| r.get("eventSource"))
+        .and_then(Value::as_str)
+        == Some("aws:sqs")
 }
 
 /// Each agent's records are handled in stream order, different agents' records concurrently

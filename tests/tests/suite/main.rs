@@ -13,3 +13,4 @@ mod fuzz_regressions;
 mod proptests;
 mod store_contract;
 mod stream_batch;
+mod timers_sqs;
