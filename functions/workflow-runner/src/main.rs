@@ -5,9 +5,7 @@
 use lambda_runtime::{LambdaEvent, service_fn};
 use opscore_core::config::Config;
 use opscore_http::init_tracing;
-use opscore_lambda::{
-    LambdaError, dynamo_store, emf, runner_from_config, runner_invocation, timer_queue_from_config,
-};
+use opscore_lambda::{LambdaError, dynamo_store, emf, runner_from_config, runner_invocation, timer_queue_from_config};
 use serde_json::Value;
 use std::sync::Arc;
 

@@ -192,7 +192,6 @@ impl Runner {
         self.metrics.commit(self.store.as_ref(), Some(workflow), writes).await
     }
 
-
     /// Arms a wake-up on `queue` for every new task timer this runner sees in a change, and
     /// handles the wake-ups ([`Self::on_wake_up`]): timers act within about a second of their
     /// instant instead of at the next sweep.
