@@ -1,4 +1,5 @@
-//! Test support for Ops-Core: the DynamoDB Local harness ([`ddb_local`]), the stores under test
+//! Test support for Ops-Core: the DynamoDB Local harness ([`ddb_local`]), moto's server ([`moto`]: Secrets
+//! Manager, SQS), the stores under test
 //! ([`stores`]), fakes for end-to-end tests ([`fake`]), and the storage contract suite ([`contract`], [`dynamo_cases`]) that every adapter
 //! of the storage port must pass. `tests/store_contract.rs` runs it against each store.
 
@@ -7,6 +8,7 @@ pub mod contract;
 pub mod ddb_local;
 pub mod dynamo_cases;
 pub mod fake;
+pub mod moto;
 pub mod stores;
 
 use std::future::Future;

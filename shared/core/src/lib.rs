@@ -9,6 +9,7 @@ pub mod error;
 pub mod ids;
 pub mod memory;
 pub mod runner;
+pub mod secrets;
 pub mod session;
 pub mod store;
 pub mod task;

@@ -2,7 +2,11 @@
 //! put together (configuration, store, core, then the router or the runner).
 //!
 //! The HTTP router itself is `opscore_http::router`, served by `lambda_http::run`; this crate only
-//! adds what needs AWS: the store, the stream-batch handler, and the Lambda request id.
+//! adds what needs AWS: the store, the stream-batch handler, the Lambda request id, and the keys
+//! and secrets from Secrets Manager ([`secrets`]).
+
+pub mod secrets;
+pub use secrets::{SecretsManagerSource, credentials};
 
 use aws_lambda_events::event::dynamodb::Event as StreamEvent;
 use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};

@@ -11,5 +11,6 @@ mod faults;
 mod fixtures;
 mod fuzz_regressions;
 mod proptests;
+mod secrets_manager;
 mod store_contract;
 mod stream_batch;
