@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# Installs moto's server (a real local implementation of SQS, Secrets Manager and SSM, from PyPI)
-# into the git-ignored virtualenv .tmp/moto, unless it is there already. The test harness
-# (tests/src/moto.rs) calls this when moto_server is missing; .ci/run calls it in its install part.
-#
-#   bash tools/install-moto.sh      # then: .tmp/moto/bin/moto_server -H 127.0.0.1 -p <port>
+# moto's server (PyPI), a real local implementation of SQS, Secrets Manager and SSM, into the
+# git-ignored virtualenv .tmp/moto. The tests (opscore_tests::moto) and .ci/run use
+# .tmp/moto/bin/moto_server. Idempotent: does nothing when the server is already installed.
+#   bash tools/install-moto.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=.tmp/moto
-# The extras name the services the tests use; one server process serves them all.
-SPEC=${MOTO_SPEC:-"moto[server,sqs,secretsmanager,ssm]"}
-if [[ -x $VENV/bin/moto_server ]]; then
-  echo "moto: $($VENV/bin/python -c 'import moto; print(moto.__version__)') already in $VENV"
+VENV=${OPSCORE_MOTO_VENV:-.tmp/moto}
+# Pinned so a new moto cannot change the behaviour under test between two runs.
+MOTO_VERSION=${OPSCORE_MOTO_VERSION:-5.2.5}
+mkdir -p "$(dirname "$VENV")"
+# Tests of several processes may install at once (the harness calls this script): one at a time.
+exec 9>"$VENV.lock"
+flock 9
+if [[ -x $VENV/bin/moto_server ]] && "$VENV/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
+  echo "moto $MOTO_VERSION already in $VENV"
   exit 0
 fi
-mkdir -p .tmp
 python3 -m venv "$VENV"
-"$VENV/bin/pip" install --quiet --disable-pip-version-check "$SPEC"
-echo "moto: $($VENV/bin/python -c 'import moto; print(moto.__version__)') installed in $VENV"
+"$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server,sqs,secretsmanager,ssm]==$MOTO_VERSION"
+echo "moto $("$VENV/bin/python" -c 'import moto; print(moto.__version__)') installed in $VENV"

@@ -101,7 +101,9 @@ glibc_guard() {
 
 # Writes the --env-vars file: the template declares these variables, so SAM lets the file set them.
 # The secrets are fixed local values (fixtures are signed/authorised with them); override with
-# SAM_LOCAL_API_KEY / SAM_LOCAL_WEBHOOK_SECRET / SAM_LOCAL_AGENTKIT_API_URL.
+# SAM_LOCAL_API_KEY / SAM_LOCAL_WEBHOOK_SECRET / SAM_LOCAL_AGENTKIT_API_URL. On AWS the functions
+# read them from Secrets Manager (OPSCORE_*_SECRET_ID); here those ids are set to "" so the
+# values of the environment are used and nothing calls AWS.
 # Extra "KEY=VALUE" lines in $EXTRA_ENV are added for every function (a function only sees the
 # ones the template declares for it).
 write_env_json() {
@@ -119,8 +121,12 @@ common = {
 }
 doc = {
     "Parameters": common,
-    "StateApiFunction": {**common, "OPSCORE_API_KEY": os.environ["API_KEY"]},
-    "NotifyWebhookFunction": {**common, "OPSCORE_WEBHOOK_SECRET": os.environ["WEBHOOK_SECRET"]},
+    "StateApiFunction": {**common, "OPSCORE_API_KEY": os.environ["API_KEY"], "OPSCORE_API_KEY_SECRET_ID": ""},
+    "NotifyWebhookFunction": {
+        **common,
+        "OPSCORE_WEBHOOK_SECRET": os.environ["WEBHOOK_SECRET"],
+        "OPSCORE_WEBHOOK_SECRET_ID": "",
+    },
     # No timer queue under `sam local invoke` (no SQS the container could reach): the runner's
     # timers wait for the sweep; its SQS handler still answers the SQS fixtures.
     "WorkflowRunnerFunction": {**common, "AGENTKIT_API_URL": os.environ["AGENTKIT"],
@@ -205,7 +211,7 @@ invoke_fixtures() {
     emf=""
     if [[ $expected == *+emf ]]; then emf=1; expected=${expected%+emf}; fi
     if ! out=$(sam local invoke "$fn" -e "events/$fixture" --env-vars "$env_json" --skip-pull-image \
-        --parameter-overrides "Architecture=x86_64 ApiKeys=local-only-api-key-0000 WebhookSecrets=local-only-webhook-secret AgentKitApiUrl=http://127.0.0.1:9" \
+        --parameter-overrides "Architecture=x86_64 AgentKitApiUrl=http://127.0.0.1:9" \
         2>"$REPO/.tmp/sam-invoke.log" </dev/null); then
       echo "   FAIL $fn $fixture: sam local invoke failed; log:" >&2
       { tail -30 "$REPO/.tmp/sam-invoke.log"; echo; } | sed 's/^/     /' >&2

@@ -1,4 +1,5 @@
-//! Test support for Ops-Core: the DynamoDB Local harness ([`ddb_local`]), moto's server ([`moto`], SQS), the stores under test
+//! Test support for Ops-Core: the DynamoDB Local harness ([`ddb_local`]), moto's server ([`moto`]: SQS,
+//! Secrets Manager), the stores under test
 //! ([`stores`]), fakes for end-to-end tests ([`fake`]), and the storage contract suite ([`contract`], [`dynamo_cases`]) that every adapter
 //! of the storage port must pass. `tests/store_contract.rs` runs it against each store.
 

@@ -5,6 +5,9 @@
 //! - the runner gets the table's real stream records as a Lambda DynamoDB event (and the same
 //!   batch again: no second dispatch), then a scheduled event.
 //!
+//! - the state API reads its keys from Secrets Manager (moto's server) and picks up a rotation
+//!   without a restart.
+//!
 //! It prints the figures of the packaging issue: binary sizes, init durations, RSS after 1,000
 //! invocations. Run by `.ci/run` on the bootstraps `sam build` made
 //! (`OPSCORE_SAM_BUILD_DIR=.aws-sam/build`), or by hand after `cargo build --release`:
@@ -83,6 +86,16 @@ impl Function {
             .unwrap_or_else(|e| panic!("{}: invoke: {e}", self.name));
         let text = resp.text().await.unwrap();
         serde_json::from_str(&text).unwrap_or_else(|_| panic!("{}: not JSON: {text}", self.name))
+    }
+
+    /// The pid of the function's own process (the emulator's child, found by its executable).
+    fn function_pid(&self, bin: &Path) -> Option<u32> {
+        let bin = std::fs::canonicalize(bin).ok()?;
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+            (std::fs::read_link(entry.path().join("exe")).ok().as_deref() == Some(bin.as_path()))
+                .then(|| entry.file_name().to_str()?.parse().ok())
+                .flatten()
+        })
     }
 
     /// RSS of the function's own process (the emulator's child, found by its executable).
@@ -314,5 +327,94 @@ async fn release_binaries_under_the_runtime_emulator() {
         "  state-api: 1,000 health invocations, {per_invoke:?} each through the emulator; RSS after them: {:?} kB",
         api.function_rss_kb(&bins[0])
     );
+    let _ = std::fs::remove_dir_all(&logs);
+}
+
+/// The release state-api bootstrap under the emulator, its keys in a Secrets Manager secret (moto's
+/// server): the key of the cold start is accepted; after `PutSecretValue` "new,old" and the refresh
+/// interval (1 s here) the new key is accepted too, without a restart of the function's process;
+/// after "new" the old key is refused. Polled, not timed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs `cargo build --release`, tools/bin/aws-lambda-rie and moto's server; .ci/run runs it with --ignored"]
+async fn the_release_state_api_picks_up_a_rotated_secret_without_restart() {
+    let rie = std::env::var("OPSCORE_RIE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join("tools/bin/aws-lambda-rie"));
+    assert!(rie.exists(), "{} is missing: run tools/install-sam.sh", rie.display());
+    let bin = match std::env::var("OPSCORE_SAM_BUILD_DIR").map(PathBuf::from) {
+        Ok(dir) => dir.join("StateApiFunction/bootstrap"),
+        Err(_) => std::env::var("OPSCORE_RELEASE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| root().join("target/release"))
+            .join("state-api"),
+    };
+    assert!(bin.exists(), "{} is missing: run cargo build --release", bin.display());
+
+    let moto = opscore_tests::moto::MotoServer::start().await;
+    let sm = opscore_lambda::SecretsManagerSource::client_for_endpoint(Some(&moto.endpoint)).await;
+    let (old, new) = ("rie-old-key-0123456789abcdef", "rie-new-key-fedcba9876543210");
+    let put = async |text: &str| {
+        sm.put_secret_value()
+            .secret_id("opscore/rie/api-keys")
+            .secret_string(text)
+            .send()
+            .await
+            .expect("PutSecretValue");
+    };
+    sm.create_secret()
+        .name("opscore/rie/api-keys")
+        .secret_string(old)
+        .send()
+        .await
+        .expect("CreateSecret");
+    let ddb = DynamoDbLocal::shared().await;
+    let (_client, table) = ddb.fresh_table().await;
+    let env = vec![
+        ("OPSCORE_TABLE_NAME", table),
+        ("OPSCORE_DDB_ENDPOINT", ddb.endpoint.clone()),
+        ("AWS_ACCESS_KEY_ID", "local".into()),
+        ("AWS_SECRET_ACCESS_KEY", "local".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("OPSCORE_API_KEY_SECRET_ID", "opscore/rie/api-keys".into()),
+        ("OPSCORE_SECRETS_ENDPOINT", moto.endpoint.clone()),
+        ("OPSCORE_SECRET_REFRESH_SECONDS", "1".into()),
+    ];
+    let logs = std::env::temp_dir().join(format!("opscore-rie-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(&logs).unwrap();
+    let api = Function::start("state-api", &bin, &rie, &env, &logs).await;
+    let list = |key: &str| {
+        json!({"version":"2.0","routeKey":"$default","rawPath":"/v1/opscore/agents","rawQueryString":"",
+            "headers":{"authorization":format!("Bearer {key}")},
+            "requestContext":{"http":{"method":"GET","path":"/v1/opscore/agents","protocol":"HTTP/1.1","sourceIp":"127.0.0.1","userAgent":"t"},
+            "requestId":"rie-secrets","routeKey":"$default","stage":"$default","accountId":"1","apiId":"a","domainName":"d","domainPrefix":"d","time":"t","timeEpoch":0},
+            "isBase64Encoded":false})
+    };
+    let status = async |key: &str| api.invoke(&list(key)).await["statusCode"].clone();
+    let until = async |key: &str, want: u16| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while status(key).await != want {
+            assert!(
+                Instant::now() < deadline,
+                "{key} never answered {want}; log: {}",
+                std::fs::read_to_string(&api.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    assert_eq!(status(old).await, 200, "the key read at cold start");
+    assert_eq!(status(new).await, 401);
+    let pid = api.function_pid(&bin);
+    put(&format!("{new},{old}")).await;
+    until(new, 200).await;
+    assert_eq!(status(old).await, 200, "the old key is accepted during the switch");
+    put(new).await;
+    until(old, 401).await;
+    assert_eq!(status(new).await, 200);
+    assert_eq!(
+        api.function_pid(&bin),
+        pid,
+        "the same function process throughout: no restart"
+    );
+    assert!(pid.is_some());
     let _ = std::fs::remove_dir_all(&logs);
 }

@@ -25,8 +25,20 @@ impl fmt::Debug for Secret {
 
 /// Names shared by template.yaml, the local stack and the tests.
 pub mod names {
+    /// The state API's bearer keys themselves (local stack, `sam local`); on AWS
+    /// [`API_KEY_SECRET_ID`] instead.
     pub const API_KEY: &str = "OPSCORE_API_KEY";
+    /// The webhook's HMAC secrets themselves (local stack, `sam local`); on AWS
+    /// [`WEBHOOK_SECRET_ID`] instead.
     pub const WEBHOOK_SECRET: &str = "OPSCORE_WEBHOOK_SECRET";
+    /// Name or ARN of the Secrets Manager secret holding the state API's keys.
+    pub const API_KEY_SECRET_ID: &str = "OPSCORE_API_KEY_SECRET_ID";
+    /// Name or ARN of the Secrets Manager secret holding the webhook's HMAC secrets.
+    pub const WEBHOOK_SECRET_ID: &str = "OPSCORE_WEBHOOK_SECRET_ID";
+    /// How often a secret from Secrets Manager is read again (seconds; default 300).
+    pub const SECRET_REFRESH: &str = "OPSCORE_SECRET_REFRESH_SECONDS";
+    /// An explicit Secrets Manager endpoint (moto's server in tests); empty means "the AWS default".
+    pub const SECRETS_ENDPOINT: &str = "OPSCORE_SECRETS_ENDPOINT";
     pub const AGENTKIT_API_URL: &str = "AGENTKIT_API_URL";
     pub const TABLE_NAME: &str = "OPSCORE_TABLE_NAME";
     /// An explicit DynamoDB endpoint (DynamoDB Local); empty means "the AWS default".
@@ -44,6 +56,27 @@ pub mod names {
     pub const TIMER_QUEUE_URL: &str = "OPSCORE_TIMER_QUEUE_URL";
 }
 
+/// The one rule for a list of keys or secrets, in an environment variable or in a Secrets Manager
+/// secret alike: comma-separated, blanks around entries ignored, any entry accepted. A rotation
+/// puts the new value first and keeps the old one until every client has moved ("new,old"), then
+/// drops it ("new").
+pub fn parse_secret_list(text: &str) -> Vec<Secret> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(Secret::new)
+        .collect()
+}
+
+/// Where one list of keys or secrets comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSetting {
+    /// The values themselves (environment; empty: nothing configured, everything refused).
+    Values(Vec<Secret>),
+    /// A Secrets Manager secret (name or ARN), read at cold start and every `secret_refresh`.
+    SecretId(String),
+}
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{name}: {message}")]
 pub struct ConfigError {
@@ -58,6 +91,13 @@ pub struct Config {
     pub api_keys: Vec<Secret>,
     /// HMAC secrets of the notify webhook (comma-separated). Empty: the webhook refuses.
     pub webhook_secrets: Vec<Secret>,
+    /// A Secrets Manager secret holding the API keys instead of `api_keys` (AWS).
+    pub api_key_secret_id: Option<String>,
+    /// A Secrets Manager secret holding the webhook secrets instead of `webhook_secrets` (AWS).
+    pub webhook_secret_id: Option<String>,
+    /// How often a secret read from Secrets Manager is read again (a rotation takes this long).
+    pub secret_refresh: Duration,
+    pub secrets_endpoint: Option<String>,
     pub agentkit_api_url: Option<String>,
     pub table_name: Option<String>,
     pub ddb_endpoint: Option<String>,
@@ -79,6 +119,10 @@ impl Default for Config {
         Self {
             api_keys: Vec::new(),
             webhook_secrets: Vec::new(),
+            api_key_secret_id: None,
+            webhook_secret_id: None,
+            secret_refresh: Duration::from_secs(300),
+            secrets_endpoint: None,
             agentkit_api_url: None,
             table_name: None,
             ddb_endpoint: None,
@@ -93,6 +137,22 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Where the state API's keys come from.
+    pub fn api_keys_setting(&self) -> SecretSetting {
+        match &self.api_key_secret_id {
+            Some(id) => SecretSetting::SecretId(id.clone()),
+            None => SecretSetting::Values(self.api_keys.clone()),
+        }
+    }
+
+    /// Where the webhook's HMAC secrets come from.
+    pub fn webhook_secrets_setting(&self) -> SecretSetting {
+        match &self.webhook_secret_id {
+            Some(id) => SecretSetting::SecretId(id.clone()),
+            None => SecretSetting::Values(self.webhook_secrets.clone()),
+        }
+    }
+
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|k| std::env::var(k).ok())
     }
@@ -100,16 +160,16 @@ impl Config {
     /// Reads settings through `get`, so tests need not touch the process environment.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let non_empty = |k: &str| get(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
-        let list = |k: &str| -> Vec<Secret> {
-            non_empty(k)
-                .map(|v| {
-                    v.split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(Secret::new)
-                        .collect()
-                })
-                .unwrap_or_default()
+        let list = |k: &str| -> Vec<Secret> { non_empty(k).map(|v| parse_secret_list(&v)).unwrap_or_default() };
+        // The values or a secret that holds them, never both: which one would win is not obvious.
+        let one_source = |values: &'static str, id: &'static str| -> Result<Option<String>, ConfigError> {
+            match (non_empty(values), non_empty(id)) {
+                (Some(_), Some(_)) => Err(ConfigError {
+                    name: id,
+                    message: format!("set either {values} (the values) or {id} (a Secrets Manager secret), not both"),
+                }),
+                (_, id) => Ok(id),
+            }
         };
         let seconds = |k: &'static str, default: Duration| -> Result<Duration, ConfigError> {
             match non_empty(k) {
@@ -159,6 +219,10 @@ impl Config {
         Ok(Self {
             api_keys: list(names::API_KEY),
             webhook_secrets: list(names::WEBHOOK_SECRET),
+            api_key_secret_id: one_source(names::API_KEY, names::API_KEY_SECRET_ID)?,
+            webhook_secret_id: one_source(names::WEBHOOK_SECRET, names::WEBHOOK_SECRET_ID)?,
+            secret_refresh: seconds(names::SECRET_REFRESH, d.secret_refresh)?,
+            secrets_endpoint: non_empty(names::SECRETS_ENDPOINT),
             agentkit_api_url,
             table_name: non_empty(names::TABLE_NAME),
             ddb_endpoint: non_empty(names::DDB_ENDPOINT),
@@ -242,6 +306,42 @@ mod tests {
                 .agentkit_api_url
                 .as_deref(),
             Some("http://x")
+        );
+    }
+
+    #[test]
+    fn a_secret_comes_from_the_environment_or_from_secrets_manager_not_both() {
+        let c = cfg(&[
+            (names::API_KEY_SECRET_ID, "opscore/api-keys"),
+            (names::WEBHOOK_SECRET, "s1,s0"),
+        ])
+        .unwrap();
+        assert_eq!(c.api_keys_setting(), SecretSetting::SecretId("opscore/api-keys".into()));
+        assert_eq!(
+            c.webhook_secrets_setting(),
+            SecretSetting::Values(vec![Secret::new("s1"), Secret::new("s0")])
+        );
+        assert_eq!(c.secret_refresh, Duration::from_secs(300));
+        let c = cfg(&[(names::API_KEY_SECRET_ID, " "), (names::SECRET_REFRESH, "5")]).unwrap();
+        assert_eq!(
+            c.api_keys_setting(),
+            SecretSetting::Values(vec![]),
+            "blank = unset (sam local)"
+        );
+        assert_eq!(c.secret_refresh, Duration::from_secs(5));
+        assert_eq!(
+            cfg(&[(names::WEBHOOK_SECRET, "s"), (names::WEBHOOK_SECRET_ID, "x")])
+                .unwrap_err()
+                .name,
+            names::WEBHOOK_SECRET_ID
+        );
+        assert_eq!(
+            cfg(&[(names::SECRET_REFRESH, "0")]).unwrap_err().name,
+            names::SECRET_REFRESH
+        );
+        assert_eq!(
+            parse_secret_list(" new , old ,,"),
+            vec![Secret::new("new"), Secret::new("old")]
         );
     }
 

@@ -10,6 +10,7 @@ pub mod ids;
 pub mod memory;
 pub mod metrics;
 pub mod runner;
+pub mod secrets;
 pub mod session;
 pub mod store;
 pub mod task;

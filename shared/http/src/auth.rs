@@ -12,7 +12,9 @@ use subtle::ConstantTimeEq;
 /// Checks `Authorization: Bearer <key>` (scheme case-insensitive) against every configured key.
 pub fn check_bearer(header: Option<&str>, keys: &[Secret]) -> Result<(), HttpError> {
     if keys.is_empty() {
-        tracing::error!("OPSCORE_API_KEY is not set: refusing every authenticated request (fail closed)");
+        tracing::error!(
+            "no API key configured (OPSCORE_API_KEY, or the secret OPSCORE_API_KEY_SECRET_ID is unreadable or empty): refusing every authenticated request (fail closed)"
+        );
         return Err(HttpError::NotConfigured(
             "this server has no API key configured; it refuses all requests".into(),
         ));
@@ -66,7 +68,9 @@ pub fn verify_webhook(
     tolerance: Duration,
 ) -> Result<(), HttpError> {
     if secrets.is_empty() {
-        tracing::error!("OPSCORE_WEBHOOK_SECRET is not set: refusing every webhook delivery (fail closed)");
+        tracing::error!(
+            "no webhook secret configured (OPSCORE_WEBHOOK_SECRET, or the secret OPSCORE_WEBHOOK_SECRET_ID is unreadable or empty): refusing every webhook delivery (fail closed)"
+        );
         return Err(HttpError::NotConfigured(
             "this webhook has no secret configured; it refuses all deliveries".into(),
         ));

@@ -10,12 +10,12 @@ use crate::error::HttpError;
 use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures::future::Either;
+use futures::future::{BoxFuture, Either};
 use http::request::Parts;
 use http_body_util::{BodyExt, Limited};
 use opscore_api::paths::headers;
-use opscore_core::config::Config;
 use opscore_core::ids::{AgentId, IdempotencyKey, SessionId, WorkflowId};
+use opscore_core::secrets::LiveSecrets;
 use opscore_core::store::PageRequest;
 use std::convert::Infallible;
 use std::future::Ready;
@@ -36,15 +36,18 @@ const MAX_PAGE: u32 = 100;
 /// `Authorization: Bearer <key>` against the configured keys: the route layer of every
 /// authenticated route. It runs after routing (an unknown route is a 404, a wrong method a 405)
 /// and before any extractor, so the body of an unauthenticated request is never read.
+///
+/// The keys are checked synchronously while they are fresh; the one request per refresh interval
+/// that finds them due waits for Secrets Manager first ([`LiveSecrets::current`]).
 #[derive(Clone)]
-pub struct RequireBearer(pub Arc<Config>);
+pub struct RequireBearer(pub Arc<LiveSecrets>);
 
 impl<S> Layer<S> for RequireBearer {
     type Service = RequireBearerService<S>;
     fn layer(&self, inner: S) -> Self::Service {
         RequireBearerService {
             inner,
-            config: self.0.clone(),
+            keys: self.0.clone(),
         }
     }
 }
@@ -53,27 +56,45 @@ impl<S> Layer<S> for RequireBearer {
 #[derive(Clone)]
 pub struct RequireBearerService<S> {
     inner: S,
-    config: Arc<Config>,
+    keys: Arc<LiveSecrets>,
 }
+
+type Refusal = Ready<Result<Response, Infallible>>;
+type AfterRefresh = BoxFuture<'static, Result<Response, Infallible>>;
 
 impl<S> Service<Request> for RequireBearerService<S>
 where
-    S: Service<Request, Response = Response, Error = Infallible>,
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = Either<S::Future, Ready<Result<Response, Infallible>>>;
+    type Future = Either<Either<S::Future, Refusal>, AfterRefresh>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
+        let Some(keys) = self.keys.fresh() else {
+            // The service that was made ready goes into the future; a clone stays for the next call.
+            let clone = self.inner.clone();
+            let mut inner = std::mem::replace(&mut self.inner, clone);
+            let live = self.keys.clone();
+            return Either::Right(Box::pin(async move {
+                let keys = live.current().await;
+                let header = req.headers().get(headers::AUTHORIZATION).and_then(|v| v.to_str().ok());
+                match crate::auth::check_bearer(header, &keys) {
+                    Ok(()) => inner.call(req).await,
+                    Err(e) => Ok(e.into_response()),
+                }
+            }));
+        };
         let header = req.headers().get(headers::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        match crate::auth::check_bearer(header, &self.config.api_keys) {
+        Either::Left(match crate::auth::check_bearer(header, &keys) {
             Ok(()) => Either::Left(self.inner.call(req)),
             Err(e) => Either::Right(std::future::ready(Ok(e.into_response()))),
-        }
+        })
     }
 }
 

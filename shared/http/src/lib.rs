@@ -19,7 +19,7 @@ pub mod trigger;
 pub mod webhook;
 
 pub use layers::{HttpRouter, RouterFuture};
-pub use router::{Api, Surface, document, router};
+pub use router::{Api, Credentials, Surface, document, router, router_with_credentials};
 
 /// JSON logs by default (CloudWatch), plain text when `OPSCORE_LOG_FORMAT=text`; level from
 /// `RUST_LOG` (default info). Keys and secrets are never logged (they are [`Secret`]s).

@@ -25,6 +25,7 @@ use opscore_core::agent::StateName;
 use opscore_core::app::App;
 use opscore_core::config::Config;
 use opscore_core::ids::WorkflowVersion;
+use opscore_core::secrets::LiveSecrets;
 use opscore_core::workflow::{Format, WorkflowDefinition};
 use serde::Serialize;
 use std::sync::{Arc, LazyLock};
@@ -40,23 +41,55 @@ pub enum Surface {
     Both,
 }
 
-/// The state every handler shares: the use cases and the configuration (behind one `Arc`, so
-/// the clones axum makes per request are one reference count each).
+/// The state every handler shares: the use cases, the configuration and the credentials (behind
+/// one `Arc`, so the clones axum makes per request are one reference count each).
 #[derive(Clone)]
 pub struct Api {
     pub app: App,
     pub config: Arc<Config>,
+    pub credentials: Credentials,
 }
 
+/// What the router authenticates with: the state API's bearer keys and the webhook's HMAC
+/// secrets, fixed (environment, local stack) or read from Secrets Manager and refreshed (AWS;
+/// opscore-lambda builds those).
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    pub api_keys: Arc<LiveSecrets>,
+    pub webhook_secrets: Arc<LiveSecrets>,
+}
+
+impl Credentials {
+    /// The values of the configuration itself (`OPSCORE_API_KEY`, `OPSCORE_WEBHOOK_SECRET`).
+    pub fn fixed(config: &Config) -> Self {
+        Self {
+            api_keys: Arc::new(LiveSecrets::fixed(API_KEYS, config.api_keys.clone())),
+            webhook_secrets: Arc::new(LiveSecrets::fixed(WEBHOOK_SECRETS, config.webhook_secrets.clone())),
+        }
+    }
+}
+
+/// What the logs call the two lists.
+pub const API_KEYS: &str = "API keys";
+pub const WEBHOOK_SECRETS: &str = "webhook secrets";
+
 /// The router of `surface` behind its edge (request ids, tracing spans, security headers, JSON
-/// 404 and 405). Cheap to clone; serve it with `lambda_http::run`, hyper-util's
-/// `TowerToHyperService`, or call it with `tower::ServiceExt::oneshot`.
+/// 404 and 405), with the keys and secrets of `config` itself. Cheap to clone; serve it with
+/// `lambda_http::run`, hyper-util's `TowerToHyperService`, or call it with
+/// `tower::ServiceExt::oneshot`.
 pub fn router(app: App, config: Config, surface: Surface) -> HttpRouter {
+    let credentials = Credentials::fixed(&config);
+    router_with_credentials(app, config, surface, credentials)
+}
+
+/// [`router`] with keys and secrets from elsewhere (Secrets Manager on AWS).
+pub fn router_with_credentials(app: App, config: Config, surface: Surface, credentials: Credentials) -> HttpRouter {
     let api = Api {
         app,
         config: Arc::new(config),
+        credentials,
     };
-    let authenticated = state_api().route_layer(RequireBearer(api.config.clone()));
+    let authenticated = state_api().route_layer(RequireBearer(api.credentials.api_keys.clone()));
     let routes = match surface {
         Surface::StateApi => public().merge(authenticated),
         Surface::Webhook => webhook(),

@@ -11,7 +11,7 @@ use opscore_api::Accepted;
 use opscore_api::paths::{self, headers};
 use opscore_core::agent::AgentDetails;
 use opscore_core::app::App;
-use opscore_core::config::Config;
+use opscore_core::config::{Config, Secret};
 use opscore_core::delivery::{AgentKitEvent, DeliveryOutcome};
 use opscore_core::ids::AgentId;
 use opscore_core::store::RegisterOutcome;
@@ -30,7 +30,8 @@ pub(crate) async fn notify(State(api): State<std::sync::Arc<Api>>, req: Request)
     let (parts, body) = req.into_parts();
     let result = async {
         let Body(body) = Body::<MAX_BODY_BYTES>::from_request(Request::new(body), &()).await?;
-        handle(&api.app, &api.config, &parts.headers, &body).await
+        let secrets = api.credentials.webhook_secrets.current().await;
+        handle(&api.app, &api.config, &secrets, &parts.headers, &body).await
     }
     .await;
     // Every refusal counts once, by its code (the figure an operator alarms on: a wrong secret
@@ -41,8 +42,15 @@ pub(crate) async fn notify(State(api): State<std::sync::Arc<Api>>, req: Request)
     result
 }
 
-/// Verifies, parses and applies one delivery (a replay is answered 200 and has no effect).
-pub async fn handle(app: &App, config: &Config, headers: &HeaderMap, body: &[u8]) -> Result<Response, HttpError> {
+/// Verifies (against `secrets`, the webhook's current HMAC secrets), parses and applies one
+/// delivery (a replay is answered 200 and has no effect).
+pub async fn handle(
+    app: &App,
+    config: &Config,
+    secrets: &[Secret],
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, HttpError> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let now = app.now();
     let signature = header(headers::AGENTKIT_SIGNATURE);
@@ -50,7 +58,7 @@ pub async fn handle(app: &App, config: &Config, headers: &HeaderMap, body: &[u8]
         signature,
         header(headers::AGENTKIT_TIMESTAMP),
         body,
-        &config.webhook_secrets,
+        secrets,
         now,
         config.webhook_tolerance,
     )?;

@@ -3,11 +3,13 @@
 //!
 //! The HTTP router itself is `opscore_http::router`, served by `lambda_http::run`; this crate only
 //! adds what needs AWS: the store, the stream-batch handler, the timer queue (SQS) and its
-//! handler ([`timers`]), the Lambda request and trace ids, and the metrics in CloudWatch
-//! embedded metric format ([`emf`]).
+//! handler ([`timers`]), the Lambda request and trace ids, the metrics in CloudWatch embedded
+//! metric format ([`emf`]), and the keys and secrets from Secrets Manager ([`secrets`]).
 
 pub mod emf;
+pub mod secrets;
 pub mod timers;
+pub use secrets::{SecretsManagerSource, credentials};
 
 use aws_lambda_events::event::dynamodb::Event as StreamEvent;
 use aws_lambda_events::event::sqs::SqsEvent;

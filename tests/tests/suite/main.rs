@@ -11,6 +11,7 @@ mod faults;
 mod fixtures;
 mod fuzz_regressions;
 mod proptests;
+mod secrets_manager;
 mod store_contract;
 mod stream_batch;
 mod timers_sqs;

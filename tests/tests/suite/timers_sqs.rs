@@ -161,8 +161,8 @@ async fn stream_into(runner: &Runner, tail: &mut StreamTail) {
 /// handler redispatches the task. (A behaviour bound with a second of slack, not a benchmark.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
-    not(feature = "dynamodb-local"),
-    ignore = "needs moto's server (bash tools/install-moto.sh) and DynamoDB Local: --features opscore-tests/dynamodb-local"
+    not(all(feature = "dynamodb-local", feature = "moto")),
+    ignore = "needs moto's server and DynamoDB Local: --features opscore-tests/dynamodb-local,opscore-tests/moto"
 )]
 async fn a_retry_scheduled_3_s_ahead_is_redispatched_3_to_5_s_later_through_sqs() {
     let moto = MotoServer::start().await;
@@ -249,10 +249,7 @@ async fn a_retry_scheduled_3_s_ahead_is_redispatched_3_to_5_s_later_through_sqs(
 /// again for the time left until the timer is due (here the longest delay is 1 s, for a timer
 /// 3 s ahead). On the in-memory store: the queue is what is under test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(feature = "dynamodb-local"),
-    ignore = "needs moto's server (bash tools/install-moto.sh): --features opscore-tests/dynamodb-local"
-)]
+#[cfg_attr(not(feature = "moto"), ignore = "needs moto's server: --features opscore-tests/moto")]
 async fn an_early_wake_up_is_rearmed_on_the_queue_until_the_timer_is_due() {
     let moto = MotoServer::start().await;
     let queue = TimerQueueUnderTest::new(&moto).await;
@@ -311,10 +308,7 @@ async fn an_early_wake_up_is_rearmed_on_the_queue_until_the_timer_is_due() {
 /// A batch with one message that is not a wake-up: that one message is reported (partial batch
 /// response), the others are handled and deleted; what is left on the queue is that one message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(feature = "dynamodb-local"),
-    ignore = "needs moto's server (bash tools/install-moto.sh): --features opscore-tests/dynamodb-local"
-)]
+#[cfg_attr(not(feature = "moto"), ignore = "needs moto's server: --features opscore-tests/moto")]
 async fn a_message_that_is_not_a_wake_up_is_the_only_one_reported_failed() {
     let moto = MotoServer::start().await;
     let queue = TimerQueueUnderTest::new(&moto).await;
