@@ -1,7 +1,8 @@
-//! The table: keys `pk`/`sk`, three GSIs (projection ALL), on-demand, stream with new and old
-//! images, TTL on `expiresAt`. The template (`template.yaml`) must declare the same.
+//! The table: keys `pk`/`sk`, three sparse GSIs with narrow projections ([`INDEXES`]), on-demand,
+//! stream with new and old images, TTL on `expiresAt`. The template (`template.yaml`) must declare
+//! the same (a test compares them).
 
-use crate::items::{GSI1, GSI2, GSI3, TTL_ATTRIBUTE};
+use crate::items::{GSI1, GSI2, GSI3, TIMER_PROJECTION, TTL_ATTRIBUTE, WORK_PROJECTION};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{BuildError, DisplayErrorContext};
 use aws_sdk_dynamodb::types::{
@@ -23,12 +24,61 @@ fn key(name: &str, kind: KeyType) -> Result<KeySchemaElement, StoreError> {
         .map_err(bad)
 }
 
-fn gsi(name: &str, pk: &str, sk: &str) -> Result<GlobalSecondaryIndex, StoreError> {
+/// One global secondary index: its name, key attributes and what it carries besides keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexDefinition {
+    pub name: &'static str,
+    pub partition_key: &'static str,
+    pub sort_key: &'static str,
+    /// `None`: `KEYS_ONLY` (the table's and the index's keys); `Some(attrs)`: `INCLUDE` them.
+    /// No index projects `ALL`: an entry is rewritten whenever a projected attribute changes, so
+    /// every projected attribute that changes on its own costs an index write.
+    pub include: Option<&'static [&'static str]>,
+}
+
+impl IndexDefinition {
+    /// Whether an entry of this index carries `attr` (keys always, others only if included).
+    pub fn projects(&self, attr: &str) -> bool {
+        [crate::items::PK, crate::items::SK, self.partition_key, self.sort_key].contains(&attr)
+            || self.include.is_some_and(|a| a.contains(&attr))
+    }
+}
+
+/// The table's indexes, exactly as [`create_table`] creates them and `template.yaml` declares them.
+pub const INDEXES: [IndexDefinition; 3] = [
+    IndexDefinition {
+        name: GSI1,
+        partition_key: "gsi1pk",
+        sort_key: "gsi1sk",
+        include: None,
+    },
+    IndexDefinition {
+        name: GSI2,
+        partition_key: "gsi2pk",
+        sort_key: "gsi2sk",
+        include: Some(WORK_PROJECTION),
+    },
+    IndexDefinition {
+        name: GSI3,
+        partition_key: "gsi3pk",
+        sort_key: "gsi3sk",
+        include: Some(TIMER_PROJECTION),
+    },
+];
+
+fn gsi(d: &IndexDefinition) -> Result<GlobalSecondaryIndex, StoreError> {
+    let projection = match d.include {
+        None => Projection::builder().projection_type(ProjectionType::KeysOnly).build(),
+        Some(attrs) => Projection::builder()
+            .projection_type(ProjectionType::Include)
+            .set_non_key_attributes(Some(attrs.iter().map(|a| a.to_string()).collect()))
+            .build(),
+    };
     GlobalSecondaryIndex::builder()
-        .index_name(name)
-        .key_schema(key(pk, KeyType::Hash)?)
-        .key_schema(key(sk, KeyType::Range)?)
-        .projection(Projection::builder().projection_type(ProjectionType::All).build())
+        .index_name(d.name)
+        .key_schema(key(d.partition_key, KeyType::Hash)?)
+        .key_schema(key(d.sort_key, KeyType::Range)?)
+        .projection(projection)
         .build()
         .map_err(bad)
 }
@@ -42,9 +92,7 @@ pub async fn create_table(client: &Client, name: &str) -> Result<(), StoreError>
         .billing_mode(BillingMode::PayPerRequest)
         .key_schema(key("pk", KeyType::Hash)?)
         .key_schema(key("sk", KeyType::Range)?)
-        .global_secondary_indexes(gsi(GSI1, "gsi1pk", "gsi1sk")?)
-        .global_secondary_indexes(gsi(GSI2, "gsi2pk", "gsi2sk")?)
-        .global_secondary_indexes(gsi(GSI3, "gsi3pk", "gsi3sk")?)
+        .set_global_secondary_indexes(Some(INDEXES.iter().map(gsi).collect::<Result<_, _>>()?))
         .stream_specification(
             StreamSpecification::builder()
                 .stream_enabled(true)
@@ -129,5 +177,71 @@ async fn enable_ttl(client: &Client, name: &str) {
         .await
     {
         tracing::warn!(table = name, error = %DisplayErrorContext(&e), "TTL not enabled; this store may not support it");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `template.yaml` declares for one index, read from its text (the template's `!Ref`
+    /// tags keep a plain YAML parser out).
+    fn template_indexes() -> Vec<(String, String, String, Option<Vec<String>>)> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../template.yaml");
+        let text = std::fs::read_to_string(path).expect("template.yaml");
+        let section = text
+            .split("GlobalSecondaryIndexes:")
+            .nth(1)
+            .expect("GlobalSecondaryIndexes")
+            .split("StreamSpecification:")
+            .next()
+            .unwrap();
+        let attr = |block: &str, kind: &str| {
+            block
+                .lines()
+                .find(|l| l.contains(&format!("KeyType: {kind}")))
+                .and_then(|l| l.split("AttributeName:").nth(1))
+                .and_then(|r| r.split(',').next())
+                .map(|s| s.trim().to_string())
+                .expect("key attribute")
+        };
+        section
+            .split("- IndexName:")
+            .skip(1)
+            .map(|block| {
+                let name = block.lines().next().unwrap().trim().to_string();
+                let include = block.contains("INCLUDE").then(|| {
+                    block
+                        .split("NonKeyAttributes:")
+                        .nth(1)
+                        .and_then(|r| r.split('[').nth(1))
+                        .and_then(|r| r.split(']').next())
+                        .expect("NonKeyAttributes")
+                        .split(',')
+                        .map(|a| a.trim().to_string())
+                        .collect()
+                });
+                if include.is_none() {
+                    assert!(block.contains("KEYS_ONLY"), "{name}: neither KEYS_ONLY nor INCLUDE");
+                }
+                (name, attr(block, "HASH"), attr(block, "RANGE"), include)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_template_declares_the_indexes_the_adapter_creates() {
+        let ours: Vec<_> = INDEXES
+            .iter()
+            .map(|d| {
+                (
+                    d.name.to_string(),
+                    d.partition_key.to_string(),
+                    d.sort_key.to_string(),
+                    d.include.map(|a| a.iter().map(|s| s.to_string()).collect()),
+                )
+            })
+            .collect();
+        assert_eq!(template_indexes(), ours);
     }
 }
