@@ -170,6 +170,81 @@ impl Heat {
     }
 }
 
+/// The heat of everything a table's stream still holds: every shard read from its start
+/// (`TRIM_HORIZON`) to its current end, each record's old and new image counted by
+/// [`Heat::record`]. What a load test wrote, as the table itself recorded it (a write that changed
+/// nothing leaves no record and costs no index write).
+#[cfg(feature = "local")]
+pub async fn heat_of_stream(client: &aws_sdk_dynamodbstreams::Client, table: &str) -> Result<Heat, String> {
+    use aws_sdk_dynamodbstreams::error::DisplayErrorContext;
+    use aws_sdk_dynamodbstreams::types::ShardIteratorType;
+    let err = |op: &str, e: &dyn std::fmt::Display| format!("DynamoDB Streams {op}: {e}");
+    let streams = client
+        .list_streams()
+        .table_name(table)
+        .send()
+        .await
+        .map_err(|e| err("ListStreams", &DisplayErrorContext(&e)))?;
+    let arn = streams
+        .streams()
+        .iter()
+        .filter(|s| s.table_name() == Some(table))
+        .max_by_key(|s| s.stream_label().unwrap_or_default().to_owned())
+        .and_then(|s| s.stream_arn())
+        .ok_or_else(|| format!("table {table} has no stream"))?
+        .to_owned();
+    let mut shards = Vec::new();
+    let mut start: Option<String> = None;
+    loop {
+        let out = client
+            .describe_stream()
+            .stream_arn(&arn)
+            .set_exclusive_start_shard_id(start.take())
+            .send()
+            .await
+            .map_err(|e| err("DescribeStream", &DisplayErrorContext(&e)))?;
+        let Some(desc) = out.stream_description() else { break };
+        shards.extend(desc.shards().iter().filter_map(|s| s.shard_id().map(str::to_owned)));
+        match desc.last_evaluated_shard_id() {
+            Some(id) if !id.is_empty() => start = Some(id.to_owned()),
+            _ => break,
+        }
+    }
+    let mut heat = Heat::default();
+    for shard in shards {
+        let mut iterator = client
+            .get_shard_iterator()
+            .stream_arn(&arn)
+            .shard_id(&shard)
+            .shard_iterator_type(ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+            .map_err(|e| err("GetShardIterator", &DisplayErrorContext(&e)))?
+            .shard_iterator
+            .take();
+        while let Some(it) = iterator.take() {
+            let out = client
+                .get_records()
+                .shard_iterator(it)
+                .limit(1000)
+                .send()
+                .await
+                .map_err(|e| err("GetRecords", &DisplayErrorContext(&e)))?;
+            if out.records().is_empty() {
+                break;
+            }
+            for r in out.records() {
+                let Some(sr) = r.dynamodb() else { continue };
+                let old = sr.old_image().map(|i| Item::from(i.clone()));
+                let new = sr.new_image().map(|i| Item::from(i.clone()));
+                heat.record(old.as_ref(), new.as_ref());
+            }
+            iterator = out.next_shard_iterator;
+        }
+    }
+    Ok(heat)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
