@@ -176,22 +176,26 @@ pub async fn run(a: &Args) -> Result<(bool, Value), String> {
     });
     // The heat check: every write the run made (setup included), from the table's stream.
     let heat = match &target.dynamo {
-        Some((endpoint, table)) => {
-            let client = opscore_dynamo::streams_client_for_endpoint(Some(endpoint)).await;
-            let h = opscore_dynamo::heat::heat_of_stream(&client, table).await?;
-            let hottest = h.hottest();
-            println!(
-                "  heat check (whole run, from the stream): {}",
-                h.report().replace('\n', "\n    ")
-            );
-            Some(json!({
-                "writes": h.total(),
-                "per_target": h.per_target(),
-                "hottest_key": hottest.as_ref().map(|x| json!({"target": x.target.0, "partition_key": x.target.1, "writes": x.writes, "share": x.share})),
-                "hottest_per_target": h.hottest_per_target().iter().map(|x| json!({"target": x.target.0, "partition_key": x.target.1, "writes": x.writes, "share_of_target": x.share})).collect::<Vec<_>>(),
-                "note": "every item change in the table's stream (TRIM_HORIZON to end), with the index writes DynamoDB's rules give for the table's indexes (opscore_dynamo::heat)"
-            }))
-        }
+        Some((endpoint, table)) => match heat_of_run(endpoint, table).await {
+            Err(e) => {
+                println!("  heat check failed: {e}");
+                Some(json!({ "error": e }))
+            }
+            Ok(h) => {
+                let hottest = h.hottest();
+                println!(
+                    "  heat check (whole run, from the stream): {}",
+                    h.report().replace('\n', "\n    ")
+                );
+                Some(json!({
+                    "writes": h.total(),
+                    "per_target": h.per_target(),
+                    "hottest_key": hottest.as_ref().map(|x| json!({"target": x.target.0, "partition_key": x.target.1, "writes": x.writes, "share": x.share})),
+                    "hottest_per_target": h.hottest_per_target().iter().map(|x| json!({"target": x.target.0, "partition_key": x.target.1, "writes": x.writes, "share_of_target": x.share})).collect::<Vec<_>>(),
+                    "note": "every item change in the table's stream (TRIM_HORIZON to end), with the index writes DynamoDB's rules give for the table's indexes (opscore_dynamo::heat)"
+                }))
+            }
+        },
         None => None,
     };
     let server_errors = rec.server_errors();
@@ -305,4 +309,22 @@ async fn stop(target: Target) {
     if let Some(stack) = target.stack {
         stack.stop().await;
     }
+}
+
+/// The heat of everything the run wrote, read back from the table's stream. The stream of a long
+/// run is big and the debug-built embedded store reads it slowly, so this client waits up to two
+/// minutes per call instead of the adapter's 8 s.
+async fn heat_of_run(endpoint: &str, table: &str) -> Result<opscore_dynamo::heat::Heat, String> {
+    use aws_sdk_dynamodbstreams::config::timeout::TimeoutConfig;
+    let conf = opscore_dynamo::sdk_config(Some(endpoint)).await;
+    let conf = aws_sdk_dynamodbstreams::config::Builder::from(&conf)
+        .timeout_config(
+            TimeoutConfig::builder()
+                .operation_timeout(Duration::from_secs(120))
+                .operation_attempt_timeout(Duration::from_secs(120))
+                .build(),
+        )
+        .build();
+    let client = aws_sdk_dynamodbstreams::Client::from_conf(conf);
+    opscore_dynamo::heat::heat_of_stream(&client, table).await
 }
