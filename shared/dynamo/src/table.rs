@@ -86,6 +86,13 @@ fn gsi(d: &IndexDefinition) -> Result<GlobalSecondaryIndex, StoreError> {
 /// Creates the table exactly as the service uses it and waits until it is active, then enables
 /// TTL (stores without TTL support are tolerated: a warning, not an error).
 pub async fn create_table(client: &Client, name: &str) -> Result<(), StoreError> {
+    create(client, name, false).await
+}
+
+/// `CreateTable`; with `existing_is_ours`, a table that already exists counts as created: the
+/// SDK resends a `CreateTable` whose attempt timed out (a loaded machine, a JVM warming up), and
+/// the resent call then finds the table its first attempt made.
+async fn create(client: &Client, name: &str, existing_is_ours: bool) -> Result<(), StoreError> {
     let mut req = client
         .create_table()
         .table_name(name)
@@ -109,9 +116,16 @@ pub async fn create_table(client: &Client, name: &str) -> Result<(), StoreError>
                 .map_err(bad)?,
         );
     }
-    req.send()
-        .await
-        .map_err(|e| StoreError::unavailable(format!("CreateTable {name}: {}", DisplayErrorContext(&e))))?;
+    match req.send().await {
+        Ok(_) => {}
+        Err(e) if existing_is_ours && e.as_service_error().is_some_and(|se| se.is_resource_in_use_exception()) => {}
+        Err(e) => {
+            return Err(StoreError::unavailable(format!(
+                "CreateTable {name}: {}",
+                DisplayErrorContext(&e)
+            )));
+        }
+    }
     wait_active(client, name).await?;
     enable_ttl(client, name).await;
     Ok(())
@@ -125,7 +139,7 @@ pub async fn ensure_table(client: &Client, name: &str) -> Result<bool, StoreErro
             if e.as_service_error()
                 .is_some_and(|se| se.is_resource_not_found_exception()) =>
         {
-            create_table(client, name).await.map(|()| true)
+            create(client, name, true).await.map(|()| true)
         }
         Err(e) => Err(StoreError::unavailable(format!(
             "DescribeTable {name}: {}",
