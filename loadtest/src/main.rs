@@ -200,6 +200,9 @@ struct Target {
     fakes: Fakes,
     stack: Option<Stack>,
     proxy: Option<proxy::CountingProxy>,
+    /// The DynamoDB endpoint (not the counting proxy) and table, for reading the stream back
+    /// (the heat check) after a run.
+    dynamo: Option<(String, String)>,
     _embedded: Option<opscore_dynamo::embedded::EmbeddedDynamo>,
     description: String,
 }
@@ -238,6 +241,7 @@ async fn start_target(a: &Args, rec: Arc<Recorder>) -> Result<Target, String> {
             fakes,
             stack: None,
             proxy: None,
+            dynamo: None,
             _embedded: None,
         });
     }
@@ -268,6 +272,8 @@ async fn start_target(a: &Args, rec: Arc<Recorder>) -> Result<Target, String> {
         }
     };
     let mut proxy = None;
+    let table = format!("loadtest-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let dynamo = upstream.clone().map(|ep| (ep, table.clone()));
     let store = match upstream {
         None if a.store == StoreArg::Sqlite => StoreChoice::File {
             path: std::env::temp_dir()
@@ -295,7 +301,7 @@ async fn start_target(a: &Args, rec: Arc<Recorder>) -> Result<Target, String> {
     let stack = Stack::start(Options {
         port,
         store,
-        table: format!("loadtest-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+        table,
         sweep_every: Duration::from_secs(1),
         config,
     })
@@ -318,6 +324,7 @@ async fn start_target(a: &Args, rec: Arc<Recorder>) -> Result<Target, String> {
         fakes,
         stack: Some(stack),
         proxy,
+        dynamo,
         _embedded: embedded,
         description,
     })

@@ -107,6 +107,7 @@ pub async fn run(a: &Args) -> Result<(bool, Value), String> {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let ddb_before = target.proxy.as_ref().map(|p| p.counts());
+    let units_before = target.proxy.as_ref().map(|p| p.units());
     let runs_before = ctx.sessions.runs.load(Ordering::Relaxed);
     let started = Instant::now();
     let triggers: Vec<String> = (0..p.sessions_per_agent).flat_map(|_| agents.iter().cloned()).collect();
@@ -136,6 +137,7 @@ pub async fn run(a: &Args) -> Result<(bool, Value), String> {
     .await;
     let elapsed = started.elapsed();
     let ddb_after = target.proxy.as_ref().map(|p| p.counts());
+    let units_after = target.proxy.as_ref().map(|p| p.units());
     let load_after = loadavg();
 
     let tasks_done = sessions.completed * p.chain;
@@ -154,6 +156,48 @@ pub async fn run(a: &Args) -> Result<(bool, Value), String> {
                "per_task": total as f64 / tasks_done.max(1) as f64,
                "note": "every DynamoDB and DynamoDB Streams request from the first trigger to the last session ended, counted on the wire, divided by the tasks completed: the runner's, the API's for the agents' reports and the triggers, the stream reader's, and the final session reads"})
     });
+    // Capacity units per task, as the store reported them, per table and index.
+    let units = units_before.zip(units_after).map(|(b, after)| {
+        let mut per_task = BTreeMap::new();
+        let (mut read, mut write) = (0.0, 0.0);
+        for (k, v) in &after {
+            let d = v - b.get(k).copied().unwrap_or(0.0);
+            if k.ends_with(" read") {
+                read += d;
+            } else {
+                write += d;
+            }
+            per_task.insert(k.clone(), (d / tasks_done.max(1) as f64 * 100.0).round() / 100.0);
+        }
+        json!({"read_per_task": read / tasks_done.max(1) as f64,
+               "write_per_task": write / tasks_done.max(1) as f64,
+               "per_task_by_target": per_task,
+               "note": "ConsumedCapacity of every answer during the run (the adapter asks for it per table and index), divided by the tasks completed"})
+    });
+    // The heat check: every write the run made (setup included), from the table's stream.
+    let heat = match &target.dynamo {
+        Some((endpoint, table)) => match heat_of_run(endpoint, table).await {
+            Err(e) => {
+                println!("  heat check failed: {e}");
+                Some(json!({ "error": e }))
+            }
+            Ok(h) => {
+                let hottest = h.hottest();
+                println!(
+                    "  heat check (whole run, from the stream): {}",
+                    h.report().replace('\n', "\n    ")
+                );
+                Some(json!({
+                    "writes": h.total(),
+                    "per_target": h.per_target(),
+                    "hottest_key": hottest.as_ref().map(|x| json!({"target": x.target.0, "partition_key": x.target.1, "writes": x.writes, "share": x.share})),
+                    "hottest_per_target": h.hottest_per_target().iter().map(|x| json!({"target": x.target.0, "partition_key": x.target.1, "writes": x.writes, "share_of_target": x.share})).collect::<Vec<_>>(),
+                    "note": "every item change in the table's stream (TRIM_HORIZON to end), with the index writes DynamoDB's rules give for the table's indexes (opscore_dynamo::heat)"
+                }))
+            }
+        },
+        None => None,
+    };
     let server_errors = rec.server_errors();
     let ok = server_errors == 0 && sessions.completed == triggered && triggered == p.agents * p.sessions_per_agent;
 
@@ -184,6 +228,8 @@ pub async fn run(a: &Args) -> Result<(bool, Value), String> {
         "sessions": sessions,
         "requests": rec.summary(elapsed),
         "dynamodb": ddb,
+        "capacity_units": units,
+        "heat": heat,
         "server_errors_5xx": server_errors,
         "check_passed": ok,
     });
@@ -211,6 +257,14 @@ pub async fn run(a: &Args) -> Result<(bool, Value), String> {
             "  DynamoDB requests per task: {:.2} {}",
             d["per_task"].as_f64().unwrap_or(0.0),
             d["per_task_by_operation"]
+        );
+    }
+    if let Some(u) = result["capacity_units"].as_object() {
+        println!(
+            "  capacity units per task: {:.2} read, {:.2} write {}",
+            u["read_per_task"].as_f64().unwrap_or(0.0),
+            u["write_per_task"].as_f64().unwrap_or(0.0),
+            u["per_task_by_target"]
         );
     }
     println!("  result {}", path.display());
@@ -255,4 +309,22 @@ async fn stop(target: Target) {
     if let Some(stack) = target.stack {
         stack.stop().await;
     }
+}
+
+/// The heat of everything the run wrote, read back from the table's stream. The stream of a long
+/// run is big and the debug-built embedded store reads it slowly, so this client waits up to two
+/// minutes per call instead of the adapter's 8 s.
+async fn heat_of_run(endpoint: &str, table: &str) -> Result<opscore_dynamo::heat::Heat, String> {
+    use aws_sdk_dynamodbstreams::config::timeout::TimeoutConfig;
+    let conf = opscore_dynamo::sdk_config(Some(endpoint)).await;
+    let conf = aws_sdk_dynamodbstreams::config::Builder::from(&conf)
+        .timeout_config(
+            TimeoutConfig::builder()
+                .operation_timeout(Duration::from_secs(120))
+                .operation_attempt_timeout(Duration::from_secs(120))
+                .build(),
+        )
+        .build();
+    let client = aws_sdk_dynamodbstreams::Client::from_conf(conf);
+    opscore_dynamo::heat::heat_of_stream(&client, table).await
 }

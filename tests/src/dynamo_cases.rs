@@ -272,11 +272,16 @@ pub async fn request_counts_per_operation(f: Fixture) {
     let d = f.dynamo();
     let st = &f.store;
     let mut rows: Vec<(&str, RequestCounts)> = Vec::new();
+    let mut units: Vec<(&str, opscore_dynamo::CapacityUnits)> = Vec::new();
     let mut last = d.store.request_counts();
+    let mut last_units = d.store.consumed_capacity();
     let mut mark = |name: &'static str, rows: &mut Vec<(&str, RequestCounts)>| {
         let now = d.store.request_counts();
         rows.push((name, now - last));
         last = now;
+        let now_units = d.store.consumed_capacity();
+        units.push((name, &now_units - &last_units));
+        last_units = now_units;
     };
     st.register_agent(details("a1"), t(0)).await.unwrap();
     mark("register (new agent)", &mut rows);
@@ -290,6 +295,10 @@ pub async fn request_counts_per_operation(f: Fixture) {
         .await
         .unwrap();
     mark("state report (fresh, applied)", &mut rows);
+    st.report_state(&report("a1", "idle", t(12)), t(12), HISTORY_TTL)
+        .await
+        .unwrap();
+    mark("state report (fresh, same state)", &mut rows);
     st.report_state(&report("a1", "active", t(5)), t(11), HISTORY_TTL)
         .await
         .unwrap();
@@ -333,7 +342,7 @@ pub async fn request_counts_per_operation(f: Fixture) {
     st.runnable_tasks(&aid("a1"), t(30), 10).await.unwrap();
     mark("runnable tasks of an agent", &mut rows);
     st.due_timers(t(30), 10).await.unwrap();
-    mark("due timers (8 shards)", &mut rows);
+    mark("due timers (16 shards)", &mut rows);
     let mut next = t0.clone();
     next.status = TaskStatus::Dispatched;
     next.attempt = 1;
@@ -399,9 +408,9 @@ pub async fn request_counts_per_operation(f: Fixture) {
     st.deregister_agent(&aid("a1"), t(40)).await.unwrap();
     mark("deregister", &mut rows);
 
-    println!("\nDynamoDB requests per operation ({}):", f.name);
-    for (name, c) in &rows {
-        println!("  {name:<50} {:>2}  ({c})", c.total());
+    println!("\nDynamoDB requests and capacity units per operation ({}):", f.name);
+    for ((name, c), (_, u)) in rows.iter().zip(&units) {
+        println!("  {name:<50} {:>2}  ({c})  {u}", c.total());
     }
     let count = |name: &str| rows.iter().find(|(n, _)| *n == name).map(|(_, c)| *c).unwrap();
     assert_eq!(count("register (new agent)").total(), 1);
@@ -410,13 +419,28 @@ pub async fn request_counts_per_operation(f: Fixture) {
     let fresh = count("state report (fresh, applied)");
     assert_eq!((fresh.total(), fresh.writes()), (1, 1), "{fresh}");
     assert_eq!(count("state report (stale)").total(), 2);
+    // A report that keeps the state writes no index entry: only the table's units, where the
+    // store reports units per table and index.
+    let same = &units
+        .iter()
+        .find(|(n, _)| *n == "state report (fresh, same state)")
+        .unwrap()
+        .1;
+    if same.by_target.contains_key("table") {
+        assert_eq!(same.by_target.keys().collect::<Vec<_>>(), vec!["table"], "{same}");
+    }
     assert_eq!(count("state read (get_agent)").get_item, 1);
     assert_eq!(count("state read (get_agent)").total(), 1);
     assert_eq!(count("get session (with its tasks)").total(), 1);
     assert_eq!(count("start session (idempotency key + session + task)").total(), 1);
     assert_eq!(count("task claim (agent + task + session)").total(), 1);
     assert_eq!(count("task completion (release + task)").total(), 1);
-    assert_eq!(count("due timers (8 shards)").query, 8);
+    assert_eq!(count("due timers (16 shards)").query, 16);
+    // A sharded list: one query per shard, then the page's items in one BatchGetItem.
+    for list in ["list agents (one page)", "list agents by state (one page)"] {
+        assert_eq!(count(list).query, 32, "{list}");
+        assert_eq!(count(list).batch_get_item, 1, "{list}");
+    }
 }
 
 pub async fn index_attributes_are_absent_never_null(f: Fixture) {
@@ -436,14 +460,17 @@ pub async fn index_attributes_are_absent_never_null(f: Fixture) {
         ],
         &["stateOrder", "inflight", "inflightSince", "deregisteredAt", "gsi3pk"],
     );
-    assert_eq!(a["gsi2pk"], AttributeValue::S("STATE#UNKNOWN".into()));
+    // Each list of agents is sharded: `AGENTS#{n}` and `STATE#{n}#{state}`, n from the id's hash.
+    let shard = opscore_dynamo::items::keys::agent_shard(&aid("a1"));
+    assert_eq!(a["gsi1pk"], AttributeValue::S(format!("AGENTS#{shard}")));
+    assert_eq!(a["gsi2pk"], AttributeValue::S(format!("STATE#{shard}#UNKNOWN")));
     assert_eq!(a["deregistered"], AttributeValue::Bool(false));
     let mut no_details = report("a1", "idle", t(1));
     no_details.details = None;
     st.report_state(&no_details, t(2), HISTORY_TTL).await.unwrap();
     let a = raw(&f, "AGENT#a1".into(), "A").await.unwrap();
     assert_shape(&a, &["stateOrder"], &["stateDetails", "inflight"]);
-    assert_eq!(a["gsi2pk"], AttributeValue::S("STATE#idle".into()));
+    assert_eq!(a["gsi2pk"], AttributeValue::S(format!("STATE#{shard}#idle")));
     let history = raw_partition(&f, "AGENT#a1".into()).await;
     let h = history
         .iter()

@@ -57,6 +57,43 @@ pub(crate) fn decode(cursor: &str, shape: &CursorShape) -> Result<HashMap<String
     Ok(key.into_iter().map(|(k, v)| (k, AttributeValue::S(v))).collect())
 }
 
+/// Where a list merged from N shards stands: every entry whose sort key is at most `after` has
+/// been returned from every shard, and shards in `done` have nothing left (they are not queried
+/// again). Sort keys of such lists are unique across shards (an agent id, `{workflowId}#{version}`),
+/// so one position per shard is implied by `after`; `done` spares the exhausted shards' queries.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ShardedPosition {
+    /// The list this cursor belongs to (`AGENTS`, `STATE#idle`, `WORKFLOWS`).
+    #[serde(rename = "l")]
+    pub list: String,
+    #[serde(rename = "a")]
+    pub after: String,
+    /// Bit `n` set: shard `n` is exhausted.
+    #[serde(rename = "d")]
+    pub done: u64,
+}
+
+pub(crate) fn encode_sharded(p: &ShardedPosition) -> Result<String, StoreError> {
+    let json = serde_json::to_vec(p).map_err(|e| StoreError::corrupt_because(e.to_string(), e))?;
+    Ok(URL_SAFE_NO_PAD.encode(json))
+}
+
+/// The position of a cursor of the sharded list `list` over `shards` shards; anything else
+/// (another list's cursor, a forged one) is [`StoreError::InvalidCursor`].
+pub(crate) fn decode_sharded(cursor: &str, list: &str, shards: u8) -> Result<ShardedPosition, StoreError> {
+    if cursor.is_empty() || cursor.len() > MAX_CURSOR_LEN {
+        return Err(StoreError::InvalidCursor);
+    }
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| StoreError::InvalidCursor)?;
+    let p: ShardedPosition = serde_json::from_slice(&bytes).map_err(|_| StoreError::InvalidCursor)?;
+    let all = if shards >= 64 { u64::MAX } else { (1u64 << shards) - 1 };
+    if p.list != list || p.after.is_empty() || p.done & !all != 0 {
+        return Err(StoreError::InvalidCursor);
+    }
+    Ok(p)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +134,35 @@ mod tests {
         .into();
         let c = encode(&no_prefix, &shape()).unwrap();
         assert_eq!(decode(&c, &shape()), Err(StoreError::InvalidCursor));
+    }
+
+    #[test]
+    fn sharded_positions_round_trip_and_belong_to_one_list() {
+        let p = ShardedPosition {
+            list: "STATE#idle".into(),
+            after: "a7".into(),
+            done: 0b101,
+        };
+        let c = encode_sharded(&p).unwrap();
+        assert_eq!(decode_sharded(&c, "STATE#idle", 32), Ok(p.clone()));
+        assert_eq!(decode_sharded(&c, "AGENTS", 32), Err(StoreError::InvalidCursor));
+        assert_eq!(decode_sharded(&c, "STATE#idle", 2), Err(StoreError::InvalidCursor));
+        let empty = encode_sharded(&ShardedPosition {
+            after: String::new(),
+            ..p
+        })
+        .unwrap();
+        assert_eq!(decode_sharded(&empty, "STATE#idle", 32), Err(StoreError::InvalidCursor));
+        // A key cursor of an unsharded list is not a position.
+        let item: HashMap<String, AttributeValue> = [
+            ("pk".to_string(), AttributeValue::S("AGENT#a".into())),
+            ("sk".to_string(), AttributeValue::S("H#1".into())),
+        ]
+        .into();
+        let key_cursor = encode(&item, &shape()).unwrap();
+        assert_eq!(
+            decode_sharded(&key_cursor, "AGENTS", 32),
+            Err(StoreError::InvalidCursor)
+        );
     }
 }

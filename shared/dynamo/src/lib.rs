@@ -9,6 +9,7 @@ mod counters;
 mod cursor;
 #[cfg(feature = "local")]
 pub mod embedded;
+pub mod heat;
 pub mod items;
 mod store;
 pub mod stream;
@@ -19,11 +20,11 @@ pub mod tail;
 #[cfg(feature = "local")]
 pub use client::streams_client_for_endpoint;
 pub use client::{LOCAL_REGION, client_for_endpoint, sdk_config, usable_endpoint};
-pub use counters::RequestCounts;
+pub use counters::{CapacityUnits, RequestCounts, Units};
 #[cfg(feature = "local")]
 pub use embedded::EmbeddedDynamo;
 pub use store::DynamoStore;
 pub use stream::decode_stream_record;
-pub use table::{create_table, ensure_table};
+pub use table::{INDEXES, IndexDefinition, create_table, ensure_table};
 #[cfg(feature = "local")]
 pub use tail::{StreamTail, decode_streams_api_record, lambda_event};

@@ -5,8 +5,8 @@
 //! (`ReturnValuesOnConditionCheckFailure=ALL_OLD`); a `GetItem` happens only on that error path and
 //! only if the store did not return the item.
 
-use crate::counters::{Counters, Op, RequestCounts};
-use crate::cursor::{self, CursorShape};
+use crate::counters::{CapacityUnits, Counters, Op, RequestCounts};
+use crate::cursor::{self, CursorShape, ShardedPosition};
 use crate::items::{
     self, AgentItem, DeliveryItem, HistoryItem, IdempotencyItem, SessionItem, TaskItem, WorkflowItem, keys,
 };
@@ -17,14 +17,14 @@ use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, CancellationReason, ConditionCheck, Put, ReturnValue, ReturnValuesOnConditionCheckFailure,
-    TransactWriteItem, Update,
+    AttributeValue, CancellationReason, ConditionCheck, KeysAndAttributes, Put, ReturnConsumedCapacity, ReturnValue,
+    ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
 };
 use opscore_core::agent::{Agent, AgentDetails, HistoryEntry, KnownState, Registration, StateName, StateReport};
 use opscore_core::ids::{AgentId, SessionId, WorkflowId, WorkflowVersion};
 use opscore_core::session::{Session, SessionStatus};
 use opscore_core::store::*;
-use opscore_core::task::{TaskInstance, TaskKey, TaskStatus};
+use opscore_core::task::{TaskInstance, TaskKey};
 use opscore_core::time::{self, Timestamp};
 use opscore_core::workflow::WorkflowDefinition;
 use serde::Serialize;
@@ -34,6 +34,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 type RawItem = HashMap<String, AttributeValue>;
+
+/// An entry of the work index for a pending task: what `runnable_tasks` needs, all projected.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RunnableEntry {
+    session_id: SessionId,
+    task_id: opscore_core::ids::TaskId,
+    #[serde(with = "opscore_core::time::rfc3339")]
+    due_at: Timestamp,
+}
+
+/// An entry of the timer index: what `due_timers` needs, all projected.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TimerEntry {
+    session_id: SessionId,
+    task_id: opscore_core::ids::TaskId,
+    #[serde(with = "opscore_core::time::rfc3339")]
+    timer_at: Timestamp,
+}
 
 /// How often the adapter resends one write that DynamoDB cancelled because another transaction
 /// held the same item (`TransactionConflict`, `TransactionInProgressException`): the same write,
@@ -208,6 +228,11 @@ impl DynamoStore {
         self.counters.snapshot()
     }
 
+    /// Capacity units consumed so far, as the store reported them, per table and index.
+    pub fn consumed_capacity(&self) -> CapacityUnits {
+        self.counters.units()
+    }
+
     // ----- single-item primitives -----
 
     async fn get_raw(&self, key: RawItem) -> Result<Option<RawItem>, StoreError> {
@@ -218,9 +243,11 @@ impl DynamoStore {
             .table_name(&self.table)
             .set_key(Some(key))
             .consistent_read(true)
+            .return_consumed_capacity(ReturnConsumedCapacity::Indexes)
             .send()
             .await
             .map_err(|e| unavailable("GetItem", e))?;
+        self.counters.consumed(Op::GetItem, out.consumed_capacity.as_slice());
         Ok(out.item.filter(|i| !i.is_empty()))
     }
 
@@ -241,9 +268,10 @@ impl DynamoStore {
                         .set_expression_attribute_names(expr.names_map())
                         .set_expression_attribute_values(expr.values_map())
                         .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+                        .return_consumed_capacity(ReturnConsumedCapacity::Indexes)
                         .send()
                         .await
-                        .map(drop)
+                        .map(|out| self.counters.consumed(Op::PutItem, out.consumed_capacity.as_slice()))
                         .map_err(|e| match e.as_service_error() {
                             Some(PutItemError::ConditionalCheckFailedException(c)) => {
                                 WriteFailed::Condition(c.item().cloned())
@@ -270,9 +298,10 @@ impl DynamoStore {
                         .set_expression_attribute_names(expr.names_map())
                         .set_expression_attribute_values(expr.values_map())
                         .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+                        .return_consumed_capacity(ReturnConsumedCapacity::Indexes)
                         .send()
                         .await
-                        .map(drop)
+                        .map(|out| self.counters.consumed(Op::UpdateItem, out.consumed_capacity.as_slice()))
                         .map_err(|e| match e.as_service_error() {
                             Some(UpdateItemError::ConditionalCheckFailedException(c)) => {
                                 WriteFailed::Condition(c.item().cloned())
@@ -367,10 +396,17 @@ impl DynamoStore {
                 .client
                 .transact_write_items()
                 .set_transact_items(Some(items.clone()))
+                .return_consumed_capacity(ReturnConsumedCapacity::Indexes)
                 .send()
                 .await
             {
-                Ok(_) => return Ok(TxOutcome::Done),
+                Ok(out) => {
+                    self.counters.consumed(
+                        Op::TransactWriteItems,
+                        out.consumed_capacity.as_deref().unwrap_or_default(),
+                    );
+                    return Ok(TxOutcome::Done);
+                }
                 Err(e) => e,
             };
             let retry = match err.as_service_error() {
@@ -428,9 +464,11 @@ impl DynamoStore {
                 .consistent_read(index.is_none())
                 .limit(want)
                 .set_exclusive_start_key(start.take())
+                .return_consumed_capacity(ReturnConsumedCapacity::Indexes)
                 .send()
                 .await
                 .map_err(|e| unavailable("Query", e))?;
+            self.counters.consumed(Op::Query, resp.consumed_capacity.as_slice());
             out.extend(resp.items.unwrap_or_default());
             if out.len() > limit {
                 out.truncate(limit);
@@ -469,9 +507,11 @@ impl DynamoStore {
                 .consistent_read(index.is_none())
                 .set_limit(limit.map(|l| (l.saturating_sub(out.len())).clamp(1, 1000) as i32))
                 .set_exclusive_start_key(start.take())
+                .return_consumed_capacity(ReturnConsumedCapacity::Indexes)
                 .send()
                 .await
                 .map_err(|e| unavailable("Query", e))?;
+            self.counters.consumed(Op::Query, resp.consumed_capacity.as_slice());
             out.extend(resp.items.unwrap_or_default());
             if limit.is_some_and(|l| out.len() >= l) {
                 return Ok(out);
@@ -481,6 +521,139 @@ impl DynamoStore {
                 _ => return Ok(out),
             }
         }
+    }
+
+    /// One page of a list spread over shards (one index partition per entry of `partitions`,
+    /// sort keys unique across them): every shard not yet exhausted is queried in parallel for
+    /// one entry more than the page after the cursor's position, the answers are merged by sort
+    /// key and the first `limit` taken. The cursor names the last sort key taken and the shards
+    /// that are exhausted (see [`ShardedPosition`]), so no entry is skipped or repeated across
+    /// pages whatever shard it lives in. Returns the index entries (keys and what the index
+    /// projects), in order.
+    async fn sharded_page(
+        &self,
+        index: &'static str,
+        (pk_attr, sk_attr): (&'static str, &'static str),
+        list: &str,
+        partitions: &[String],
+        page: &PageRequest,
+    ) -> Result<(Vec<RawItem>, Option<String>), StoreError> {
+        let limit = page.limit.max(1) as usize;
+        let shards = partitions.len() as u8;
+        let (after, done) = match &page.cursor {
+            Some(c) => {
+                let p = cursor::decode_sharded(c, list, shards)?;
+                (Some(p.after), p.done)
+            }
+            None => (None, 0),
+        };
+        let want = limit + 1;
+        let queries = partitions.iter().enumerate().map(|(n, pk)| {
+            let mut expr = Expr::default().name("#pk", pk_attr).value(":pk", s(pk));
+            let condition = match &after {
+                Some(a) => {
+                    expr = expr.name("#sk", sk_attr).value(":after", s(a));
+                    "#pk = :pk AND #sk > :after"
+                }
+                None => "#pk = :pk",
+            };
+            async move {
+                if done & (1u64 << n) != 0 {
+                    return Ok(Vec::new());
+                }
+                self.query_all(Some(index), condition, expr, true, Some(want)).await
+            }
+        });
+        let answers = futures::future::try_join_all(queries).await?;
+        let mut merged: Vec<(String, usize, RawItem)> = Vec::new();
+        for (n, raws) in answers.iter().enumerate() {
+            for raw in raws {
+                let sk = items::key_string(&serde_dynamo::Item::from(raw.clone()), sk_attr)
+                    .ok_or_else(|| StoreError::corrupt(format!("{index} entry without {sk_attr}")))?;
+                merged.push((sk, n, raw.clone()));
+            }
+        }
+        merged.sort_by(|a, b| a.0.cmp(&b.0));
+        let more = merged.len() > limit;
+        merged.truncate(limit);
+        let next = match merged.last() {
+            Some((last, _, _)) if more => {
+                // A shard is exhausted once it answered fewer than asked and all of it was taken.
+                let mut now_done = done;
+                for (n, raws) in answers.iter().enumerate() {
+                    let taken = merged.iter().filter(|(_, m, _)| *m == n).count();
+                    if raws.len() < want && taken == raws.len() {
+                        now_done |= 1u64 << n;
+                    }
+                }
+                Some(cursor::encode_sharded(&ShardedPosition {
+                    list: list.to_string(),
+                    after: last.clone(),
+                    done: now_done,
+                })?)
+            }
+            _ => None,
+        };
+        Ok((merged.into_iter().map(|(_, _, raw)| raw).collect(), next))
+    }
+
+    /// The table items behind index entries (`BatchGetItem`, strongly consistent, 100 keys a
+    /// request, unprocessed keys sent again after a backoff), in the entries' order; entries
+    /// whose item is gone are left out.
+    async fn items_of(&self, entries: &[RawItem]) -> Result<Vec<RawItem>, StoreError> {
+        let table_key = |raw: &RawItem| -> Result<(String, String), StoreError> {
+            match (raw.get(items::PK), raw.get(items::SK)) {
+                (Some(AttributeValue::S(pk)), Some(AttributeValue::S(sk))) => Ok((pk.clone(), sk.clone())),
+                _ => Err(StoreError::corrupt("index entry without table keys")),
+            }
+        };
+        let wanted = entries.iter().map(table_key).collect::<Result<Vec<_>, _>>()?;
+        let mut found: HashMap<(String, String), RawItem> = HashMap::new();
+        for chunk in wanted.chunks(100) {
+            let keys: Vec<RawItem> = chunk.iter().map(|(pk, sk)| key(pk.clone(), sk.clone())).collect();
+            let mut request = Some(
+                KeysAndAttributes::builder()
+                    .set_keys(Some(keys))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(|e| StoreError::corrupt(format!("bad request: {e}")))?,
+            );
+            let mut attempt = 0;
+            while let Some(req) = request.take() {
+                self.counters.hit(Op::BatchGetItem);
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, req)
+                    .return_consumed_capacity(ReturnConsumedCapacity::Indexes)
+                    .send()
+                    .await
+                    .map_err(|e| unavailable("BatchGetItem", e))?;
+                self.counters
+                    .consumed(Op::BatchGetItem, out.consumed_capacity.as_deref().unwrap_or_default());
+                for raw in out
+                    .responses
+                    .unwrap_or_default()
+                    .remove(&self.table)
+                    .unwrap_or_default()
+                {
+                    found.insert(table_key(&raw)?, raw);
+                }
+                request = out
+                    .unprocessed_keys
+                    .unwrap_or_default()
+                    .remove(&self.table)
+                    .filter(|k| !k.keys().is_empty());
+                if request.is_some() {
+                    if attempt >= TRANSACTION_CANCEL_RETRIES {
+                        return Err(StoreError::unavailable("BatchGetItem kept leaving keys unprocessed"));
+                    }
+                    conflict_backoff(attempt).await;
+                    attempt += 1;
+                }
+            }
+        }
+        Ok(wanted.into_iter().filter_map(|k| found.remove(&k)).collect())
     }
 
     // ----- write intents -----
@@ -683,10 +856,12 @@ impl DynamoStore {
             .set_expression_attribute_names(expr.names_map())
             .set_expression_attribute_values(expr.values_map())
             .return_values(ReturnValue::AllNew)
+            .return_consumed_capacity(ReturnConsumedCapacity::Indexes)
             .send()
             .await;
         match res {
             Ok(out) => {
+                self.counters.consumed(Op::UpdateItem, out.consumed_capacity.as_slice());
                 let raw = out
                     .attributes
                     .ok_or_else(|| StoreError::corrupt("UpdateItem returned no attributes"))?;
@@ -760,10 +935,12 @@ impl Store for DynamoStore {
                 .expression_attribute_values(":now", s(time::render(now)))
                 .return_values(ReturnValue::AllNew)
                 .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+                .return_consumed_capacity(ReturnConsumedCapacity::Indexes)
                 .send()
                 .await;
             let e = match res {
                 Ok(out) => {
+                    self.counters.consumed(Op::UpdateItem, out.consumed_capacity.as_slice());
                     let raw = out
                         .attributes
                         .ok_or_else(|| StoreError::corrupt("UpdateItem returned no attributes"))?;
@@ -825,7 +1002,7 @@ impl Store for DynamoStore {
             .value(":ts", s(time::render(report.timestamp)))
             .value(":order", n(order))
             .value(":received", s(time::render(received_at)))
-            .value(":gsi2pk", s(keys::state_gsi2pk(&report.state)))
+            .value(":gsi2pk", s(keys::state_gsi2pk(&report.agent_id, &report.state)))
             .value(":one", n(1))
             .value(":false", b(false))
             .value(":saturated", n(items::LEGACY_SATURATED_ORDER));
@@ -889,25 +1066,30 @@ impl Store for DynamoStore {
     }
 
     async fn list_agents(&self, state: Option<&StateName>, page: PageRequest) -> Result<Page<Agent>, StoreError> {
-        let (index, pk_attr, pk) = match state {
-            None => (items::GSI1, "gsi1pk", keys::AGENTS.to_string()),
-            Some(st) => (items::GSI2, "gsi2pk", keys::state_gsi2pk(st)),
+        let shards = 0..items::AGENT_SHARDS;
+        let (index, key_attrs, list, partitions): (_, _, String, Vec<String>) = match state {
+            None => (
+                items::GSI1,
+                ("gsi1pk", "gsi1sk"),
+                keys::AGENTS.into(),
+                shards.map(keys::agents_pk).collect(),
+            ),
+            Some(st) => (
+                items::GSI2,
+                ("gsi2pk", "gsi2sk"),
+                format!("{}#{st}", keys::STATE),
+                shards.map(|n| keys::state_pk(n, st)).collect(),
+            ),
         };
-        let shape = CursorShape {
-            keys: if state.is_none() {
-                &["pk", "sk", "gsi1pk", "gsi1sk"]
-            } else {
-                &["pk", "sk", "gsi2pk", "gsi2sk"]
-            },
-            partition_attr: pk_attr,
-            partition_value: pk.clone(),
-            sort_prefix: None,
-        };
-        let expr = Expr::default().name("#pk", pk_attr).value(":pk", s(pk));
-        let (raws, next_cursor) = self
-            .query_page(Some(index), "#pk = :pk", expr, true, shape, &page)
-            .await?;
-        let items = raws.into_iter().map(decode_agent).collect::<Result<_, _>>()?;
+        let (entries, next_cursor) = self.sharded_page(index, key_attrs, &list, &partitions, &page).await?;
+        let mut items = Vec::with_capacity(entries.len());
+        for raw in self.items_of(&entries).await? {
+            let agent = decode_agent(raw)?;
+            // The index is eventually consistent; the item just read is the truth.
+            if state.is_none_or(|st| agent.current.state == *st) {
+                items.push(agent);
+            }
+        }
         Ok(Page { items, next_cursor })
     }
 
@@ -978,17 +1160,13 @@ impl Store for DynamoStore {
     }
 
     async fn list_workflows(&self, page: PageRequest) -> Result<Page<StoredWorkflow>, StoreError> {
-        let shape = CursorShape {
-            keys: &["pk", "sk", "gsi1pk", "gsi1sk"],
-            partition_attr: "gsi1pk",
-            partition_value: keys::WORKFLOWS.into(),
-            sort_prefix: None,
-        };
-        let expr = Expr::default().value(":pk", s(keys::WORKFLOWS));
-        let (raws, next_cursor) = self
-            .query_page(Some(items::GSI1), "gsi1pk = :pk", expr, true, shape, &page)
+        let partitions: Vec<String> = (0..items::WORKFLOW_SHARDS).map(keys::workflows_pk).collect();
+        let (entries, next_cursor) = self
+            .sharded_page(items::GSI1, ("gsi1pk", "gsi1sk"), keys::WORKFLOWS, &partitions, &page)
             .await?;
-        let items = raws
+        let items = self
+            .items_of(&entries)
+            .await?
             .into_iter()
             .map(|r| decode::<WorkflowItem>(r, "workflow").map(WorkflowItem::into_stored))
             .collect::<Result<_, _>>()?;
@@ -1045,10 +1223,12 @@ impl Store for DynamoStore {
             sort_prefix: None,
         };
         let expr = Expr::default().value(":pk", s(pk));
-        let (raws, next_cursor) = self
+        let (entries, next_cursor) = self
             .query_page(Some(items::GSI1), "gsi1pk = :pk", expr, false, shape, &page)
             .await?;
-        let items = raws
+        let items = self
+            .items_of(&entries)
+            .await?
             .into_iter()
             .map(|r| decode::<SessionItem>(r, "session").map(SessionItem::into_session))
             .collect::<Result<_, _>>()?;
@@ -1083,9 +1263,11 @@ impl Store for DynamoStore {
             .await?;
         let mut due = Vec::new();
         for raw in raws {
-            let t = decode::<TaskItem>(raw, "task")?;
-            // The index is eventually consistent and keyed by milliseconds: check the item itself.
-            if t.status == TaskStatus::Pending && t.due_at <= now {
+            let t = decode::<RunnableEntry>(raw, "runnable entry")?;
+            // Keyed by milliseconds: the projected `dueAt` says whether it is due by `now`. The
+            // entry may lag the task (the index is eventually consistent); the claim's condition
+            // on the task's status and revision decides.
+            if t.due_at <= now {
                 due.push(t);
             }
         }
@@ -1123,9 +1305,9 @@ impl Store for DynamoStore {
         let mut due = Vec::new();
         for raws in futures::future::try_join_all(shards).await? {
             for raw in raws {
-                let t = decode::<TaskItem>(raw, "task")?;
-                if let Some(at) = t.timer_at.filter(|at| *at <= now) {
-                    due.push((at, t.session_id, t.task_id));
+                let t = decode::<TimerEntry>(raw, "timer entry")?;
+                if t.timer_at <= now {
+                    due.push((t.timer_at, t.session_id, t.task_id));
                 }
             }
         }
