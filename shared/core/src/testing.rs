@@ -109,3 +109,128 @@ impl crate::wake_up::TimerQueue for RecordedTimerQueue {
         Ok(())
     }
 }
+
+/// An engine test's whole world: the in-memory store and its change channel, a manual clock, an
+/// App and a Runner, a scripted AgentKit, and one registered agent whose reports always move
+/// forward in time. `pump` plays the stream consumer: every change goes to the runner.
+pub struct EngineWorld {
+    pub clock: crate::time::ManualClock,
+    pub app: crate::app::App,
+    pub runner: crate::runner::Runner,
+    pub store: Arc<dyn crate::store::Store>,
+    pub agentkit: Arc<ScriptedAgentKit>,
+    pub changes: tokio::sync::mpsc::UnboundedReceiver<crate::store::Change>,
+    pub agent: crate::ids::AgentId,
+    reports: i64,
+}
+
+impl EngineWorld {
+    /// A world with the default App and Runner.
+    pub async fn new() -> Self {
+        Self::with(|app, runner| (app, runner)).await
+    }
+
+    /// A world whose App and Runner `configure` may change first (metrics, a timer queue).
+    pub async fn with(
+        configure: impl FnOnce(crate::app::App, crate::runner::Runner) -> (crate::app::App, crate::runner::Runner),
+    ) -> Self {
+        let (store, changes) = crate::memory::InMemoryStore::with_changes();
+        let store: Arc<dyn crate::store::Store> = Arc::new(store);
+        let clock = crate::time::ManualClock::at(chrono::Utc::now());
+        let agentkit = Arc::new(ScriptedAgentKit::default());
+        let (app, runner) = engine(store.clone(), &clock, agentkit.clone());
+        let (app, runner) = configure(app, runner);
+        let agent = crate::ids::AgentId::parse(uuid::Uuid::new_v4().to_string()).expect("a uuid is an agent id");
+        app.register_agent(agent_details(&agent, "sim"))
+            .await
+            .expect("the test agent registers");
+        let mut w = Self {
+            clock,
+            app,
+            runner,
+            store,
+            agentkit,
+            changes,
+            agent,
+            reports: 0,
+        };
+        w.pump().await.expect("the registration's change is handled");
+        w
+    }
+
+    /// Feeds every pending change to the runner until nothing is left (a stream consumer).
+    pub async fn pump(&mut self) -> Result<(), crate::runner::RunnerError> {
+        while let Ok(c) = self.changes.try_recv() {
+            self.runner.on_change(&c).await?;
+        }
+        Ok(())
+    }
+
+    /// The agent reports a state with a timestamp that always moves forward, then the runner
+    /// handles what it changed.
+    pub async fn report(&mut self, state: &str, details: Option<serde_json::Value>) {
+        let report = self.next_report(state, details);
+        self.app.report_state(&report).await.expect("the report is applied");
+        self.pump().await.expect("the runner handles the report");
+    }
+
+    /// The agent's next report, a microsecond after the last one (not yet applied).
+    pub fn next_report(&mut self, state: &str, details: Option<serde_json::Value>) -> crate::agent::StateReport {
+        self.reports += 1;
+        crate::agent::StateReport {
+            agent_id: self.agent.clone(),
+            state: crate::agent::StateName::parse(state).expect("a valid state name"),
+            details: details.map(|d| d.as_object().expect("details are an object").clone()),
+            timestamp: crate::time::Clock::now(&self.clock) + chrono::Duration::microseconds(self.reports),
+        }
+    }
+
+    /// Triggers `def` inline on the agent; the runner handles what it changed.
+    pub async fn trigger(&mut self, def: crate::workflow::WorkflowDefinition) -> crate::ids::SessionId {
+        let t = self
+            .app
+            .trigger(
+                &self.agent,
+                crate::app::DefinitionSource::Inline(Box::new(def)),
+                None,
+                None,
+            )
+            .await
+            .expect("the trigger is accepted");
+        self.pump().await.expect("the runner handles the trigger");
+        t.session_id
+    }
+
+    /// Every dispatch AgentKit was asked for, oldest first.
+    pub fn dispatches(&self) -> Vec<crate::runner::DispatchRequest> {
+        self.agentkit.seen.lock().unwrap().clone()
+    }
+
+    pub fn last_dispatch_id(&self) -> String {
+        self.dispatches().last().expect("a dispatch").dispatch_id.clone()
+    }
+
+    /// The reference agent's work on the last dispatch: `active`, then `idle` naming the task.
+    pub async fn work_last_task(&mut self) {
+        let id = self.last_dispatch_id();
+        self.report("active", Some(serde_json::json!({"opscore_task_id": id})))
+            .await;
+        self.report(
+            "idle",
+            Some(serde_json::json!({"opscore_task_id": id, "output": "done"})),
+        )
+        .await;
+    }
+
+    /// Moves the clock `secs` on, sweeps, and handles what the sweep changed.
+    pub async fn advance(&mut self, secs: f64) {
+        self.clock
+            .advance(chrono::Duration::milliseconds((secs * 1000.0) as i64));
+        self.runner.sweep().await.expect("the sweep runs");
+        self.pump().await.expect("the runner handles the sweep's changes");
+    }
+
+    pub async fn status(&self, s: crate::ids::SessionId) -> crate::session::SessionStatus {
+        self.app.session(&s).await.expect("the session exists").session.status
+    }
+}

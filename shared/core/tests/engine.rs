@@ -4,36 +4,25 @@
 //! exercised without sleeping.
 
 use opscore_core::agent::{StateName, StateReport};
-use opscore_core::app::{App, DefinitionSource};
-use opscore_core::ids::{AgentId, SessionId};
+use opscore_core::app::DefinitionSource;
+use opscore_core::ids::AgentId;
 use opscore_core::memory::InMemoryStore;
-use opscore_core::runner::{DispatchOutcome, DispatchRequest, Runner, RunnerError, Step};
+use opscore_core::runner::{DispatchOutcome, RunnerError, Step};
 use opscore_core::session::{FailureCode, SessionStatus};
-use opscore_core::store::{Change, Store};
+use opscore_core::store::Store;
 use opscore_core::task::TaskStatus;
-use opscore_core::testing::{ScriptedAgentKit, agent_details, engine};
+use opscore_core::testing::{EngineWorld as World, ScriptedAgentKit, agent_details, engine};
 use opscore_core::time::{Clock, ManualClock};
 use opscore_core::workflow::WorkflowDefinition;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 fn unavailable() -> DispatchOutcome {
     DispatchOutcome::Failed {
         retryable: true,
         reason: "AgentKit answered 503 Service Unavailable".into(),
     }
-}
-
-struct World {
-    clock: ManualClock,
-    app: App,
-    runner: Runner,
-    agentkit: Arc<ScriptedAgentKit>,
-    changes: UnboundedReceiver<Change>,
-    agent: AgentId,
-    reports: u32,
 }
 
 fn sample(retry: Value) -> WorkflowDefinition {
@@ -44,87 +33,6 @@ fn sample(retry: Value) -> WorkflowDefinition {
         v.as_object_mut().unwrap().extend(extra);
     }
     WorkflowDefinition::from_value(v).unwrap()
-}
-
-impl World {
-    async fn new() -> Self {
-        let (store, changes) = InMemoryStore::with_changes();
-        let store: Arc<dyn Store> = Arc::new(store);
-        let clock = ManualClock::at(chrono::Utc::now());
-        let agentkit = Arc::new(ScriptedAgentKit::default());
-        let (app, runner) = engine(store, &clock, agentkit.clone());
-        let agent = AgentId::parse(uuid::Uuid::new_v4().to_string()).unwrap();
-        let mut w = Self {
-            clock,
-            app,
-            runner,
-            agentkit,
-            changes,
-            agent,
-            reports: 0,
-        };
-        w.app.register_agent(agent_details(&w.agent, "sim")).await.unwrap();
-        w.pump().await.unwrap();
-        w
-    }
-
-    /// Feeds every pending change to the runner until nothing is left (a stream consumer).
-    async fn pump(&mut self) -> Result<(), RunnerError> {
-        while let Ok(c) = self.changes.try_recv() {
-            self.runner.on_change(&c).await?;
-        }
-        Ok(())
-    }
-
-    /// The agent reports a state with a timestamp that always moves forward.
-    async fn report(&mut self, state: &str, details: Option<Value>) {
-        self.reports += 1;
-        let report = StateReport {
-            agent_id: self.agent.clone(),
-            state: StateName::parse(state).unwrap(),
-            details: details.map(|d| d.as_object().unwrap().clone()),
-            timestamp: self.clock.now() + chrono::Duration::microseconds(self.reports as i64),
-        };
-        self.app.report_state(&report).await.unwrap();
-        self.pump().await.unwrap();
-    }
-
-    async fn trigger(&mut self, def: WorkflowDefinition) -> SessionId {
-        let t = self
-            .app
-            .trigger(&self.agent, DefinitionSource::Inline(Box::new(def)), None, None)
-            .await
-            .unwrap();
-        self.pump().await.unwrap();
-        t.session_id
-    }
-
-    fn dispatches(&self) -> Vec<DispatchRequest> {
-        self.agentkit.seen.lock().unwrap().clone()
-    }
-
-    fn last_dispatch_id(&self) -> String {
-        self.dispatches().last().expect("a dispatch").dispatch_id.clone()
-    }
-
-    /// The reference agent: `active`, then `idle` naming the task.
-    async fn work_last_task(&mut self) {
-        let id = self.last_dispatch_id();
-        self.report("active", Some(json!({"opscore_task_id": id}))).await;
-        self.report("idle", Some(json!({"opscore_task_id": id, "output": "done"})))
-            .await;
-    }
-
-    async fn advance(&mut self, secs: f64) {
-        self.clock
-            .advance(chrono::Duration::milliseconds((secs * 1000.0) as i64));
-        self.runner.sweep().await.unwrap();
-        self.pump().await.unwrap();
-    }
-
-    async fn status(&self, s: SessionId) -> SessionStatus {
-        self.app.session(&s).await.unwrap().session.status
-    }
 }
 
 #[tokio::test]
@@ -553,13 +461,7 @@ async fn a_runner_aborted_between_steps_is_recovered_exactly_once() {
             let id = w.last_dispatch_id();
             w.report("active", Some(json!({"opscore_task_id": id}))).await;
             w.runner.inject_fault(Step::BeforeComplete);
-            w.reports += 1;
-            let report = StateReport {
-                agent_id: w.agent.clone(),
-                state: StateName::parse("idle").unwrap(),
-                details: Some(json!({"opscore_task_id": id}).as_object().unwrap().clone()),
-                timestamp: w.clock.now() + chrono::Duration::microseconds(w.reports as i64),
-            };
+            let report = w.next_report("idle", Some(json!({"opscore_task_id": id})));
             w.app.report_state(&report).await.unwrap();
             let mut redelivery = Vec::new();
             while let Ok(c) = w.changes.try_recv() {

@@ -2,101 +2,50 @@
 //! (scripted AgentKit, manual clock) produce the expected counts, with bounded dimensions only.
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use opscore_core::agent::{StateName, StateReport};
-use opscore_core::app::{App, DefinitionSource};
-use opscore_core::ids::{AgentId, SessionId};
-use opscore_core::memory::InMemoryStore;
 use opscore_core::metrics::{Metrics, names};
-use opscore_core::runner::{DispatchOutcome, Runner};
+use opscore_core::runner::DispatchOutcome;
 use opscore_core::session::SessionStatus;
-use opscore_core::store::{Change, Store};
-use opscore_core::testing::{ScriptedAgentKit, agent_details, engine};
-use opscore_core::time::{Clock, ManualClock};
+use opscore_core::testing::EngineWorld;
 use opscore_core::workflow::WorkflowDefinition;
 use serde_json::{Value, json};
 use std::sync::Arc;
-use tokio::sync::mpsc::UnboundedReceiver;
 
+/// The engine's world, recording its figures into a recorder of its own.
 struct World {
-    clock: ManualClock,
-    app: App,
-    runner: Runner,
-    agentkit: Arc<ScriptedAgentKit>,
-    changes: UnboundedReceiver<Change>,
-    agent: AgentId,
-    reports: i64,
+    engine: EngineWorld,
     snapshotter: Snapshotter,
+}
+
+impl std::ops::Deref for World {
+    type Target = EngineWorld;
+    fn deref(&self) -> &EngineWorld {
+        &self.engine
+    }
+}
+
+impl std::ops::DerefMut for World {
+    fn deref_mut(&mut self) -> &mut EngineWorld {
+        &mut self.engine
+    }
 }
 
 impl World {
     async fn new() -> Self {
-        let (store, changes) = InMemoryStore::with_changes();
-        let store: Arc<dyn Store> = Arc::new(store);
-        let clock = ManualClock::at(chrono::Utc::now());
-        let agentkit = Arc::new(ScriptedAgentKit::default());
         let recorder = DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
         let metrics = Metrics::to(Arc::new(recorder));
-        let (app, runner) = engine(store, &clock, agentkit.clone());
-        let app = app.with_metrics(metrics.clone());
-        let runner = runner.with_metrics(metrics);
-        let agent = AgentId::parse(uuid::Uuid::new_v4().to_string()).unwrap();
-        app.register_agent(agent_details(&agent, "sim")).await.unwrap();
-        let mut w = Self {
-            clock,
-            app,
-            runner,
-            agentkit,
-            changes,
-            agent,
-            reports: 0,
-            snapshotter,
-        };
-        w.pump().await;
-        w
+        let engine =
+            EngineWorld::with(|app, runner| (app.with_metrics(metrics.clone()), runner.with_metrics(metrics))).await;
+        Self { engine, snapshotter }
     }
 
-    async fn pump(&mut self) {
-        while let Ok(c) = self.changes.try_recv() {
-            self.runner.on_change(&c).await.unwrap();
-        }
-    }
-
-    async fn report(&mut self, state: &str, details: Option<Value>) {
-        self.reports += 1;
-        let report = StateReport {
-            agent_id: self.agent.clone(),
-            state: StateName::parse(state).unwrap(),
-            details: details.map(|d| d.as_object().unwrap().clone()),
-            timestamp: self.clock.now() + chrono::Duration::microseconds(self.reports),
-        };
-        self.app.report_state(&report).await.unwrap();
-        self.pump().await;
-    }
-
-    async fn trigger(&mut self, def: WorkflowDefinition) -> SessionId {
-        let t = self
-            .app
-            .trigger(&self.agent, DefinitionSource::Inline(Box::new(def)), None, None)
-            .await
-            .unwrap();
-        self.pump().await;
-        t.session_id
-    }
-
+    /// The reference agent's work on the last dispatch, taking 3.5 s (the run time recorded).
     async fn work_last_task(&mut self) {
-        let id = self.agentkit.seen.lock().unwrap().last().unwrap().dispatch_id.clone();
+        let id = self.last_dispatch_id();
         self.advance(1.5).await;
         self.report("active", Some(json!({"opscore_task_id": id}))).await;
         self.advance(2.0).await;
         self.report("idle", Some(json!({"opscore_task_id": id}))).await;
-    }
-
-    async fn advance(&mut self, secs: f64) {
-        self.clock
-            .advance(chrono::Duration::milliseconds((secs * 1000.0) as i64));
-        self.runner.sweep().await.unwrap();
-        self.pump().await;
     }
 
     /// Every figure recorded so far: (name, labels, value). Once: a snapshot drains the histograms.

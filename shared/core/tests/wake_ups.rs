@@ -4,70 +4,48 @@
 //! manual clock; the queue records what was sent (tests/tests/suite/timers_sqs.rs does the same
 //! against a real SQS).
 
-use opscore_core::agent::{StateName, StateReport};
-use opscore_core::app::{App, DefinitionSource};
-use opscore_core::ids::AgentId;
-use opscore_core::memory::InMemoryStore;
-use opscore_core::runner::{DispatchOutcome, Runner};
-use opscore_core::store::{Change, Store};
+use opscore_core::app::DefinitionSource;
+use opscore_core::runner::DispatchOutcome;
 use opscore_core::task::{TaskInstance, TaskStatus};
-use opscore_core::testing::{RecordedTimerQueue, ScriptedAgentKit, agent_details, engine};
-use opscore_core::time::{Clock, ManualClock};
+use opscore_core::testing::{EngineWorld, RecordedTimerQueue};
+use opscore_core::time::Clock;
 use opscore_core::wake_up::{WakeUp, WakeUpOutcome};
 use opscore_core::workflow::WorkflowDefinition;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc::UnboundedReceiver;
 
+/// The engine's world with a recorded timer queue, its agent idle.
 struct World {
-    clock: ManualClock,
-    app: App,
-    runner: Runner,
-    store: Arc<dyn Store>,
-    agentkit: Arc<ScriptedAgentKit>,
+    engine: EngineWorld,
     queue: Arc<RecordedTimerQueue>,
-    changes: UnboundedReceiver<Change>,
-    agent: AgentId,
+}
+
+impl std::ops::Deref for World {
+    type Target = EngineWorld;
+    fn deref(&self) -> &EngineWorld {
+        &self.engine
+    }
+}
+
+impl std::ops::DerefMut for World {
+    fn deref_mut(&mut self) -> &mut EngineWorld {
+        &mut self.engine
+    }
 }
 
 impl World {
     async fn new(queue: RecordedTimerQueue) -> Self {
-        let (store, changes) = InMemoryStore::with_changes();
-        let store: Arc<dyn Store> = Arc::new(store);
-        let clock = ManualClock::at(chrono::Utc::now());
-        let agentkit = Arc::new(ScriptedAgentKit::default());
         let queue = Arc::new(queue);
-        let (app, runner) = engine(store.clone(), &clock, agentkit.clone());
-        let runner = runner.with_timer_queue(queue.clone());
-        let agent = AgentId::parse(uuid::Uuid::new_v4().to_string()).unwrap();
-        let mut w = Self {
-            clock,
-            app,
-            runner,
-            store,
-            agentkit,
-            queue,
-            changes,
-            agent,
-        };
-        w.app.register_agent(agent_details(&w.agent, "timers")).await.unwrap();
-        let idle = StateReport {
-            agent_id: w.agent.clone(),
-            state: StateName::parse("idle").unwrap(),
-            details: None,
-            timestamp: w.clock.now(),
-        };
-        w.app.report_state(&idle).await.unwrap();
-        w.pump().await;
-        w
+        let armed = queue.clone();
+        let mut engine = EngineWorld::with(|app, runner| (app, runner.with_timer_queue(armed))).await;
+        engine.report("idle", None).await;
+        Self { engine, queue }
     }
 
     /// Feeds every pending change to the runner (a stream consumer).
     async fn pump(&mut self) {
-        while let Ok(c) = self.changes.try_recv() {
-            self.runner.on_change(&c).await.unwrap();
-        }
+        self.engine.pump().await.unwrap();
     }
 
     /// Triggers a one-task workflow whose first dispatch fails (AgentKit 503): the runner
