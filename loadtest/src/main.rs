@@ -121,6 +121,11 @@ struct Args {
     /// How long a simulated agent works on a task (ms).
     #[arg(long, default_value_t = 10)]
     agent_work_ms: u64,
+    /// Seconds between the in-process stack's timer sweeps: 1 like `opscore-local`; 60 like the
+    /// runner's schedule on AWS (what DynamoDB requests per task are measured with, since a
+    /// sweep is a fixed number of queries whatever the load).
+    #[arg(long, default_value_t = 1)]
+    sweep_every: u64,
     /// R: agents, sessions triggered per agent, and tasks per session (a `nextTaskId` chain).
     #[arg(long)]
     agents: Option<usize>,
@@ -302,7 +307,7 @@ async fn start_target(a: &Args, rec: Arc<Recorder>) -> Result<Target, String> {
         port,
         store,
         table,
-        sweep_every: Duration::from_secs(1),
+        sweep_every: Duration::from_secs(a.sweep_every.max(1)),
         config,
     })
     .await

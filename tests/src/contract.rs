@@ -995,6 +995,60 @@ pub async fn claim_and_release_agent_conditions(f: Fixture) {
     assert_eq!(a.inflight, None);
 }
 
+pub async fn hand_over_agent_conditions(f: Fixture) {
+    let s = session("a1", t(0));
+    let t1 = task(&s, "fetch", TaskStatus::Pending, t(0));
+    let t2 = task(&s, "store", TaskStatus::Pending, t(0));
+    let holding = |held: &TaskInstance, attempt| Inflight {
+        dispatch: dispatch_of(held, attempt),
+        since: t(10),
+    };
+    let hand_over = |from: DispatchId| Write::HandOverAgent {
+        agent_id: aid("a1"),
+        from,
+        to: holding(&t2, 1),
+    };
+    // Unknown agent; an idle agent that holds nothing (a hand-over is not a claim).
+    assert_conflict(f.store.commit(vec![hand_over(dispatch_of(&t1, 1))]).await, 0);
+    registered_idle(&f, "a1").await;
+    assert_conflict(f.store.commit(vec![hand_over(dispatch_of(&t1, 1))]).await, 0);
+    f.store
+        .commit(vec![Write::ClaimAgent {
+            agent_id: aid("a1"),
+            inflight: holding(&t1, 1),
+        }])
+        .await
+        .unwrap();
+    // Holding another attempt than the one named.
+    assert_conflict(f.store.commit(vec![hand_over(dispatch_of(&t1, 2))]).await, 0);
+    // Not idle: the agent is still at work on the attempt.
+    f.store
+        .report_state(&report("a1", "active", t(11)), t(11), HISTORY_TTL)
+        .await
+        .unwrap();
+    assert_conflict(f.store.commit(vec![hand_over(dispatch_of(&t1, 1))]).await, 0);
+    assert_eq!(agent(&f, "a1").await.inflight, Some(holding(&t1, 1)));
+    // Idle again, holding the attempt: it takes the next task, and only once.
+    f.store
+        .report_state(&report("a1", "idle", t(12)), t(12), HISTORY_TTL)
+        .await
+        .unwrap();
+    f.store.commit(vec![hand_over(dispatch_of(&t1, 1))]).await.unwrap();
+    let a = agent(&f, "a1").await;
+    assert_eq!(a.inflight, Some(holding(&t2, 1)));
+    assert_eq!(a.current.state.as_str(), "idle");
+    assert_conflict(f.store.commit(vec![hand_over(dispatch_of(&t1, 1))]).await, 0);
+    // Deregistered: no hand-over, whatever it holds.
+    f.store.deregister_agent(&aid("a1"), t(13)).await.unwrap();
+    let from_t2 = Write::HandOverAgent {
+        agent_id: aid("a1"),
+        from: dispatch_of(&t2, 1),
+        to: holding(&t1, 2),
+    };
+    assert_conflict(f.store.commit(vec![from_t2]).await, 0);
+    assert_eq!(agent(&f, "a1").await.inflight, Some(holding(&t2, 1)));
+}
+
 pub async fn concurrent_claims_of_one_task_have_one_winner(f: Fixture) {
     registered_idle(&f, "a1").await;
     let s = session("a1", t(0));
@@ -1536,6 +1590,7 @@ macro_rules! store_contract_tests {
             check_session_open_refuses_terminal_and_missing_sessions,
             task_transition_needs_status_and_revision,
             claim_and_release_agent_conditions,
+            hand_over_agent_conditions,
             concurrent_claims_of_one_task_have_one_winner,
             concurrent_terminal_transitions_of_one_session_have_one_winner,
             list_sessions_newest_first_and_paginates,

@@ -250,6 +250,15 @@ impl Agent {
         !self.is_deregistered() && self.inflight.is_none() && self.current.state.is(KnownState::Idle)
     }
 
+    /// Whether the runner may give this agent, which holds `from`, its next task in the same
+    /// write ([`Write::HandOverAgent`](crate::store::Write::HandOverAgent)): as available as a
+    /// free agent, except that it still holds the attempt it has just reported finished.
+    pub fn can_hand_over(&self, from: &DispatchId) -> bool {
+        !self.is_deregistered()
+            && self.inflight.as_ref().is_some_and(|i| &i.dispatch == from)
+            && self.current.state.is(KnownState::Idle)
+    }
+
     /// What a registration of `details` does to the agent `existing` (if any). The rule every
     /// store follows (the DynamoDB adapter as the condition and update expressions of its
     /// `register_agent`, docs/table-design.md): a new agent starts in `UNKNOWN`; the same details

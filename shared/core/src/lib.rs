@@ -7,6 +7,7 @@ pub mod config;
 pub mod delivery;
 pub mod error;
 pub mod ids;
+pub mod images;
 pub mod memory;
 pub mod metrics;
 pub mod runner;

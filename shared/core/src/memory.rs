@@ -371,6 +371,10 @@ impl Store for InMemoryStore {
                         Some(a) if a.inflight.as_ref().is_some_and(|i| &i.dispatch == dispatch) => {}
                         _ => return conflict(None),
                     },
+                    Write::HandOverAgent { agent_id, from, .. } => match s.agents.get(agent_id) {
+                        Some(a) if a.can_hand_over(from) => {}
+                        _ => return conflict(None),
+                    },
                     // As in DynamoDB, a record past its expiry counts as absent.
                     Write::CreateDeliveryRecord { id, .. }
                         if s.deliveries
@@ -426,6 +430,15 @@ impl Store for InMemoryStore {
                         let a = s.agents.get_mut(&agent_id).expect("checked above");
                         let old = a.clone();
                         a.inflight = None;
+                        changes.push(Change::Agent {
+                            old: Some(Arc::new(old)),
+                            new: Some(Arc::new(a.clone())),
+                        });
+                    }
+                    Write::HandOverAgent { agent_id, to, .. } => {
+                        let a = s.agents.get_mut(&agent_id).expect("checked above");
+                        let old = a.clone();
+                        a.inflight = Some(to);
                         changes.push(Change::Agent {
                             old: Some(Arc::new(old)),
                             new: Some(Arc::new(a.clone())),

@@ -192,9 +192,10 @@ fn millis(from: Timestamp, to: Timestamp) -> f64 {
 }
 
 /// What a transaction does, from its writes (the rules, in one place): a claim is a task
-/// dispatched; an attempt back to pending is a retry; a task ending succeeded (with its run time)
-/// or failed; a session's first claim (started → running) gives its trigger → dispatch latency; a
-/// session ending completed, failed or cancelled. `workflow`: the workflow of the writes' session.
+/// dispatched, and so is a task created claimed (a hand-over); an attempt back to pending is a
+/// retry; a task ending succeeded (with its run time) or failed; a session's first claim
+/// (started → running) gives its trigger → dispatch latency; a session ending completed, failed
+/// or cancelled. `workflow`: the workflow of the writes' session.
 fn observe(workflow: &WorkflowId, writes: &[Write]) -> Vec<Figure> {
     use Figure::{Count, Millis};
     let wf = || Label::new(names::WORKFLOW, workflow.as_str().to_owned());
@@ -223,6 +224,10 @@ fn observe(workflow: &WorkflowId, writes: &[Write]) -> Vec<Figure> {
                 TaskStatus::Failed => figures.push(Count(names::TASKS_FAILED, vec![wf(), reason(session_failure)])),
                 _ => {}
             },
+            // A task created already claimed: the agent was handed it as it finished the last.
+            Write::CreateTask(t) if t.status == TaskStatus::Dispatched => {
+                figures.push(Count(names::TASKS_DISPATCHED, vec![wf()]))
+            }
             Write::TransitionSession { from, next } => match next.status {
                 SessionStatus::Running if *from == SessionStatus::Started => {
                     let latency = millis(next.start_time, next.updated_at);

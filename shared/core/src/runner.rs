@@ -7,7 +7,8 @@
 
 use crate::agent::{Agent, Inflight, KnownState};
 use crate::app::{LOST_WRITE_RETRIES, Settings};
-use crate::ids::{AgentId, DispatchId, SessionId, WorkflowId};
+use crate::ids::{AgentId, DispatchId, SessionId};
+use crate::images::{self, RecentImages, Source};
 use crate::metrics::Metrics;
 use crate::session::{FailureCause, FailureCode, Session, SessionStatus};
 use crate::store::*;
@@ -153,12 +154,18 @@ pub struct Runner {
     metrics: Metrics,
     /// Where wake-ups for task timers go (SQS on AWS); `None`: timers wait for the sweep.
     timer_queue: Option<Arc<dyn TimerQueue>>,
+    /// What the runner starts from instead of reading a session again (see [`crate::images`]).
+    recent: RecentImages,
 }
 
-/// A task and the session it belongs to, read together (one query of the session's partition).
+/// A task and the session it belongs to: read together (one query of the session's partition),
+/// or taken from the runner's recent images (`recent`; see [`crate::images`] for when that is
+/// allowed).
+#[derive(Clone)]
 struct Loaded {
-    session: Session,
-    task: TaskInstance,
+    session: Arc<Session>,
+    task: Arc<TaskInstance>,
+    recent: bool,
 }
 
 impl Runner {
@@ -177,6 +184,7 @@ impl Runner {
             faults: Mutex::default(),
             metrics: Metrics::global(),
             timer_queue: None,
+            recent: RecentImages::new(images::DEFAULT_CAPACITY),
         }
     }
 
@@ -186,10 +194,20 @@ impl Runner {
         self
     }
 
-    /// Commits the writes of a session of `workflow` through [`Metrics::commit`], which counts
-    /// what they did.
-    async fn commit(&self, workflow: &WorkflowId, writes: Vec<Write>) -> Result<(), CommitError> {
-        self.metrics.commit(self.store.as_ref(), Some(workflow), writes).await
+    /// Commits the writes of `session` through [`Metrics::commit`], which counts what they did.
+    /// What they wrote becomes the recent images of the session; a conflict means those are
+    /// stale, so they are dropped.
+    async fn commit(&self, session: &Session, writes: Vec<Write>) -> Result<(), CommitError> {
+        let written = images::images_of(&writes);
+        let result = self
+            .metrics
+            .commit(self.store.as_ref(), Some(&session.definition.id), writes)
+            .await;
+        match &result {
+            Ok(()) => written.into_iter().for_each(|i| self.recent.remember(i)),
+            Err(_) => self.recent.forget(&session.session_id),
+        }
+        result
     }
 
     /// Arms a wake-up on `queue` for every new task timer this runner sees in a change, and
@@ -212,14 +230,36 @@ impl Runner {
         Ok(())
     }
 
-    async fn load(&self, key: &TaskKey) -> Result<Option<Loaded>, RunnerError> {
+    /// The task `key` and its session, from `source`. What is read from the store becomes the
+    /// session's recent images.
+    async fn load(&self, key: &TaskKey, source: Source) -> Result<Option<Loaded>, RunnerError> {
+        if source == Source::Recent
+            && let Some((session, task)) = self.recent.get(key)
+        {
+            return Ok(Some(Loaded {
+                session,
+                task,
+                recent: true,
+            }));
+        }
         let Some(view) = self.store.get_session(&key.session_id).await? else {
+            self.recent.forget(&key.session_id);
             return Ok(None);
         };
-        let task = view.tasks.into_iter().find(|t| t.task_id == key.task_id);
-        Ok(task.map(|task| Loaded {
-            session: view.session,
+        let session = Arc::new(view.session);
+        self.recent.remember(images::Image::Session(session.clone()));
+        let mut found = None;
+        for task in view.tasks {
+            let task = Arc::new(task);
+            if task.task_id == key.task_id {
+                found = Some(task.clone());
+            }
+            self.recent.remember(images::Image::Task(task));
+        }
+        Ok(found.map(|task| Loaded {
+            session,
             task,
+            recent: false,
         }))
     }
 
@@ -237,6 +277,19 @@ impl Runner {
 
     /// Handles one change record. Safe to call twice with the same record.
     pub async fn on_change(&self, change: &Change) -> Result<(), RunnerError> {
+        match change {
+            Change::Session { new: Some(s), .. } => self.recent.remember(images::Image::Session(s.clone())),
+            Change::Task { new: Some(t), .. } => self.recent.remember(images::Image::Task(t.clone())),
+            Change::Session {
+                old: Some(s),
+                new: None,
+            } => self.recent.forget(&s.session_id),
+            Change::Task {
+                old: Some(t),
+                new: None,
+            } => self.recent.forget(&t.session_id),
+            _ => {}
+        }
         if let Change::Task { old, new: Some(t) } = change {
             self.arm_new_timer(old.as_deref(), t).await;
         }
@@ -275,10 +328,9 @@ impl Runner {
             Some(KnownState::Idle) => {
                 // Idle naming this attempt completes it. Idle naming nothing completes it only if
                 // the agent was seen `active` for it (documented: agents that report no task id).
-                let Some(l) = self.load_attempt(dispatch).await? else {
-                    return Ok(());
-                };
-                if names_this_attempt || (reported.is_none() && l.task.status == TaskStatus::Running) {
+                let completes =
+                    |t: &TaskInstance| names_this_attempt || (reported.is_none() && t.status == TaskStatus::Running);
+                if let Some(l) = self.find_attempt(dispatch, completes).await? {
                     self.complete(dispatch, agent.current.details.clone(), l).await?;
                 }
             }
@@ -299,15 +351,27 @@ impl Runner {
         Ok(())
     }
 
-    async fn load_attempt(&self, dispatch: &DispatchId) -> Result<Option<Loaded>, RunnerError> {
-        let key = TaskKey {
-            session_id: dispatch.session_id,
-            task_id: dispatch.task_id.clone(),
-        };
-        Ok(self
-            .load(&key)
-            .await?
-            .filter(|l| l.task.current_dispatch().as_ref() == Some(dispatch)))
+    /// The attempt `dispatch` with its session, if it is the task's current attempt and `wanted`
+    /// holds for the task: from the recent images first, from the store when they lack it or
+    /// when `wanted` does not hold on them (doing nothing is decided on the store's state only).
+    async fn find_attempt(
+        &self,
+        dispatch: &DispatchId,
+        wanted: impl Fn(&TaskInstance) -> bool,
+    ) -> Result<Option<Loaded>, RunnerError> {
+        let key = task_key(dispatch);
+        for source in [Source::Recent, Source::Store] {
+            let Some(l) = self.load(&key, source).await? else {
+                return Ok(None);
+            };
+            if l.task.current_dispatch().as_ref() == Some(dispatch) && wanted(&l.task) {
+                return Ok(Some(l));
+            }
+            if !l.recent {
+                return Ok(None);
+            }
+        }
+        Ok(None)
     }
 
     /// Tries the agent's oldest due tasks until one is claimed or the agent is taken.
@@ -324,17 +388,22 @@ impl Runner {
     /// Claims a pending task for one attempt (agent marker + task + session in one transaction),
     /// then sends it to AgentKit and records the answer.
     pub async fn try_dispatch(&self, key: &TaskKey) -> Result<Claim, RunnerError> {
+        let mut source = Source::Recent;
         for _ in 0..LOST_WRITE_RETRIES {
-            let Some(Loaded { session, task }) = self.load(key).await? else {
+            let Some(Loaded { session, task, recent }) = self.load(key, source).await? else {
                 return Ok(Claim::NotRunnable);
             };
             let now = self.clock.now();
-            if task.due_at > now || session.status.is_terminal() {
-                return Ok(Claim::NotRunnable);
-            }
+            let runnable = task.due_at <= now && !session.status.is_terminal();
             // Only a pending task can be claimed.
-            let Ok(next) = task.claim(now, after(now, self.lease)) else {
-                return Ok(Claim::NotRunnable);
+            let next = match task.claim(now, after(now, self.lease)) {
+                Ok(next) if runnable => next,
+                // Not runnable: decided on the store's state only.
+                _ if recent => {
+                    source = Source::Store;
+                    continue;
+                }
+                _ => return Ok(Claim::NotRunnable),
             };
             let dispatch = next.current_dispatch().expect("dispatched holds the agent");
             let (session_write, session_after) = if session.status == SessionStatus::Started {
@@ -345,7 +414,7 @@ impl Runner {
                     from: session.status,
                     next: running.clone(),
                 };
-                (write, running)
+                (write, Arc::new(running))
             } else {
                 (Write::CheckSessionOpen(session.session_id), session.clone())
             };
@@ -363,7 +432,7 @@ impl Runner {
                 },
                 session_write,
             ];
-            match self.commit(&session.definition.id, writes).await {
+            match self.commit(&session, writes).await {
                 Ok(()) => {}
                 // The agent is not available (busy, not idle, deregistered): it stays pending
                 // and is picked up when the agent frees up.
@@ -371,76 +440,96 @@ impl Runner {
                     write: WriteKind::ClaimAgent,
                     ..
                 }) => return Ok(Claim::AgentBusy),
-                Err(CommitError::Conflict { .. }) => continue,
+                Err(CommitError::Conflict { .. }) => {
+                    source = Source::Store;
+                    continue;
+                }
                 Err(CommitError::Store(e)) => return Err(e.into()),
             }
-            self.fault(Step::AfterClaim)?;
-            let outcome = self
-                .dispatcher
-                .dispatch(&DispatchRequest {
-                    agent_id: task.agent_id.clone(),
-                    session_id: task.session_id,
-                    dispatch_id: dispatch.render(),
-                    task_name: task.name.clone(),
-                    payload: task.payload.clone(),
-                })
-                .await;
-            self.fault(Step::AfterDispatch)?;
-            match outcome {
-                DispatchOutcome::Accepted => {
-                    // What the claim wrote is what confirm would read back: skip the read (a
-                    // report that changed the task since makes the write conflict and re-read).
-                    let claimed = Loaded {
-                        session: session_after,
-                        task: next,
-                    };
-                    self.confirm(&dispatch, claimed).await?
-                }
-                DispatchOutcome::Failed { retryable, reason } => {
-                    self.fail_attempt_of(&dispatch, format!("dispatch failed: {reason}"), retryable)
-                        .await?
-                }
-                DispatchOutcome::Redirected { status, location } => {
-                    let why = format!(
-                        "dispatch failed: AgentKit answered {status} (redirect to {location:?}); redirects are not followed"
-                    );
-                    self.fail_attempt_with(&dispatch, why, false, FailureCode::DispatchRedirected)
-                        .await?
-                }
-            }
+            let claimed = Loaded {
+                session: session_after,
+                task: Arc::new(next),
+                recent: true,
+            };
+            self.send(claimed).await?;
             return Ok(Claim::Dispatched);
         }
         Err(RunnerError::Contended)
     }
 
+    /// Sends a claimed attempt to AgentKit and records the answer.
+    async fn send(&self, claimed: Loaded) -> Result<(), RunnerError> {
+        self.fault(Step::AfterClaim)?;
+        let task = &claimed.task;
+        let dispatch = task.current_dispatch().expect("claimed holds the agent");
+        let outcome = self
+            .dispatcher
+            .dispatch(&DispatchRequest {
+                agent_id: task.agent_id.clone(),
+                session_id: task.session_id,
+                dispatch_id: dispatch.render(),
+                task_name: task.name.clone(),
+                payload: task.payload.clone(),
+            })
+            .await;
+        self.fault(Step::AfterDispatch)?;
+        match outcome {
+            // What the claim wrote is what confirm would read back: no read (a report that
+            // changed the task since makes the write conflict and re-read).
+            DispatchOutcome::Accepted => self.confirm(&dispatch, claimed).await,
+            DispatchOutcome::Failed { retryable, reason } => {
+                self.fail_attempt_of(&dispatch, format!("dispatch failed: {reason}"), retryable)
+                    .await
+            }
+            DispatchOutcome::Redirected { status, location } => {
+                let why = format!(
+                    "dispatch failed: AgentKit answered {status} (redirect to {location:?}); redirects are not followed"
+                );
+                self.fail_attempt_with(&dispatch, why, false, FailureCode::DispatchRedirected)
+                    .await
+            }
+        }
+    }
+
     /// AgentKit accepted: the lease becomes a run deadline.
     async fn confirm(&self, dispatch: &DispatchId, claimed: Loaded) -> Result<(), RunnerError> {
-        self.update_attempt(dispatch, Some(claimed), |l, now| {
+        self.update_attempt(dispatch, Some(claimed), |l, now, _| {
             // The attempt is current (dispatched or running), so acceptance applies.
             let next = l.task.accept(now, after(now, run_timeout(l))).ok()?;
-            Some(vec![Write::TransitionTask {
-                from: l.task.status,
-                next,
-            }])
+            Some((
+                vec![Write::TransitionTask {
+                    from: l.task.status,
+                    next,
+                }],
+                (),
+            ))
         })
         .await?;
         self.fault(Step::AfterConfirm)
     }
 
     async fn mark_running(&self, dispatch: &DispatchId) -> Result<(), RunnerError> {
-        self.update_attempt(dispatch, None, |l, now| {
+        self.update_attempt(dispatch, None, |l, now, _| {
             // Refused unless dispatched: a second `active` for a running attempt changes nothing.
             let next = l.task.start_running(now, after(now, run_timeout(l))).ok()?;
-            Some(vec![Write::TransitionTask {
-                from: l.task.status,
-                next,
-            }])
+            Some((
+                vec![Write::TransitionTask {
+                    from: l.task.status,
+                    next,
+                }],
+                (),
+            ))
         })
         .await
+        .map(drop)
     }
 
-    /// The attempt succeeded: task done, agent released, and the next task created or the
-    /// session completed — one transaction.
+    /// The attempt succeeded: task done, and the next task created or the session completed —
+    /// one transaction. The agent that finished is handed the session's next task in the same
+    /// transaction (claimed for it, then sent): a started session runs to its end on its agent
+    /// without a read, a claim or a wait behind later sessions between its tasks. Otherwise (no
+    /// next task, or the hand-over was refused: the agent reported again or was deregistered
+    /// meanwhile) the agent is released and the next task waits, pending, for a claim.
     async fn complete(
         &self,
         dispatch: &DispatchId,
@@ -449,50 +538,76 @@ impl Runner {
     ) -> Result<(), RunnerError> {
         self.fault(Step::BeforeComplete)?;
         let recheck = self.settings.recheck_after;
-        self.update_attempt(dispatch, Some(loaded), |l, now| {
-            let done = l.task.succeed(now, details.clone()).ok()?;
-            let mut writes = vec![
-                Write::ReleaseAgent {
+        let handed_over = self
+            .update_attempt(dispatch, Some(loaded), |l, now, lost| {
+                let done = l.task.succeed(now, details.clone()).ok()?;
+                let release = Write::ReleaseAgent {
                     agent_id: l.task.agent_id.clone(),
                     dispatch: dispatch.clone(),
-                },
-                Write::TransitionTask {
-                    from: l.task.status,
-                    next: done,
-                },
-            ];
-            let next_def = l
-                .task
-                .next_task_id
-                .as_ref()
-                .and_then(|id| l.session.definition.task(id));
-            match next_def {
-                Some(def) => {
-                    writes.push(Write::CreateTask(TaskInstance::new(
-                        &l.session,
-                        def,
-                        Value::Object(def.parameters.clone()),
-                        now,
-                        recheck,
-                    )));
-                    writes.push(Write::CheckSessionOpen(l.session.session_id));
-                }
-                None => {
+                };
+                let next_def = l
+                    .task
+                    .next_task_id
+                    .as_ref()
+                    .and_then(|id| l.session.definition.task(id));
+                let Some(def) = next_def else {
                     let mut s = l.session.transition(SessionStatus::Completed, now).ok()?;
                     s.result = Some(json!({
                         "message": "Workflow completed",
                         "finalTaskId": l.task.task_id,
                         "output": details.clone().map(Value::Object).unwrap_or(Value::Null),
                     }));
-                    writes.push(Write::TransitionSession {
-                        from: l.session.status,
-                        next: s,
-                    });
-                }
-            }
-            Some(writes)
-        })
-        .await
+                    let writes = vec![
+                        release,
+                        Write::TransitionTask {
+                            from: l.task.status,
+                            next: done,
+                        },
+                        Write::TransitionSession {
+                            from: l.session.status,
+                            next: s,
+                        },
+                    ];
+                    return Some((writes, None));
+                };
+                let next = TaskInstance::new(&l.session, def, Value::Object(def.parameters.clone()), now, recheck);
+                let hand_over = next.agent_id == l.task.agent_id && lost != Some(WriteKind::HandOverAgent);
+                let (agent_write, next, handed) = match next.claim(now, after(now, self.lease)) {
+                    Ok(claimed) if hand_over => {
+                        let to = Inflight {
+                            dispatch: claimed.current_dispatch().expect("claimed holds the agent"),
+                            since: now,
+                        };
+                        let write = Write::HandOverAgent {
+                            agent_id: l.task.agent_id.clone(),
+                            from: dispatch.clone(),
+                            to,
+                        };
+                        let handed = Loaded {
+                            session: l.session.clone(),
+                            task: Arc::new(claimed.clone()),
+                            recent: true,
+                        };
+                        (write, claimed, Some(handed))
+                    }
+                    _ => (release, next, None),
+                };
+                let writes = vec![
+                    agent_write,
+                    Write::TransitionTask {
+                        from: l.task.status,
+                        next: done,
+                    },
+                    Write::CreateTask(next),
+                    Write::CheckSessionOpen(l.session.session_id),
+                ];
+                Some((writes, handed))
+            })
+            .await?;
+        if let Some(Some(claimed)) = handed_over {
+            self.send(claimed).await?;
+        }
+        Ok(())
     }
 
     /// Ends the current attempt as failed: a retry after backoff while retries remain (and the
@@ -511,15 +626,16 @@ impl Runner {
         code: FailureCode,
     ) -> Result<(), RunnerError> {
         self.fault(Step::BeforeFailAttempt)?;
-        self.update_attempt(dispatch, None, |l, now| {
+        self.update_attempt(dispatch, None, |l, now, _| {
             let mut writes = vec![Write::ReleaseAgent {
                 agent_id: l.task.agent_id.clone(),
                 dispatch: dispatch.clone(),
             }];
             writes.extend(self.fail_writes(l, now, &error, retryable, code)?);
-            Some(writes)
+            Some((writes, ()))
         })
         .await
+        .map(drop)
     }
 
     /// The writes that fail the current attempt of `l` (or its pending task): a retry while
@@ -586,29 +702,42 @@ impl Runner {
         Some(writes)
     }
 
-    /// Reads the attempt (or starts from `known`, what the caller just read or wrote), builds
-    /// writes from it, commits; re-reads and repeats on conflict. Stops quietly when the attempt
-    /// is no longer current (someone else finished it).
-    async fn update_attempt(
+    /// Starts from `known` (what the caller just read or wrote) or the attempt's recent images,
+    /// builds writes from it, commits; re-reads the store and repeats on conflict (`build` is told
+    /// which write lost). Stops quietly, returning `None`, when the attempt is no longer current
+    /// or `build` finds nothing to do on the store's state (someone else finished it).
+    async fn update_attempt<T>(
         &self,
         dispatch: &DispatchId,
         mut known: Option<Loaded>,
-        build: impl Fn(&Loaded, Timestamp) -> Option<Vec<Write>>,
-    ) -> Result<(), RunnerError> {
+        build: impl Fn(&Loaded, Timestamp, Option<WriteKind>) -> Option<(Vec<Write>, T)>,
+    ) -> Result<Option<T>, RunnerError> {
+        let key = task_key(dispatch);
+        let mut source = Source::Recent;
+        let mut lost = None;
         for _ in 0..LOST_WRITE_RETRIES {
             let l = match known.take() {
                 Some(l) => l,
-                None => match self.load_attempt(dispatch).await? {
+                None => match self.load(&key, source).await? {
                     Some(l) => l,
-                    None => return Ok(()),
+                    None => return Ok(None),
                 },
             };
-            let Some(writes) = build(&l, self.clock.now()) else {
-                return Ok(());
+            let current = l.task.current_dispatch().as_ref() == Some(dispatch);
+            let Some((writes, value)) = current.then(|| build(&l, self.clock.now(), lost)).flatten() else {
+                // Nothing to do: decided on the store's state only.
+                if l.recent {
+                    source = Source::Store;
+                    continue;
+                }
+                return Ok(None);
             };
-            match self.commit(&l.session.definition.id, writes).await {
-                Ok(()) => return Ok(()),
-                Err(CommitError::Conflict { .. }) => continue,
+            match self.commit(&l.session, writes).await {
+                Ok(()) => return Ok(Some(value)),
+                Err(CommitError::Conflict { write, .. }) => {
+                    lost = Some(write);
+                    source = Source::Store;
+                }
                 Err(CommitError::Store(e)) => return Err(e.into()),
             }
         }
@@ -619,13 +748,13 @@ impl Runner {
     async fn fail_agent_tasks(&self, agent: &Agent) -> Result<(), RunnerError> {
         let why = "agent was deregistered";
         if let Some(i) = &agent.inflight {
-            self.update_attempt(&i.dispatch, None, |l, now| {
+            self.update_attempt(&i.dispatch, None, |l, now, _| {
                 let mut w = vec![Write::ReleaseAgent {
                     agent_id: l.task.agent_id.clone(),
                     dispatch: i.dispatch.clone(),
                 }];
                 w.extend(self.fail_writes(l, now, why, false, FailureCode::AgentDeregistered)?);
-                Some(w)
+                Some((w, ()))
             })
             .await?;
         }
@@ -638,7 +767,7 @@ impl Runner {
 
     async fn fail_pending(&self, key: &TaskKey, why: &str, code: FailureCode) -> Result<(), RunnerError> {
         for _ in 0..LOST_WRITE_RETRIES {
-            let Some(l) = self.load(key).await? else {
+            let Some(l) = self.load(key, Source::Store).await? else {
                 return Ok(());
             };
             if l.task.status != TaskStatus::Pending {
@@ -647,7 +776,7 @@ impl Runner {
             let Some(writes) = self.fail_writes(&l, self.clock.now(), why, false, code) else {
                 return Ok(());
             };
-            match self.commit(&l.session.definition.id, writes).await {
+            match self.commit(&l.session, writes).await {
                 Ok(()) => return Ok(()),
                 Err(CommitError::Conflict { .. }) => continue,
                 Err(CommitError::Store(e)) => return Err(e.into()),
@@ -749,7 +878,7 @@ impl Runner {
     }
 
     async fn on_timer(&self, key: &TaskKey, report: &mut SweepReport) -> Result<(), RunnerError> {
-        let Some(l) = self.load(key).await? else {
+        let Some(l) = self.load(key, Source::Store).await? else {
             return Ok(());
         };
         let now = self.clock.now();
@@ -779,7 +908,7 @@ impl Runner {
                         if let Ok(next) = l.task.park(now)
                             && self
                                 .commit(
-                                    &l.session.definition.id,
+                                    &l.session,
                                     vec![Write::TransitionTask {
                                         from: l.task.status,
                                         next,
@@ -826,6 +955,14 @@ pub enum Claim {
     Dispatched,
     AgentBusy,
     NotRunnable,
+}
+
+/// The task an attempt belongs to.
+fn task_key(dispatch: &DispatchId) -> TaskKey {
+    TaskKey {
+        session_id: dispatch.session_id,
+        task_id: dispatch.task_id.clone(),
+    }
 }
 
 fn run_timeout(l: &Loaded) -> Duration {

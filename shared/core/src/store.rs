@@ -189,6 +189,14 @@ pub enum Write {
     ClaimAgent { agent_id: AgentId, inflight: Inflight },
     /// The agent's in-flight task must be exactly this one.
     ReleaseAgent { agent_id: AgentId, dispatch: DispatchId },
+    /// The agent must exist, not be deregistered, be idle, and hold exactly `from`; it then holds
+    /// `to`. A release and a claim in one write (one item cannot take two writes of a
+    /// transaction): the runner gives an agent that finished a task the session's next one.
+    HandOverAgent {
+        agent_id: AgentId,
+        from: DispatchId,
+        to: Inflight,
+    },
     /// Must not exist: remembers a signed webhook delivery (by its signature) until `expires_at`,
     /// so a byte-identical replay inside the freshness window has no second effect.
     CreateDeliveryRecord { id: String, expires_at: Timestamp },
@@ -208,6 +216,7 @@ pub enum WriteKind {
     CreateIdempotencyKey,
     ClaimAgent,
     ReleaseAgent,
+    HandOverAgent,
     CreateDeliveryRecord,
     ExpireDeliveryRecord,
 }
@@ -223,6 +232,7 @@ impl Write {
             Write::CreateIdempotencyKey { .. } => WriteKind::CreateIdempotencyKey,
             Write::ClaimAgent { .. } => WriteKind::ClaimAgent,
             Write::ReleaseAgent { .. } => WriteKind::ReleaseAgent,
+            Write::HandOverAgent { .. } => WriteKind::HandOverAgent,
             Write::CreateDeliveryRecord { .. } => WriteKind::CreateDeliveryRecord,
             Write::ExpireDeliveryRecord { .. } => WriteKind::ExpireDeliveryRecord,
         }

@@ -110,6 +110,148 @@ impl crate::wake_up::TimerQueue for RecordedTimerQueue {
     }
 }
 
+/// A store that counts the calls made to it, by method name, and passes every call on: what the
+/// engine scenarios check request counts with (one store call is one DynamoDB request, except
+/// `commit` of a single write, which the DynamoDB adapter also sends as one).
+pub struct CountingStore {
+    inner: Arc<dyn crate::store::Store>,
+    calls: Mutex<std::collections::BTreeMap<&'static str, usize>>,
+}
+
+impl CountingStore {
+    pub fn new(inner: Arc<dyn crate::store::Store>) -> Self {
+        Self {
+            inner,
+            calls: Mutex::default(),
+        }
+    }
+    fn count(&self, name: &'static str) {
+        *self.calls.lock().unwrap().entry(name).or_default() += 1;
+    }
+    /// The calls so far, by method name, emptying the count.
+    pub fn take(&self) -> std::collections::BTreeMap<&'static str, usize> {
+        std::mem::take(&mut *self.calls.lock().unwrap())
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::store::Store for CountingStore {
+    async fn register_agent(
+        &self,
+        details: crate::agent::AgentDetails,
+        now: crate::time::Timestamp,
+    ) -> Result<crate::store::RegisterOutcome, crate::store::StoreError> {
+        self.count("register_agent");
+        self.inner.register_agent(details, now).await
+    }
+    async fn deregister_agent(
+        &self,
+        id: &crate::ids::AgentId,
+        now: crate::time::Timestamp,
+    ) -> Result<crate::agent::Agent, crate::store::AgentWriteError> {
+        self.count("deregister_agent");
+        self.inner.deregister_agent(id, now).await
+    }
+    async fn report_state(
+        &self,
+        report: &crate::agent::StateReport,
+        received_at: crate::time::Timestamp,
+        history_ttl: Duration,
+    ) -> Result<crate::store::ReportOutcome, crate::store::AgentWriteError> {
+        self.count("report_state");
+        self.inner.report_state(report, received_at, history_ttl).await
+    }
+    async fn get_agent(
+        &self,
+        id: &crate::ids::AgentId,
+    ) -> Result<Option<crate::agent::Agent>, crate::store::StoreError> {
+        self.count("get_agent");
+        self.inner.get_agent(id).await
+    }
+    async fn list_agents(
+        &self,
+        state: Option<&crate::agent::StateName>,
+        page: crate::store::PageRequest,
+    ) -> Result<crate::store::Page<crate::agent::Agent>, crate::store::StoreError> {
+        self.count("list_agents");
+        self.inner.list_agents(state, page).await
+    }
+    async fn state_history(
+        &self,
+        id: &crate::ids::AgentId,
+        page: crate::store::PageRequest,
+    ) -> Result<crate::store::Page<crate::agent::HistoryEntry>, crate::store::StoreError> {
+        self.count("state_history");
+        self.inner.state_history(id, page).await
+    }
+    async fn put_workflow(
+        &self,
+        def: &crate::workflow::WorkflowDefinition,
+        now: crate::time::Timestamp,
+    ) -> Result<crate::store::PutWorkflowOutcome, crate::store::StoreError> {
+        self.count("put_workflow");
+        self.inner.put_workflow(def, now).await
+    }
+    async fn get_workflow(
+        &self,
+        id: &crate::ids::WorkflowId,
+        version: Option<&crate::ids::WorkflowVersion>,
+    ) -> Result<Option<crate::store::StoredWorkflow>, crate::store::StoreError> {
+        self.count("get_workflow");
+        self.inner.get_workflow(id, version).await
+    }
+    async fn list_workflows(
+        &self,
+        page: crate::store::PageRequest,
+    ) -> Result<crate::store::Page<crate::store::StoredWorkflow>, crate::store::StoreError> {
+        self.count("list_workflows");
+        self.inner.list_workflows(page).await
+    }
+    async fn commit(&self, writes: Vec<crate::store::Write>) -> Result<(), crate::store::CommitError> {
+        self.count("commit");
+        self.inner.commit(writes).await
+    }
+    async fn get_session(
+        &self,
+        id: &crate::ids::SessionId,
+    ) -> Result<Option<crate::store::SessionView>, crate::store::StoreError> {
+        self.count("get_session");
+        self.inner.get_session(id).await
+    }
+    async fn list_sessions(
+        &self,
+        agent: &crate::ids::AgentId,
+        page: crate::store::PageRequest,
+    ) -> Result<crate::store::Page<crate::session::Session>, crate::store::StoreError> {
+        self.count("list_sessions");
+        self.inner.list_sessions(agent, page).await
+    }
+    async fn get_task(
+        &self,
+        key: &crate::task::TaskKey,
+    ) -> Result<Option<crate::task::TaskInstance>, crate::store::StoreError> {
+        self.count("get_task");
+        self.inner.get_task(key).await
+    }
+    async fn runnable_tasks(
+        &self,
+        agent: &crate::ids::AgentId,
+        now: crate::time::Timestamp,
+        limit: u32,
+    ) -> Result<Vec<crate::task::TaskKey>, crate::store::StoreError> {
+        self.count("runnable_tasks");
+        self.inner.runnable_tasks(agent, now, limit).await
+    }
+    async fn due_timers(
+        &self,
+        now: crate::time::Timestamp,
+        limit: u32,
+    ) -> Result<Vec<crate::task::TaskKey>, crate::store::StoreError> {
+        self.count("due_timers");
+        self.inner.due_timers(now, limit).await
+    }
+}
+
 /// An engine test's whole world: the in-memory store and its change channel, a manual clock, an
 /// App and a Runner, a scripted AgentKit, and one registered agent whose reports always move
 /// forward in time. `pump` plays the stream consumer: every change goes to the runner.
@@ -118,6 +260,8 @@ pub struct EngineWorld {
     pub app: crate::app::App,
     pub runner: crate::runner::Runner,
     pub store: Arc<dyn crate::store::Store>,
+    /// The same store, counting the calls the App and the Runner make.
+    pub calls: Arc<CountingStore>,
     pub agentkit: Arc<ScriptedAgentKit>,
     pub changes: tokio::sync::mpsc::UnboundedReceiver<crate::store::Change>,
     pub agent: crate::ids::AgentId,
@@ -135,7 +279,8 @@ impl EngineWorld {
         configure: impl FnOnce(crate::app::App, crate::runner::Runner) -> (crate::app::App, crate::runner::Runner),
     ) -> Self {
         let (store, changes) = crate::memory::InMemoryStore::with_changes();
-        let store: Arc<dyn crate::store::Store> = Arc::new(store);
+        let calls = Arc::new(CountingStore::new(Arc::new(store)));
+        let store: Arc<dyn crate::store::Store> = calls.clone();
         let clock = crate::time::ManualClock::at(chrono::Utc::now());
         let agentkit = Arc::new(ScriptedAgentKit::default());
         let (app, runner) = engine(store.clone(), &clock, agentkit.clone());
@@ -149,6 +294,7 @@ impl EngineWorld {
             app,
             runner,
             store,
+            calls,
             agentkit,
             changes,
             agent,

@@ -590,3 +590,63 @@ async fn idempotency_key_reused_with_another_request_is_refused() {
         1
     );
 }
+
+/// A three-task workflow on an agent that names its attempts: the first task is claimed, the
+/// next ones are handed to the agent as it finishes the last (no claim, no read of the session,
+/// no look for runnable tasks in between), and the runner reads the session from the store
+/// not once: it acts on the images it wrote.
+#[tokio::test]
+async fn a_session_runs_on_its_agent_from_the_images_the_runner_wrote() {
+    let mut w = World::new().await;
+    w.report("idle", None).await;
+    let def = WorkflowDefinition::from_value(json!({"id":"three","name":"Three","tasks":[
+        {"taskId":"a","name":"A","nextTaskId":"b"},
+        {"taskId":"b","name":"B","nextTaskId":"c"},
+        {"taskId":"c","name":"C"}]}))
+    .unwrap();
+    w.calls.take();
+    let s = w.trigger(def).await;
+    for _ in 0..3 {
+        w.work_last_task().await;
+    }
+    assert_eq!(w.status(s).await, SessionStatus::Completed);
+    let names: Vec<_> = w.dispatches().iter().map(|d| d.task_name.clone()).collect();
+    assert_eq!(names, ["A", "B", "C"]);
+    let calls = w.calls.take();
+    println!("store calls for a three-task session: {calls:?}");
+    // The status read by the test itself (`w.status`) is the one get_session.
+    assert_eq!(calls.get("get_session"), Some(&1), "{calls:?}");
+    // Only the release at the end looks for the agent's next work.
+    assert_eq!(calls.get("runnable_tasks"), Some(&1), "{calls:?}");
+    // Trigger 1; claim, confirm; then per task `active` and `idle` reports (6), the running
+    // mark (3), the completion with hand-over and its confirm (2 × 2), the last completion (1).
+    assert_eq!(calls.get("commit"), Some(&(1 + 2 + 3 + 4 + 1)), "{calls:?}");
+    assert_eq!(calls.get("report_state"), Some(&6), "{calls:?}");
+}
+
+/// The agent finished a task but reported again before the runner handed it the next one: the
+/// hand-over is refused, the agent released, and the next task waits, pending, until the agent
+/// is idle again.
+#[tokio::test]
+async fn a_hand_over_refused_leaves_the_next_task_pending_for_a_claim() {
+    let mut w = World::new().await;
+    w.report("idle", None).await;
+    let s = w.trigger(sample(json!(null))).await;
+    let id = w.last_dispatch_id();
+    w.report("active", Some(json!({"opscore_task_id": id}))).await;
+    // `idle` naming the attempt, then `busy` before the runner sees either.
+    let idle = w.next_report("idle", Some(json!({"opscore_task_id": id})));
+    w.app.report_state(&idle).await.unwrap();
+    let busy = w.next_report("busy", None);
+    w.app.report_state(&busy).await.unwrap();
+    w.pump().await.unwrap();
+    let v = w.app.session(&s).await.unwrap();
+    let step_2 = v.tasks.iter().find(|t| t.task_id.as_str() == "step_2").unwrap();
+    assert_eq!(step_2.status, TaskStatus::Pending, "not handed to a busy agent");
+    assert_eq!(w.app.agent(&w.agent).await.unwrap().inflight, None, "released");
+    assert_eq!(w.dispatches().len(), 1);
+    w.report("idle", None).await;
+    assert_eq!(w.dispatches().len(), 2, "claimed once the agent is idle");
+    w.work_last_task().await;
+    assert_eq!(w.status(s).await, SessionStatus::Completed);
+}

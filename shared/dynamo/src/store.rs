@@ -767,6 +767,24 @@ impl DynamoStore {
                     .name("#inflightSince", "inflightSince")
                     .value(":dispatch", s(dispatch.render())),
             },
+            // ClaimAgent's condition, with the attempt that ends in place of "holds nothing".
+            Write::HandOverAgent { agent_id, from, to } => Prepared::Update {
+                key: agent_key(agent_id),
+                update: "SET #inflight = :to, #inflightSince = :since".into(),
+                condition: "attribute_exists(pk) AND #deregistered = :false AND #state = :idle \
+                            AND #inflight = :from"
+                    .into(),
+                expr: Expr::default()
+                    .name("#inflight", "inflight")
+                    .name("#inflightSince", "inflightSince")
+                    .name("#deregistered", "deregistered")
+                    .name("#state", "state")
+                    .value(":to", s(to.dispatch.render()))
+                    .value(":since", s(time::render(to.since)))
+                    .value(":from", s(from.render()))
+                    .value(":false", b(false))
+                    .value(":idle", s(StateName::known(KnownState::Idle).as_str())),
+            },
         })
     }
 

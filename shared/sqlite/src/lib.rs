@@ -1130,6 +1130,10 @@ fn check(tx: &Tx<'_>, writes: &[Write], now: i64) -> Result<Result<Vec<Replaced>
                 Some(a) if a.item.inflight.as_ref().is_some_and(|i| &i.dispatch == dispatch) => Replaced::Agent(a),
                 _ => return conflict(None),
             },
+            Write::HandOverAgent { agent_id, from, .. } => match load_agent(tx, agent_id)? {
+                Some(a) if a.item.can_hand_over(from) => Replaced::Agent(a),
+                _ => return conflict(None),
+            },
             Write::CreateDeliveryRecord { id, .. } => {
                 let expires: Option<i64> = c
                     .prepare_cached("SELECT expires_at FROM deliveries WHERE id = ?1")
@@ -1269,6 +1273,14 @@ fn apply(tx: &Tx<'_>, writes: Vec<Write>, loaded: Vec<Replaced>, now: i64) -> Re
                 };
                 let mut agent = (*old.item).clone();
                 agent.inflight = None;
+                save_agent(tx, Some(&old), &agent)?;
+            }
+            Write::HandOverAgent { to, .. } => {
+                let Replaced::Agent(old) = old else {
+                    unreachable!("checked: the agent exists")
+                };
+                let mut agent = (*old.item).clone();
+                agent.inflight = Some(to);
                 save_agent(tx, Some(&old), &agent)?;
             }
             Write::CreateDeliveryRecord { id, expires_at } => exec(

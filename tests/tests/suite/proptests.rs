@@ -396,7 +396,14 @@ impl Machine {
                 let new = new.as_ref().ok_or_else(|| TestCaseError::fail("a task was deleted"))?;
                 let key = (new.session_id.to_string(), new.task_id.to_string());
                 match old {
-                    None => prop_assert_eq!(new.status, TaskStatus::Pending, "a task is created pending"),
+                    // Pending, or claimed for the agent that finished the session's previous
+                    // task (a hand-over): its first attempt, under a lease.
+                    None if new.status == TaskStatus::Dispatched => {
+                        prop_assert_eq!(new.attempt, 1, "a task created claimed is on its first attempt");
+                        prop_assert!(new.lease_expires_at.is_some(), "a task created claimed has a lease");
+                        self.transitions.insert("task created Dispatched (hand-over)".into());
+                    }
+                    None => prop_assert_eq!(new.status, TaskStatus::Pending, "a task is created pending or claimed"),
                     Some(old) => {
                         prop_assert!(
                             !old.status.is_terminal(),
