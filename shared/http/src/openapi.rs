@@ -94,7 +94,7 @@ mod tests {
         let router = router(app, config, Surface::Both);
         let doc = serde_json::to_value(document()).unwrap();
         let paths = doc["paths"].as_object().unwrap();
-        assert_eq!(paths.len(), 13, "{:?}", paths.keys());
+        assert_eq!(paths.len(), 14, "{:?}", paths.keys());
         let mut documented = 0;
         for (path, item) in paths {
             let concrete = path
@@ -130,7 +130,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(documented, 15);
+        assert_eq!(documented, 16);
     }
 
     /// A client can branch on a failed session's `error.code`: the document lists every value.
