@@ -111,6 +111,8 @@ fn public() -> OpenApiRouter<Arc<Api>> {
     OpenApiRouter::with_openapi(openapi::base())
         .routes(routes!(health))
         .routes(routes!(openapi_json))
+        .routes(routes!(crate::console::console))
+        .routes(routes!(crate::console::console_asset))
 }
 
 /// The state API's routes; each needs the bearer key (a route layer added by [`router`]).
