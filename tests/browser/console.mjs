@@ -150,7 +150,7 @@ try {
   assert.ok(['started', 'running'].includes(first), `a new session is open, not ${first}`);
   await page.getByRole('button', { name: 'Cancel session' }).waitFor();
   await waitForStatus('running');
-  await page.getByRole('row').filter({ hasText: 'fetch' }).getByText('running', { exact: true }).waitFor();
+  await page.getByRole('cell').getByText('running', { exact: true }).first().waitFor();
   await shot('session-running');
   await waitForStatus('completed');
   const tasks = page.getByRole('row').filter({ hasText: 'Attempt 1' });

@@ -1167,7 +1167,7 @@ pub async fn list_sessions_across_agents_newest_first_by_status_and_paginates(f:
     stored[5] = session_to(&f, &stored[5], SessionStatus::Running, t(13)).await;
     // Newest start first; the two started at t(7) by session id, descending.
     let mut expected = stored.clone();
-    expected.sort_by(|a, b| (b.start_time, b.session_id.to_string()).cmp(&(a.start_time, a.session_id.to_string())));
+    expected.sort_by_key(|s| std::cmp::Reverse((s.start_time, s.session_id.to_string())));
     for limit in [1, 2, 3, 5, 100] {
         let pages = all_pages(limit, |p| f.store.list_sessions_across_agents(None, p)).await;
         assert!(pages.iter().all(|p| p.len() <= limit as usize));
