@@ -80,14 +80,17 @@ fn page(content_type: &'static str, body: &'static str) -> Response {
 }
 
 #[utoipa::path(get, path = paths::CONSOLE,
-    responses((status = 200, description = "The operator console (HTML); public, it asks for the API key", content_type = "text/html")))]
+    responses((status = 200, description = "The operator console (HTML); public, it asks for the API key",
+                content((String = "text/html")))))]
 pub(crate) async fn console() -> Response {
     page("text/html; charset=utf-8", INDEX_HTML)
 }
 
 #[utoipa::path(get, path = paths::CONSOLE_ASSET,
     params(("file" = String, Path, description = "An asset of the console (`app.js`, `console.css`, …)")),
-    responses((status = 200, description = "The asset (JavaScript module, CSS or SVG)"), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "The asset",
+                content((String = "text/javascript"), (String = "text/css"), (String = "image/svg+xml"))),
+              (status = 404, description = "No such asset", body = crate::error::ErrorBody)))]
 pub(crate) async fn console_asset(Path(file): Path<String>) -> Result<Response, HttpError> {
     ASSETS
         .iter()
