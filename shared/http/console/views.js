@@ -126,10 +126,13 @@ export function notFound(hash) {
 
 export async function agents(ctx) {
   let state = '';
+  // Pages of 100 shown (each refresh reads them again: on DynamoDB a page is 33 requests, so
+  // more pages are read only when the operator asks for them).
+  let pages = 1;
   const body = h('div', {});
   const status = refreshed('');
   const load = async () => {
-    const { items, complete } = await all(paths.agents, { state });
+    const { items, complete } = await all(paths.agents, { state }, pages);
     const rows = items.map((a) =>
       h(
         'tr',
@@ -149,7 +152,19 @@ export async function agents(ctx) {
         rows,
         state ? `No agent is in state ${state}.` : 'No agent has registered yet.',
       ),
-      complete ? null : h('p', { class: 'muted' }, 'Showing the first 2,000 agents.'),
+      complete
+        ? null
+        : h(
+            'button',
+            {
+              type: 'button',
+              onclick: async () => {
+                pages += 1;
+                await load().catch((e) => ctx.fail(e, 'Loading failed'));
+              },
+            },
+            'Show more agents',
+          ),
     );
     body.setAttribute('data-count', String(items.length));
     stamp(status, `${items.length} agent${items.length === 1 ? '' : 's'}. Refreshes every 5 s.`);
@@ -161,6 +176,7 @@ export async function agents(ctx) {
     state,
     async (e) => {
       state = e.target.value;
+      pages = 1;
       await load().catch((err) => ctx.fail(err, 'Loading failed'));
     },
   );
