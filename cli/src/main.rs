@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use fail::Failure;
 use opscore_api::PageView;
 use opscore_client::{Client, DefinitionBody, Error, PageOpts};
+use opscore_core::session::SessionStatus;
 use opscore_core::workflow::WorkflowDefinition;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -138,8 +139,18 @@ struct RunSource {
 enum SessionCmd {
     /// Show a session and its tasks.
     Get { session_id: String },
-    /// List an agent's sessions.
-    List { agent_id: String },
+    /// List an agent's sessions, or without AGENT the latest sessions of every agent.
+    List {
+        /// Leave out for the latest sessions of every agent, newest first.
+        agent_id: Option<String>,
+        /// Only sessions in this status (started, running, completed, failed, cancelled); only
+        /// without AGENT.
+        #[arg(long)]
+        status: Option<String>,
+        /// How many sessions to show (without AGENT).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        limit: u32,
+    },
     /// Cancel a session that has not ended.
     Cancel { session_id: String },
     /// Follow a session until it ends: one line per task change, then the result or failure.
@@ -308,10 +319,43 @@ async fn session(ctx: &Ctx, cmd: SessionCmd) -> Result<u8, Failure> {
     let c = &ctx.client;
     match cmd {
         SessionCmd::Get { session_id } => ctx.emit(&c.session(&session_id).await?, show::session),
-        SessionCmd::List { agent_id } => {
+        SessionCmd::List {
+            agent_id: Some(agent_id),
+            status,
+            ..
+        } => {
+            if status.is_some() {
+                return Err(Failure::Usage(
+                    "--status filters the latest sessions of every agent: leave out AGENT".into(),
+                ));
+            }
             let id = agent_id.as_str();
             let page = collect(LIST_MAX, |p| async move { c.list_sessions(id, &p).await }).await?;
             ctx.emit(&page, |p| show::sessions(p, &agent_id));
+        }
+        SessionCmd::List {
+            agent_id: None,
+            status,
+            limit,
+        } => {
+            let status = match status.as_deref() {
+                None => None,
+                Some(s) => Some(
+                    SessionStatus::ALL
+                        .into_iter()
+                        .find(|st| st.as_str() == s)
+                        .ok_or_else(|| {
+                            Failure::Usage(format!(
+                                "--status must be one of started, running, completed, failed, cancelled; got {s:?}"
+                            ))
+                        })?,
+                ),
+            };
+            let page = collect(limit as usize, |p| async move {
+                c.list_sessions_across_agents(status, &p).await
+            })
+            .await?;
+            ctx.emit(&page, show::latest_sessions);
         }
         SessionCmd::Cancel { session_id } => {
             let d = c.cancel_session(&session_id).await?;

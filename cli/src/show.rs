@@ -283,6 +283,32 @@ pub fn sessions(p: &PageView<SessionSummary>, agent_id: &str) -> String {
     table(&["SESSION", "WORKFLOW", "VERSION", "STATUS", "STARTED", "ENDED"], rows) + &more(p, "sessions")
 }
 
+/// The latest sessions of every agent (`session list` without an agent).
+pub fn latest_sessions(p: &PageView<SessionSummary>) -> String {
+    if p.items.is_empty() {
+        return "No sessions.".into();
+    }
+    let rows = p
+        .items
+        .iter()
+        .map(|s| {
+            vec![
+                s.session_id.clone(),
+                s.agent_id.clone(),
+                s.workflow_id.clone(),
+                s.workflow_version.clone(),
+                s.status.as_str().to_owned(),
+                time(&s.start_time),
+                opt_time(s.end_time.as_deref()),
+            ]
+        })
+        .collect();
+    table(
+        &["SESSION", "AGENT", "WORKFLOW", "VERSION", "STATUS", "STARTED", "ENDED"],
+        rows,
+    ) + &more(p, "sessions")
+}
+
 pub fn attempt(t: &TaskView) -> String {
     if t.attempt == 0 {
         "-".into()

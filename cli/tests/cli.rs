@@ -457,6 +457,29 @@ async fn session_commands_happy_path() {
         .says("SESSION");
     let l = env.run(&["session", "list", AGENT, "--json"]).await.ok().json();
     assert_eq!(l["items"].as_array().unwrap().len(), 2, "{l}");
+    // Without an agent: the latest sessions of every agent, by status.
+    env.run(&["session", "list"]).await.ok().says(&sid).says("AGENT");
+    let completed = env
+        .run(&["session", "list", "--status", "completed", "--json"])
+        .await
+        .ok()
+        .json();
+    assert!(
+        completed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["status"] == "completed"),
+        "{completed}"
+    );
+    env.run(&["session", "list", "--status", "done"])
+        .await
+        .expect(2)
+        .complains("--status must be one of");
+    env.run(&["session", "list", AGENT, "--status", "failed"])
+        .await
+        .expect(2)
+        .complains("leave out AGENT");
 
     env.run(&["session", "cancel", &sid])
         .await
@@ -465,6 +488,12 @@ async fn session_commands_happy_path() {
     let d = env.run(&["session", "get", &sid, "--json"]).await.ok().json();
     assert_eq!(d["status"], "cancelled");
     assert_eq!(d["error"]["code"], "cancelled");
+    let cancelled = env
+        .run(&["session", "list", "--status", "cancelled", "--json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(cancelled["items"][0]["sessionId"], sid.as_str(), "{cancelled}");
     // An ended session cannot be cancelled: a conflict (5).
     env.run(&["session", "cancel", &sid])
         .await

@@ -46,6 +46,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let url = stack.url();
     println!("Ops-Core local stack");
     println!("  state API       {url}  (OpenAPI: {url}/openapi.json)");
+    println!("  console         {url}/console");
     println!("  notify webhook  {url}/v1/opscore/internal/agent/notify");
     println!("  data            {}", stack.store_description);
     println!("  AgentKit        {}", stack.agentkit_url);

@@ -1185,6 +1185,94 @@ pub async fn list_sessions_newest_first_and_paginates(f: Fixture) {
     );
 }
 
+/// Moves a stored session to `to` (one conditional write) and returns it as stored.
+async fn session_to(f: &Fixture, s: &Session, to: SessionStatus, at: Timestamp) -> Session {
+    let next = s.transition(to, at).expect("a valid transition");
+    f.store
+        .commit(vec![Write::TransitionSession {
+            from: s.status,
+            next: next.clone(),
+        }])
+        .await
+        .unwrap();
+    next
+}
+
+pub async fn list_sessions_across_agents_newest_first_by_status_and_paginates(f: Fixture) {
+    let mut stored = Vec::new();
+    for (agent, start) in [
+        ("a1", 3),
+        ("a2", 1),
+        ("a3", 5),
+        ("a1", 2),
+        ("a2", 4),
+        ("a3", 6),
+        ("a1", 7),
+        ("a2", 7),
+    ] {
+        let s = session(agent, t(start));
+        f.store.commit(vec![Write::CreateSession(s.clone())]).await.unwrap();
+        stored.push(s);
+    }
+    // t(5): failed, t(4): cancelled, t(6): running; the rest stay started.
+    let running = session_to(&f, &stored[2], SessionStatus::Running, t(10)).await;
+    stored[2] = session_to(&f, &running, SessionStatus::Failed, t(11)).await;
+    stored[4] = session_to(&f, &stored[4], SessionStatus::Cancelled, t(12)).await;
+    stored[5] = session_to(&f, &stored[5], SessionStatus::Running, t(13)).await;
+    // Newest start first; the two started at t(7) by session id, descending.
+    let mut expected = stored.clone();
+    expected.sort_by_key(|s| std::cmp::Reverse((s.start_time, s.session_id.to_string())));
+    for limit in [1, 2, 3, 5, 100] {
+        let pages = all_pages(limit, |p| f.store.list_sessions_across_agents(None, p)).await;
+        assert!(pages.iter().all(|p| p.len() <= limit as usize));
+        assert_eq!(
+            pages.concat(),
+            expected,
+            "limit {limit}: every session once, as stored, in order"
+        );
+    }
+    let only = |st: SessionStatus| -> Vec<Session> { expected.iter().filter(|s| s.status == st).cloned().collect() };
+    for st in SessionStatus::ALL {
+        for limit in [1, 2] {
+            let got = all_pages(limit, |p| f.store.list_sessions_across_agents(Some(st), p))
+                .await
+                .concat();
+            assert_eq!(got, only(st), "{} with limit {limit}", st.as_str());
+        }
+    }
+    assert_eq!(only(SessionStatus::Started).len(), 5);
+    assert_eq!(
+        f.store
+            .list_sessions_across_agents(Some(SessionStatus::Completed), PageRequest::first(10))
+            .await
+            .unwrap(),
+        Page {
+            items: vec![],
+            next_cursor: None
+        }
+    );
+    // A session that changes status between two pages keeps its place: listed exactly once.
+    let first = f
+        .store
+        .list_sessions_across_agents(None, PageRequest::first(3))
+        .await
+        .unwrap();
+    assert_eq!(first.items, expected[..3]);
+    let later = expected[5].clone();
+    assert_eq!(later.status, SessionStatus::Started);
+    let moved = session_to(&f, &later, SessionStatus::Completed, t(20)).await;
+    let rest = all_pages(2, |p| {
+        let cursor = p.cursor.clone().or(first.next_cursor.clone());
+        f.store
+            .list_sessions_across_agents(None, PageRequest { limit: p.limit, cursor })
+    })
+    .await
+    .concat();
+    let mut want = expected[3..].to_vec();
+    want[2] = moved;
+    assert_eq!(rest, want);
+}
+
 pub async fn runnable_tasks_are_pending_due_oldest_first(f: Fixture) {
     let s = session("a1", t(0));
     let other = session("a2", t(0));
@@ -1302,6 +1390,17 @@ pub async fn invalid_cursors_are_refused(f: Fixture) {
         );
         assert_eq!(
             f.store.list_workflows(page.clone()).await.err(),
+            Some(StoreError::InvalidCursor)
+        );
+        assert_eq!(
+            f.store.list_sessions_across_agents(None, page.clone()).await.err(),
+            Some(StoreError::InvalidCursor)
+        );
+        assert_eq!(
+            f.store
+                .list_sessions_across_agents(Some(SessionStatus::Failed), page.clone())
+                .await
+                .err(),
             Some(StoreError::InvalidCursor)
         );
         assert_eq!(
@@ -1514,6 +1613,22 @@ pub async fn cursors_are_url_safe_and_bound_to_their_list(f: Fixture) {
             "sessions a1",
             f.store.list_sessions(&a1, first.clone()).await.unwrap().next_cursor,
         ),
+        (
+            "all sessions",
+            f.store
+                .list_sessions_across_agents(None, first.clone())
+                .await
+                .unwrap()
+                .next_cursor,
+        ),
+        (
+            "started sessions",
+            f.store
+                .list_sessions_across_agents(Some(SessionStatus::Started), first.clone())
+                .await
+                .unwrap()
+                .next_cursor,
+        ),
     ];
     for (name, c) in &cursors {
         let c = c.as_deref().unwrap_or_else(|| panic!("{name}: a second page exists"));
@@ -1538,6 +1653,17 @@ pub async fn cursors_are_url_safe_and_bound_to_their_list(f: Fixture) {
             ("history a2", f.store.state_history(&a2, page.clone()).await.err()),
             ("workflows", f.store.list_workflows(page.clone()).await.err()),
             ("sessions a1", f.store.list_sessions(&a1, page.clone()).await.err()),
+            (
+                "all sessions",
+                f.store.list_sessions_across_agents(None, page.clone()).await.err(),
+            ),
+            (
+                "started sessions",
+                f.store
+                    .list_sessions_across_agents(Some(SessionStatus::Started), page.clone())
+                    .await
+                    .err(),
+            ),
         ];
         for (list, err) in answers {
             if list == *own {
@@ -1594,6 +1720,7 @@ macro_rules! store_contract_tests {
             concurrent_claims_of_one_task_have_one_winner,
             concurrent_terminal_transitions_of_one_session_have_one_winner,
             list_sessions_newest_first_and_paginates,
+            list_sessions_across_agents_newest_first_by_status_and_paginates,
             runnable_tasks_are_pending_due_oldest_first,
             due_timers_cover_every_task_in_timer_order,
             invalid_cursors_are_refused,

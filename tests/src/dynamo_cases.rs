@@ -339,6 +339,14 @@ pub async fn request_counts_per_operation(f: Fixture) {
     mark("get session (with its tasks)", &mut rows);
     st.get_task(&t0.key()).await.unwrap();
     mark("get task", &mut rows);
+    st.list_sessions_across_agents(None, PageRequest::first(50))
+        .await
+        .unwrap();
+    mark("list sessions across agents (one page)", &mut rows);
+    st.list_sessions_across_agents(Some(SessionStatus::Failed), PageRequest::first(50))
+        .await
+        .unwrap();
+    mark("list sessions across agents by status (one page)", &mut rows);
     st.runnable_tasks(&aid("a1"), t(30), 10).await.unwrap();
     mark("runnable tasks of an agent", &mut rows);
     st.due_timers(t(30), 10).await.unwrap();
@@ -441,6 +449,14 @@ pub async fn request_counts_per_operation(f: Fixture) {
         assert_eq!(count(list).query, 32, "{list}");
         assert_eq!(count(list).batch_get_item, 1, "{list}");
     }
+    // Five statuses × 8 shards, or one status's 8; a page with nothing in it reads no item.
+    assert_eq!(count("list sessions across agents (one page)").query, 40);
+    assert_eq!(count("list sessions across agents (one page)").batch_get_item, 1);
+    assert_eq!(count("list sessions across agents by status (one page)").query, 8);
+    assert_eq!(
+        count("list sessions across agents by status (one page)").batch_get_item,
+        0
+    );
 }
 
 pub async fn index_attributes_are_absent_never_null(f: Fixture) {
@@ -497,11 +513,19 @@ pub async fn index_attributes_are_absent_never_null(f: Fixture) {
     .await
     .unwrap();
     let spk = format!("S#{}", s.session_id);
+    let session_item = raw(&f, spk.clone(), "S").await.unwrap();
     assert_shape(
-        &raw(&f, spk.clone(), "S").await.unwrap(),
-        &["gsi1pk", "gsi1sk", "initialPayload", "rev"],
-        &["endTime", "result", "error", "idempotencyKey", "gsi2pk", "gsi3pk"],
+        &session_item,
+        &["gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk", "initialPayload", "rev"],
+        &["endTime", "result", "error", "idempotencyKey", "gsi3pk"],
     );
+    // The sessions list of every agent is sharded by session and keyed by status.
+    let session_shard = opscore_dynamo::items::keys::session_shard(&s.session_id);
+    assert_eq!(
+        session_item["gsi2pk"],
+        AttributeValue::S(format!("SESSIONS#{session_shard}#started"))
+    );
+    assert_eq!(session_item["gsi2sk"], session_item["gsi1sk"]);
     assert_shape(
         &raw(&f, spk.clone(), "T#fetch").await.unwrap(),
         &["gsi2pk", "gsi2sk"],

@@ -13,7 +13,13 @@ pub const AGENT_WORKFLOW: &str = "/v1/opscore/agent/{agentId}/workflow";
 pub const AGENT_SESSIONS: &str = "/v1/opscore/agent/{agentId}/sessions";
 pub const WORKFLOWS: &str = "/v1/opscore/workflows";
 pub const WORKFLOW: &str = "/v1/opscore/workflows/{workflowId}";
+/// The latest sessions of every agent.
+pub const SESSIONS: &str = "/v1/opscore/sessions";
 pub const SESSION: &str = "/v1/opscore/sessions/{sessionId}";
+/// The operator console (a page, public: the API calls it makes carry the bearer key).
+pub const CONSOLE: &str = "/console";
+/// The console's assets (`/console/assets/{file}`).
+pub const CONSOLE_ASSET: &str = "/console/assets/{file}";
 pub const SESSION_CANCEL: &str = "/v1/opscore/sessions/{sessionId}/cancel";
 /// AgentKit's signed registration webhook.
 pub const NOTIFY: &str = "/v1/opscore/internal/agent/notify";

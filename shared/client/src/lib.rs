@@ -34,6 +34,7 @@ use opscore_api::{
     AgentStateView, AgentView, Health, HistoryEntryView, PageView, SessionDetail, SessionSummary, StateUpdateAccepted,
     StateUpdateRequest, TriggerRequest, TriggerResponse, WorkflowSummary, WorkflowView,
 };
+use opscore_core::session::SessionStatus;
 use opscore_core::workflow::WorkflowDefinition;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, Url};
@@ -526,6 +527,19 @@ impl Client {
         self.send(&Call::get(paths::AGENT_SESSIONS, &[agent_id]).page(page))
             .await?
             .decode()
+    }
+
+    /// `GET /v1/opscore/sessions[?status=S]`: the latest sessions of every agent, newest first.
+    pub async fn list_sessions_across_agents(
+        &self,
+        status: Option<SessionStatus>,
+        page: &PageOpts,
+    ) -> Result<PageView<SessionSummary>, Error> {
+        let mut call = Call::get(paths::SESSIONS, &[]).page(page);
+        if let Some(s) = status {
+            call.query.insert(0, ("status", s.as_str().to_owned()));
+        }
+        self.send(&call).await?.decode()
     }
 
     /// `POST /v1/opscore/sessions/{sessionId}/cancel` (never retried). A session that already

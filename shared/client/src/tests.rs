@@ -360,6 +360,10 @@ async fn list_queries_carry_the_filter_and_page() {
     c.state_history("a", &PageOpts::limit(7)).await.unwrap();
     c.list_sessions("a", &PageOpts::default()).await.unwrap();
     c.list_workflows(&PageOpts::default()).await.unwrap();
+    c.list_sessions_across_agents(Some(opscore_core::session::SessionStatus::Failed), &PageOpts::limit(3))
+        .await
+        .unwrap();
+    c.list_sessions_across_agents(None, &PageOpts::default()).await.unwrap();
     let paths: Vec<String> = f.seen().into_iter().map(|s| s.path).collect();
     assert_eq!(
         paths,
@@ -368,6 +372,8 @@ async fn list_queries_carry_the_filter_and_page() {
             "/stage/v1/opscore/agent/a/state/history?limit=7",
             "/stage/v1/opscore/agent/a/sessions",
             "/stage/v1/opscore/workflows",
+            "/stage/v1/opscore/sessions?status=failed&limit=3",
+            "/stage/v1/opscore/sessions",
         ]
     );
 }

@@ -317,6 +317,15 @@ impl App {
         Ok(self.store.list_sessions(agent, page).await?)
     }
 
+    /// The latest sessions of every agent, newest first; with `status`, only those in it.
+    pub async fn list_sessions_across_agents(
+        &self,
+        status: Option<SessionStatus>,
+        page: PageRequest,
+    ) -> Result<Page<Session>, AppError> {
+        Ok(self.store.list_sessions_across_agents(status, page).await?)
+    }
+
     /// Cancels a session that has not ended: the session, its open task and the agent's
     /// in-flight marker change together. An ended session answers 409 with its status.
     pub async fn cancel_session(&self, id: &SessionId) -> Result<SessionView, AppError> {

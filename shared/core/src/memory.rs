@@ -3,7 +3,7 @@
 
 use crate::agent::{Agent, AgentDetails, HistoryEntry, Registration, StateName, StateReport};
 use crate::ids::{AgentId, IdempotencyKey, SessionId, TaskId, WorkflowId, WorkflowVersion};
-use crate::session::Session;
+use crate::session::{Session, SessionStatus};
 use crate::store::*;
 use crate::task::{TaskInstance, TaskKey, TaskStatus};
 use crate::time::{self, Clock, SystemClock, Timestamp};
@@ -496,6 +496,41 @@ impl Store for InMemoryStore {
             .collect();
         items.sort_by(|a, b| a.0.cmp(&b.0));
         page_of(items, &page, &format!("sessions/{agent}"))
+    }
+
+    async fn list_sessions_across_agents(
+        &self,
+        status: Option<SessionStatus>,
+        page: PageRequest,
+    ) -> Result<Page<Session>, StoreError> {
+        let s = self.lock();
+        // Newest first, then session id descending: the complement of both makes an ascending key.
+        let mut items: Vec<(String, Session)> = s
+            .sessions
+            .values()
+            .filter(|x| status.is_none_or(|st| x.status == st))
+            .map(|x| {
+                let id_desc: String = x
+                    .session_id
+                    .to_string()
+                    .bytes()
+                    .map(|b| char::from(b'~' - (b - b' ')))
+                    .collect();
+                (
+                    format!(
+                        "{:023}#{id_desc}",
+                        time::ORDER_KEY_BOUND - time::order_key(x.start_time)
+                    ),
+                    x.clone(),
+                )
+            })
+            .collect();
+        items.sort_by(|a, b| a.0.cmp(&b.0));
+        let list = match status {
+            None => "sessions".to_owned(),
+            Some(st) => format!("sessions?status={}", st.as_str()),
+        };
+        page_of(items, &page, &list)
     }
 
     async fn get_task(&self, key: &TaskKey) -> Result<Option<TaskInstance>, StoreError> {

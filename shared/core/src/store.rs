@@ -304,6 +304,14 @@ pub trait Store: Send + Sync + 'static {
     async fn get_session(&self, id: &SessionId) -> Result<Option<SessionView>, StoreError>;
     /// Newest first.
     async fn list_sessions(&self, agent: &AgentId, page: PageRequest) -> Result<Page<Session>, StoreError>;
+    /// The sessions of every agent, newest start first (sessions started at the same instant by
+    /// session id, descending); with `status`, only sessions currently in that status. What an
+    /// operator looks at first (the console's sessions view, `GET /v1/opscore/sessions`).
+    async fn list_sessions_across_agents(
+        &self,
+        status: Option<SessionStatus>,
+        page: PageRequest,
+    ) -> Result<Page<Session>, StoreError>;
     async fn get_task(&self, key: &TaskKey) -> Result<Option<TaskInstance>, StoreError>;
     /// Pending tasks of this agent that are due by `now`, oldest due first.
     async fn runnable_tasks(&self, agent: &AgentId, now: Timestamp, limit: u32) -> Result<Vec<TaskKey>, StoreError>;

@@ -226,6 +226,14 @@ impl crate::store::Store for CountingStore {
         self.count("list_sessions");
         self.inner.list_sessions(agent, page).await
     }
+    async fn list_sessions_across_agents(
+        &self,
+        status: Option<crate::session::SessionStatus>,
+        page: crate::store::PageRequest,
+    ) -> Result<crate::store::Page<crate::session::Session>, crate::store::StoreError> {
+        self.count("list_sessions_across_agents");
+        self.inner.list_sessions_across_agents(status, page).await
+    }
     async fn get_task(
         &self,
         key: &crate::task::TaskKey,

@@ -22,8 +22,8 @@ pub const SK: &str = "sk";
 /// The lists index (keys `gsi1pk`/`gsi1sk`, `KEYS_ONLY`): agents by id, an agent's sessions,
 /// workflow versions. Its queries return keys; the items are then read from the table.
 pub const GSI1: &str = "lists";
-/// The work index (keys `gsi2pk`/`gsi2sk`, `INCLUDE` [`WORK_PROJECTION`]): agents by state and an
-/// agent's runnable tasks.
+/// The work index (keys `gsi2pk`/`gsi2sk`, `INCLUDE` [`WORK_PROJECTION`]): agents by state, an
+/// agent's runnable tasks and sessions by status.
 pub const GSI2: &str = "work";
 /// The timer index (keys `gsi3pk`/`gsi3sk`, `INCLUDE` [`TIMER_PROJECTION`]).
 pub const GSI3: &str = "timers";
@@ -45,6 +45,12 @@ pub const TIMER_SHARDS: u8 = 16;
 /// all writes with 1,000 agents (the heat check, `tests`); listing all agents costs 32 parallel
 /// queries, which only the API's list endpoints pay.
 pub const AGENT_SHARDS: u8 = 32;
+/// Shards of the work index's session lists (`SESSIONS#{n}#{status}`). A session's entry moves
+/// on each status change (started → running → ended: five index writes a session); 8 shards keep
+/// one key near 1.3 % of the work index's writes with 1,000 agents (the heat check). Listing the
+/// latest sessions of every status costs 8 × 5 = 40 parallel queries, one status 8: only the
+/// API's sessions list (the console) pays them.
+pub const SESSION_SHARDS: u8 = 8;
 /// Shards of the workflow list (`WORKFLOWS#{n}`): written once per definition, listed rarely.
 pub const WORKFLOW_SHARDS: u8 = 8;
 
@@ -124,6 +130,16 @@ pub mod keys {
     }
     pub fn task_sk(id: &TaskId) -> String {
         format!("T#{id}")
+    }
+    /// The sessions lists of the work index, one per status: `SESSIONS` (the name cursors of
+    /// the unfiltered list carry), `SESSIONS#{status}` for one status.
+    pub const SESSIONS: &str = "SESSIONS";
+    pub fn session_shard(id: &SessionId) -> u8 {
+        shard_of(&id.to_string(), SESSION_SHARDS)
+    }
+    /// `SESSIONS#{n}#{status}`: the work index partition of shard `n` of the sessions in `status`.
+    pub fn sessions_pk(shard: u8, status: SessionStatus) -> String {
+        format!("{SESSIONS}#{shard}#{}", status.as_str())
     }
     pub fn sessions_of_agent(agent: &AgentId) -> String {
         format!("AGENT#{agent}#SESSIONS")
@@ -474,6 +490,12 @@ pub struct SessionItem {
     pub rev: u64,
     pub gsi1pk: String,
     pub gsi1sk: String,
+    /// The sessions list of the work index (`SESSIONS#{n}#{status}`, sort key as `gsi1sk`).
+    /// Absent on sessions written before the list existed: they are not listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gsi2pk: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gsi2sk: Option<String>,
 }
 
 impl SessionItem {
@@ -495,6 +517,8 @@ impl SessionItem {
             rev: s.rev,
             gsi1pk: keys::sessions_of_agent(&s.agent_id),
             gsi1sk: keys::session_gsi1sk(s.start_time, &s.session_id),
+            gsi2pk: Some(keys::sessions_pk(keys::session_shard(&s.session_id), s.status)),
+            gsi2sk: Some(keys::session_gsi1sk(s.start_time, &s.session_id)),
         }
     }
     pub fn into_session(self) -> Session {

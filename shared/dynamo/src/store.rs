@@ -530,12 +530,22 @@ impl DynamoStore {
     /// that are exhausted (see [`ShardedPosition`]), so no entry is skipped or repeated across
     /// pages whatever shard it lives in. Returns the index entries (keys and what the index
     /// projects), in order.
+    ///
+    ///
+    /// `forward`: ascending sort keys (and the cursor's position is "after"); otherwise
+    /// descending (the position is "before"). `entries_move`: an entry may move to another of
+    /// the partitions between two pages, keeping its sort key (a session changing status), so
+    /// no partition counts as exhausted: every one is asked again, and a moved entry is listed
+    /// exactly once (before the position it was listed already, after it it will be).
+    #[allow(clippy::too_many_arguments)]
     async fn sharded_page(
         &self,
         index: &'static str,
         (pk_attr, sk_attr): (&'static str, &'static str),
         list: &str,
         partitions: &[String],
+        forward: bool,
+        entries_move: bool,
         page: &PageRequest,
     ) -> Result<(Vec<RawItem>, Option<String>), StoreError> {
         let limit = page.limit.max(1) as usize;
@@ -553,7 +563,11 @@ impl DynamoStore {
             let condition = match &after {
                 Some(a) => {
                     expr = expr.name("#sk", sk_attr).value(":after", s(a));
-                    "#pk = :pk AND #sk > :after"
+                    if forward {
+                        "#pk = :pk AND #sk > :after"
+                    } else {
+                        "#pk = :pk AND #sk < :after"
+                    }
                 }
                 None => "#pk = :pk",
             };
@@ -561,7 +575,7 @@ impl DynamoStore {
                 if done & (1u64 << n) != 0 {
                     return Ok(Vec::new());
                 }
-                self.query_all(Some(index), condition, expr, true, Some(want)).await
+                self.query_all(Some(index), condition, expr, forward, Some(want)).await
             }
         });
         let answers = futures::future::try_join_all(queries).await?;
@@ -573,7 +587,11 @@ impl DynamoStore {
                 merged.push((sk, n, raw.clone()));
             }
         }
-        merged.sort_by(|a, b| a.0.cmp(&b.0));
+        if forward {
+            merged.sort_by(|a, b| a.0.cmp(&b.0));
+        } else {
+            merged.sort_by(|a, b| b.0.cmp(&a.0));
+        }
         let more = merged.len() > limit;
         merged.truncate(limit);
         let next = match merged.last() {
@@ -582,7 +600,7 @@ impl DynamoStore {
                 let mut now_done = done;
                 for (n, raws) in answers.iter().enumerate() {
                     let taken = merged.iter().filter(|(_, m, _)| *m == n).count();
-                    if raws.len() < want && taken == raws.len() {
+                    if !entries_move && raws.len() < want && taken == raws.len() {
                         now_done |= 1u64 << n;
                     }
                 }
@@ -1099,7 +1117,9 @@ impl Store for DynamoStore {
                 shards.map(|n| keys::state_pk(n, st)).collect(),
             ),
         };
-        let (entries, next_cursor) = self.sharded_page(index, key_attrs, &list, &partitions, &page).await?;
+        let (entries, next_cursor) = self
+            .sharded_page(index, key_attrs, &list, &partitions, true, false, &page)
+            .await?;
         let mut items = Vec::with_capacity(entries.len());
         for raw in self.items_of(&entries).await? {
             let agent = decode_agent(raw)?;
@@ -1180,7 +1200,15 @@ impl Store for DynamoStore {
     async fn list_workflows(&self, page: PageRequest) -> Result<Page<StoredWorkflow>, StoreError> {
         let partitions: Vec<String> = (0..items::WORKFLOW_SHARDS).map(keys::workflows_pk).collect();
         let (entries, next_cursor) = self
-            .sharded_page(items::GSI1, ("gsi1pk", "gsi1sk"), keys::WORKFLOWS, &partitions, &page)
+            .sharded_page(
+                items::GSI1,
+                ("gsi1pk", "gsi1sk"),
+                keys::WORKFLOWS,
+                &partitions,
+                true,
+                false,
+                &page,
+            )
             .await?;
         let items = self
             .items_of(&entries)
@@ -1250,6 +1278,48 @@ impl Store for DynamoStore {
             .into_iter()
             .map(|r| decode::<SessionItem>(r, "session").map(SessionItem::into_session))
             .collect::<Result<_, _>>()?;
+        Ok(Page { items, next_cursor })
+    }
+
+    async fn list_sessions_across_agents(
+        &self,
+        status: Option<SessionStatus>,
+        page: PageRequest,
+    ) -> Result<Page<Session>, StoreError> {
+        let statuses: &[SessionStatus] = match &status {
+            Some(st) => std::slice::from_ref(st),
+            None => &SessionStatus::ALL,
+        };
+        let partitions: Vec<String> = statuses
+            .iter()
+            .flat_map(|st| (0..items::SESSION_SHARDS).map(move |n| keys::sessions_pk(n, *st)))
+            .collect();
+        let list = match status {
+            None => keys::SESSIONS.to_owned(),
+            Some(st) => format!("{}#{}", keys::SESSIONS, st.as_str()),
+        };
+        // Sort keys `{start nanos}#{session id}` are unique across shards and statuses; a session
+        // that changes status between two pages keeps its sort key, so it is neither repeated
+        // nor skipped (no partition counts as exhausted: `entries_move`).
+        let (entries, next_cursor) = self
+            .sharded_page(
+                items::GSI2,
+                ("gsi2pk", "gsi2sk"),
+                &list,
+                &partitions,
+                false,
+                true,
+                &page,
+            )
+            .await?;
+        let mut items = Vec::with_capacity(entries.len());
+        for raw in self.items_of(&entries).await? {
+            let session = decode::<SessionItem>(raw, "session")?.into_session();
+            // The index is eventually consistent; the item just read is the truth.
+            if status.is_none_or(|st| session.status == st) {
+                items.push(session);
+            }
+        }
         Ok(Page { items, next_cursor })
     }
 

@@ -9,6 +9,7 @@
 //! [`App`]: opscore_core::app::App
 
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod extract;
 mod layers;

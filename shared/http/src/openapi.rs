@@ -94,11 +94,12 @@ mod tests {
         let router = router(app, config, Surface::Both);
         let doc = serde_json::to_value(document()).unwrap();
         let paths = doc["paths"].as_object().unwrap();
-        assert_eq!(paths.len(), 13, "{:?}", paths.keys());
+        assert_eq!(paths.len(), 16, "{:?}", paths.keys());
         let mut documented = 0;
         for (path, item) in paths {
             let concrete = path
                 .replace("{sessionId}", "00000000-0000-4000-8000-000000000000")
+                .replace("{file}", "app.js")
                 .replace(['{', '}'], "");
             for method in [Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::PATCH] {
                 let op = &item[method.as_str().to_lowercase()];
@@ -130,7 +131,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(documented, 15);
+        assert_eq!(documented, 18);
     }
 
     /// A client can branch on a failed session's `error.code`: the document lists every value.

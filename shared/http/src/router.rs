@@ -26,6 +26,7 @@ use opscore_core::app::App;
 use opscore_core::config::Config;
 use opscore_core::ids::WorkflowVersion;
 use opscore_core::secrets::LiveSecrets;
+use opscore_core::session::SessionStatus;
 use opscore_core::workflow::{Format, WorkflowDefinition};
 use serde::Serialize;
 use std::sync::{Arc, LazyLock};
@@ -110,6 +111,8 @@ fn public() -> OpenApiRouter<Arc<Api>> {
     OpenApiRouter::with_openapi(openapi::base())
         .routes(routes!(health))
         .routes(routes!(openapi_json))
+        .routes(routes!(crate::console::console))
+        .routes(routes!(crate::console::console_asset))
 }
 
 /// The state API's routes; each needs the bearer key (a route layer added by [`router`]).
@@ -123,6 +126,7 @@ fn state_api() -> OpenApiRouter<Arc<Api>> {
         .routes(routes!(list_sessions))
         .routes(routes!(list_workflows, create_workflow))
         .routes(routes!(get_workflow))
+        .routes(routes!(list_sessions_across_agents))
         .routes(routes!(get_session))
         .routes(routes!(cancel_session))
 }
@@ -347,6 +351,36 @@ async fn list_sessions(
     q: Query,
 ) -> Result<Response, HttpError> {
     let p = api.app.list_sessions(&id, q.page()?).await?;
+    Ok(json(
+        StatusCode::OK,
+        &PageView {
+            items: p.items.iter().map(SessionSummary::from).collect(),
+            next_cursor: p.next_cursor,
+        },
+    ))
+}
+
+#[utoipa::path(get, path = paths::SESSIONS, security(("bearer" = [])),
+    params(("status" = Option<SessionStatus>, Query, description = "Only sessions currently in this status"),
+           ("limit" = Option<u32>, Query, minimum = 1, maximum = 100), ("cursor" = Option<String>, Query, min_length = 1)),
+    responses((status = 200, description = "The sessions of every agent, newest start first", body = PageView<SessionSummary>),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn list_sessions_across_agents(State(api): State<Arc<Api>>, q: Query) -> Result<Response, HttpError> {
+    let page = q.page()?;
+    let status = match q.get("status")? {
+        None => None,
+        Some(s) => Some(
+            SessionStatus::ALL
+                .into_iter()
+                .find(|st| st.as_str() == s)
+                .ok_or_else(|| {
+                    HttpError::bad_request(format!(
+                        "query parameter status must be one of started, running, completed, failed, cancelled; got {s:?}"
+                    ))
+                })?,
+        ),
+    };
+    let p = api.app.list_sessions_across_agents(status, page).await?;
     Ok(json(
         StatusCode::OK,
         &PageView {

@@ -25,7 +25,7 @@ use cache::{Image, ItemCache, SessionEntry};
 use opscore_core::agent::{Agent, AgentDetails, HistoryEntry, Registration, StateName, StateReport};
 use opscore_core::ids::{AgentId, SessionId, TaskId, WorkflowId, WorkflowVersion};
 use opscore_core::runner::Runner;
-use opscore_core::session::Session;
+use opscore_core::session::{Session, SessionStatus};
 use opscore_core::store::*;
 use opscore_core::task::{TaskInstance, TaskKey, TaskStatus};
 use opscore_core::time::{self, Clock, SystemClock, Timestamp};
@@ -64,6 +64,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     session_id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, started INTEGER NOT NULL,
     item TEXT NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS sessions_by_agent ON sessions (agent_id, started, session_id);
+-- The latest sessions across agents (added after schema 1 shipped: created on open if missing).
+CREATE INDEX IF NOT EXISTS sessions_by_start ON sessions (started, session_id);
 CREATE TABLE IF NOT EXISTS tasks (
     session_id TEXT NOT NULL, task_id TEXT NOT NULL, agent_id TEXT NOT NULL, status TEXT NOT NULL,
     due_at INTEGER NOT NULL, timer_at INTEGER, item TEXT NOT NULL,
@@ -1009,6 +1011,46 @@ impl Store for SqliteStore {
                  AND (started < ?2 OR (started = ?2 AND session_id > ?3)) \
                  ORDER BY started DESC, session_id LIMIT ?4",
                 params![agent.as_str(), started, sid, limit as i64 + 1],
+            ),
+        })?;
+        Ok(page_of(items, limit, |s| {
+            cursor::encode(&list, &[&nanos(s.start_time).to_string(), &s.session_id.to_string()])
+        }))
+    }
+
+    async fn list_sessions_across_agents(
+        &self,
+        status: Option<SessionStatus>,
+        page: PageRequest,
+    ) -> Result<Page<Session>, StoreError> {
+        let list = match status {
+            None => "all sessions".to_owned(),
+            Some(st) => format!("all sessions\u{1e}{}", st.as_str()),
+        };
+        let after = match &page.cursor {
+            Some(c) => {
+                let k = cursor::decode(c, &list, 2)?;
+                Some((cursor::int(&k[0])?, k[1].clone()))
+            }
+            None => None,
+        };
+        let limit = limit_of(&page);
+        // Newest first, then session id descending (the index `sessions_by_start` walked
+        // backwards); the status is read from the stored item (`?1` NULL: any status).
+        let status = status.map(|s| s.as_str());
+        let items: Vec<Session> = self.read(|c| match &after {
+            None => query_items(
+                c,
+                "SELECT item FROM sessions WHERE (?1 IS NULL OR json_extract(item, '$.status') = ?1) \
+                 ORDER BY started DESC, session_id DESC LIMIT ?2",
+                params![status, limit as i64 + 1],
+            ),
+            Some((started, sid)) => query_items(
+                c,
+                "SELECT item FROM sessions WHERE (?1 IS NULL OR json_extract(item, '$.status') = ?1) \
+                 AND (started < ?2 OR (started = ?2 AND session_id < ?3)) \
+                 ORDER BY started DESC, session_id DESC LIMIT ?4",
+                params![status, started, sid, limit as i64 + 1],
             ),
         })?;
         Ok(page_of(items, limit, |s| {

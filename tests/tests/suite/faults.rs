@@ -18,7 +18,7 @@ use opscore_core::app::{App, DefinitionSource, Settings};
 use opscore_core::config::{Config, Secret};
 use opscore_core::ids::{AgentId, SessionId, WorkflowId, WorkflowVersion};
 use opscore_core::memory::InMemoryStore;
-use opscore_core::session::Session;
+use opscore_core::session::{Session, SessionStatus};
 use opscore_core::store::*;
 use opscore_core::task::{TaskInstance, TaskKey, TaskStatus};
 use opscore_core::time::{Clock, ManualClock, Timestamp};
@@ -469,6 +469,13 @@ impl Store for Flaky {
     }
     async fn list_sessions(&self, agent: &AgentId, page: PageRequest) -> Result<Page<Session>, StoreError> {
         self.inner.list_sessions(agent, page).await
+    }
+    async fn list_sessions_across_agents(
+        &self,
+        status: Option<SessionStatus>,
+        page: PageRequest,
+    ) -> Result<Page<Session>, StoreError> {
+        self.inner.list_sessions_across_agents(status, page).await
     }
     async fn get_task(&self, key: &TaskKey) -> Result<Option<TaskInstance>, StoreError> {
         self.inner.get_task(key).await

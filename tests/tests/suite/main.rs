@@ -6,6 +6,8 @@
 
 mod agentkit_vectors;
 mod bad_input;
+#[cfg(feature = "browser")]
+mod console_browser;
 mod e2e_local;
 mod faults;
 mod fixtures;
