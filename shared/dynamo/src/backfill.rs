@@ -377,4 +377,92 @@ mod tests {
         assert_eq!(serde_json::from_str::<ScanPosition>(&json).unwrap(), p);
         assert_eq!(ScanPosition::from_key(&p.to_key()), Some(p));
     }
+
+    /// The two conditions, on a real store: a report that changed the state after the scan makes
+    /// the update read the item again and file the agent under its new state; an item deleted
+    /// after the scan is left deleted.
+    #[cfg(feature = "local")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_state_changed_after_the_scan_is_read_again_and_a_deleted_item_stays_deleted() {
+        use opscore_core::agent::{AgentDetails, StateReport};
+        use opscore_core::store::Store;
+        let server = crate::EmbeddedDynamo::start().await.unwrap();
+        let client = server.client().await;
+        crate::ensure_table(&client, "opscore").await.unwrap();
+        let store = crate::DynamoStore::new(client.clone(), "opscore");
+        let id = AgentId::parse("a1").unwrap();
+        let now = chrono::Utc::now();
+        let details = AgentDetails {
+            agent_id: id.clone(),
+            agent_name: "n".into(),
+            version: "1".into(),
+            capabilities: vec![],
+            contact_endpoint: "http://127.0.0.1:9/task".into(),
+            metadata: serde_json::Map::new(),
+            registration_time: None,
+        };
+        store.register_agent(details, now).await.unwrap();
+        let busy = StateName::parse("busy").unwrap();
+        let report = StateReport {
+            agent_id: id.clone(),
+            state: busy.clone(),
+            details: None,
+            timestamp: now,
+        };
+        store
+            .report_state(&report, now, std::time::Duration::from_secs(3600))
+            .await
+            .unwrap();
+        let key = |pk: &str| {
+            client
+                .get_item()
+                .table_name("opscore")
+                .key(items::PK, AttributeValue::S(pk.into()))
+                .key(items::SK, AttributeValue::S(keys::AGENT_SK.into()))
+                .consistent_read(true)
+        };
+        // An agent written before issue 16 whose `busy` report came from today's code: the report
+        // set `gsi2pk`, `gsi1pk` is still the old list key.
+        client
+            .update_item()
+            .table_name("opscore")
+            .key(items::PK, AttributeValue::S("AGENT#a1".into()))
+            .key(items::SK, AttributeValue::S(keys::AGENT_SK.into()))
+            .update_expression("SET gsi1pk = :old")
+            .expression_attribute_values(":old", AttributeValue::S("AGENTS".into()))
+            .send()
+            .await
+            .unwrap();
+        // What a scan taken before the `busy` report saw: state idle, the old keys.
+        let mut stale = key("AGENT#a1").send().await.unwrap().item.unwrap();
+        stale.insert("state".into(), AttributeValue::S("idle".into()));
+        stale.insert("gsi1pk".into(), AttributeValue::S("AGENTS".into()));
+        stale.insert("gsi2pk".into(), AttributeValue::S("STATE#idle".into()));
+        let target = target_of(&stale).unwrap().unwrap();
+        let backfill = KeyBackfill::new(client.clone(), "opscore");
+        let mut counts = BackfillCounts::default();
+        let outcome = backfill.fix(stale, target, &mut counts).await.unwrap();
+        assert!(matches!(outcome, Outcome::Updated));
+        assert_eq!(counts.retried, 1, "the condition on the scanned state failed once");
+        let item = key("AGENT#a1").send().await.unwrap().item.unwrap();
+        assert_eq!(string(&item, "gsi2pk"), Some(keys::state_gsi2pk(&id, &busy)));
+        assert_eq!(string(&item, "gsi1pk"), Some(keys::agents_pk(keys::agent_shard(&id))));
+
+        // Deleted after the scan: nothing is written back.
+        let mut gone = item.clone();
+        gone.insert("gsi1pk".into(), AttributeValue::S("AGENTS".into()));
+        let target = target_of(&gone).unwrap().unwrap();
+        client
+            .delete_item()
+            .table_name("opscore")
+            .key(items::PK, AttributeValue::S("AGENT#a1".into()))
+            .key(items::SK, AttributeValue::S(keys::AGENT_SK.into()))
+            .send()
+            .await
+            .unwrap();
+        let outcome = backfill.fix(gone, target, &mut counts).await.unwrap();
+        assert!(matches!(outcome, Outcome::Gone));
+        assert_eq!(key("AGENT#a1").send().await.unwrap().item, None);
+        server.stop().await;
+    }
 }
