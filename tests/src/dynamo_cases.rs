@@ -597,6 +597,167 @@ pub async fn foreign_and_forged_cursors_are_refused(f: Fixture) {
     }
 }
 
+/// Every agent and every workflow version, as the list endpoints see them (one big page each).
+async fn listed(f: &Fixture) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let agents = f
+        .store
+        .list_agents(None, PageRequest::first(100))
+        .await
+        .expect("list agents");
+    let busy = StateName::parse("busy").unwrap();
+    let busy = f
+        .store
+        .list_agents(Some(&busy), PageRequest::first(100))
+        .await
+        .expect("list busy");
+    let workflows = f
+        .store
+        .list_workflows(PageRequest::first(100))
+        .await
+        .expect("list workflows");
+    let mut a: Vec<String> = agents.items.iter().map(|a| a.details.agent_id.to_string()).collect();
+    let mut b: Vec<String> = busy.items.iter().map(|a| a.details.agent_id.to_string()).collect();
+    let mut w: Vec<String> = workflows
+        .items
+        .iter()
+        .map(|w| format!("{}@{}", w.definition.id, w.definition.version))
+        .collect();
+    a.sort();
+    b.sort();
+    w.sort();
+    (a, b, w)
+}
+
+/// docs/deploy.md, in-place upgrade step 3: agents and workflow versions written with the keys
+/// from before issue 16 (`AGENTS`, `STATE#{state}`, `WORKFLOWS`) are invisible to the sharded
+/// lists until `opscore_dynamo::backfill` rewrites them; a dry run writes nothing, the backfill
+/// resumes from a printed position, and a second run changes nothing.
+pub async fn backfill_moves_items_written_before_issue_16_to_the_sharded_keys(f: Fixture) {
+    use opscore_dynamo::backfill::{BackfillCounts, KeyBackfill};
+    let d = f.dynamo();
+    let st = &f.store;
+    let agents = ["a1", "a2", "a3", "a4", "a5"];
+    for (i, a) in agents.iter().enumerate() {
+        st.register_agent(details(a), t(0)).await.unwrap();
+        let state = if i < 3 { "busy" } else { "idle" };
+        st.report_state(&report(a, state, t(10)), t(10), HISTORY_TTL)
+            .await
+            .unwrap();
+    }
+    for (wf, v) in [("wf-1", "1"), ("wf-1", "2"), ("wf-2", "1")] {
+        st.put_workflow(&crate::contract::definition(wf, v), t(0))
+            .await
+            .unwrap();
+    }
+    // A session of a1 (with its own gsi1pk) and the history items: not the backfill's to touch.
+    let a1_session = session("a1", t(20));
+    st.commit(vec![Write::CreateSession(a1_session.clone())]).await.unwrap();
+    let expected = (
+        agents.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        vec!["a1".to_string(), "a2".into(), "a3".into()],
+        vec!["wf-1@1".to_string(), "wf-1@2".into(), "wf-2@1".into()],
+    );
+    assert_eq!(listed(&f).await, expected, "written by today's code, listed");
+
+    // Back to the keys the code before issue 16 wrote.
+    let old_keys = |pk: String, sk: &str, gsi1pk: &str, gsi2pk: Option<String>| {
+        let mut u = d
+            .client
+            .update_item()
+            .table_name(&d.table)
+            .key("pk", AttributeValue::S(pk))
+            .key("sk", AttributeValue::S(sk.into()))
+            .expression_attribute_values(":g1", AttributeValue::S(gsi1pk.into()));
+        u = match gsi2pk {
+            Some(g2) => u
+                .update_expression("SET gsi1pk = :g1, gsi2pk = :g2")
+                .expression_attribute_values(":g2", AttributeValue::S(g2)),
+            None => u.update_expression("SET gsi1pk = :g1"),
+        };
+        u.condition_expression("attribute_exists(pk)").send()
+    };
+    for (i, a) in agents.iter().enumerate() {
+        let state = if i < 3 { "busy" } else { "idle" };
+        old_keys(format!("AGENT#{a}"), "A", "AGENTS", Some(format!("STATE#{state}")))
+            .await
+            .expect("old agent keys");
+    }
+    for (wf, v) in [("wf-1", "1"), ("wf-1", "2"), ("wf-2", "1")] {
+        old_keys(format!("WF#{wf}"), &format!("V#{v}"), "WORKFLOWS", None)
+            .await
+            .expect("old workflow keys");
+    }
+    let invisible = (Vec::new(), Vec::new(), Vec::new());
+    assert_eq!(listed(&f).await, invisible, "old keys are not in the sharded lists");
+    let session_before = raw(&f, format!("S#{}", a1_session.session_id), "S").await;
+
+    let mut backfill = KeyBackfill::new(d.client.clone(), d.table.clone());
+    backfill.page_size = 3;
+    backfill.dry_run = true;
+    let dry = backfill.run(None, |_| {}).await.expect("dry run");
+    assert_eq!(
+        dry,
+        BackfillCounts {
+            examined: 8,
+            updated: 8,
+            ..Default::default()
+        }
+    );
+    assert_eq!(listed(&f).await, invisible, "a dry run writes nothing");
+
+    // One page, then resume from the position it returned, as after an interruption.
+    backfill.dry_run = false;
+    let first = backfill.page(None).await.expect("first page");
+    let next = first
+        .next
+        .clone()
+        .expect("a table of this size takes more than one page of 3");
+    let rest = backfill.run(Some(next), |_| {}).await.expect("resumed run");
+    let mut done = first.counts;
+    done += rest;
+    assert_eq!(
+        done,
+        BackfillCounts {
+            examined: 8,
+            updated: 8,
+            ..Default::default()
+        }
+    );
+    assert_eq!(listed(&f).await, expected, "backfilled, listed again");
+    for (i, a) in agents.iter().enumerate() {
+        let item = raw(&f, format!("AGENT#{a}"), "A").await.expect("agent item");
+        let state = StateName::parse(if i < 3 { "busy" } else { "idle" }).unwrap();
+        assert_eq!(
+            item.get("gsi2pk"),
+            Some(&AttributeValue::S(opscore_dynamo::items::keys::state_gsi2pk(
+                &aid(a),
+                &state
+            )))
+        );
+    }
+    assert_eq!(
+        raw(&f, format!("S#{}", a1_session.session_id), "S").await,
+        session_before,
+        "sessions are left alone"
+    );
+
+    let again = backfill.run(None, |_| {}).await.expect("second run");
+    assert_eq!(
+        again,
+        BackfillCounts {
+            examined: 8,
+            current: 8,
+            ..Default::default()
+        },
+        "a second run changes nothing"
+    );
+    // A report after the backfill moves the agent as usual.
+    st.report_state(&report("a4", "busy", t(30)), t(30), HISTORY_TTL)
+        .await
+        .unwrap();
+    assert_eq!(listed(&f).await.1, vec!["a1", "a2", "a3", "a4"]);
+}
+
 /// Stamps out the DynamoDB-only cases for a fixture of a DynamoDB-backed store.
 #[macro_export]
 macro_rules! dynamo_tests {
@@ -607,6 +768,7 @@ macro_rules! dynamo_tests {
             request_counts_per_operation,
             index_attributes_are_absent_never_null,
             foreign_and_forged_cursors_are_refused,
+            backfill_moves_items_written_before_issue_16_to_the_sharded_keys,
         );
     };
     (@cases $fixture:path; $($case:ident),* $(,)?) => {

@@ -4,6 +4,7 @@
 //! The table design (keys, indexes, item shapes, the call behind every write intent) is
 //! documented in `docs/table-design.md`.
 
+pub mod backfill;
 mod client;
 mod counters;
 mod cursor;
