@@ -20,6 +20,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod routing;
+
 /// What the runner sends to AgentKit (`POST /v1/agents/{agentId}/run`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DispatchRequest {
@@ -246,6 +248,8 @@ impl Runner {
             }
             Change::Agent { old, new: Some(a) } => {
                 let old = old.as_deref();
+                // The idle-agents index of stores that cannot keep it in the agent's own write.
+                self.store.sync_idle_agent(old, a).await?;
                 if a.is_deregistered() {
                     if old.is_none_or(|o| !o.is_deregistered()) {
                         self.fail_agent_tasks(a).await?;
@@ -256,7 +260,8 @@ impl Runner {
                     self.on_report(a).await?;
                 }
                 if a.is_available() && old.is_none_or(|o| !o.is_available() || o.current.version < a.current.version) {
-                    self.dispatch_next_for(a.id()).await?;
+                    // Its own tasks and, if it announces capabilities, routed ones (routing.rs).
+                    self.dispatch_next_for_agent(a).await?;
                 }
                 Ok(())
             }
@@ -328,6 +333,10 @@ impl Runner {
             let Some(Loaded { session, task }) = self.load(key).await? else {
                 return Ok(Claim::NotRunnable);
             };
+            // Routing (issue 18): a routed task is claimed by any capable agent (routing.rs).
+            if task.capability.is_some() {
+                return self.dispatch_routed(key, Loaded { session, task }).await;
+            }
             let now = self.clock.now();
             if task.due_at > now || session.status.is_terminal() {
                 return Ok(Claim::NotRunnable);
@@ -624,7 +633,9 @@ impl Runner {
                     agent_id: l.task.agent_id.clone(),
                     dispatch: i.dispatch.clone(),
                 }];
-                w.extend(self.fail_writes(l, now, why, false, FailureCode::AgentDeregistered)?);
+                // A routed task fails only this attempt: its retry may go to another agent.
+                let retryable = l.task.capability.is_some();
+                w.extend(self.fail_writes(l, now, why, retryable, FailureCode::AgentDeregistered)?);
                 Some(w)
             })
             .await?;
@@ -759,14 +770,20 @@ impl Runner {
         match l.task.status {
             TaskStatus::Pending => {
                 if l.task.dispatch_deadline.is_some_and(|d| d <= now) {
-                    let agent = self.store.get_agent(&l.task.agent_id).await?;
-                    let state = agent
-                        .map(|a| a.current.state.to_string())
-                        .unwrap_or_else(|| "unknown agent".into());
                     let waited = l.session.definition.dispatch_timeout().as_secs_f64();
-                    let why = format!(
-                        "not dispatched within {waited} s: the agent never became available (last state: {state})"
-                    );
+                    let why = if let Some(capability) = &l.task.capability {
+                        format!(
+                            "not dispatched within {waited} s: no agent with capability {capability:?} became available"
+                        )
+                    } else {
+                        let agent = self.store.get_agent(&l.task.agent_id).await?;
+                        let state = agent
+                            .map(|a| a.current.state.to_string())
+                            .unwrap_or_else(|| "unknown agent".into());
+                        format!(
+                            "not dispatched within {waited} s: the agent never became available (last state: {state})"
+                        )
+                    };
                     self.fail_pending(key, &why, FailureCode::DispatchTimeout).await?;
                     report.failed_attempts += 1;
                     return Ok(());

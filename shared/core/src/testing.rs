@@ -201,6 +201,34 @@ impl EngineWorld {
         t.session_id
     }
 
+    /// Registers another agent announcing `capabilities` and has it report `idle`; the runner
+    /// handles both changes.
+    pub async fn add_idle_agent(&mut self, capabilities: &[&str]) -> crate::ids::AgentId {
+        let id = crate::ids::AgentId::parse(uuid::Uuid::new_v4().to_string()).expect("a uuid is an agent id");
+        let mut details = agent_details(&id, "pool");
+        details.capabilities = capabilities.iter().map(|c| c.to_string()).collect();
+        self.app.register_agent(details).await.expect("the agent registers");
+        self.pump().await.expect("the registration's change is handled");
+        self.report_as(&id, "idle", None).await;
+        id
+    }
+
+    /// `agent` reports a state (timestamps always move forward), then the runner handles it.
+    pub async fn report_as(&mut self, agent: &crate::ids::AgentId, state: &str, details: Option<serde_json::Value>) {
+        let mut report = self.next_report(state, details);
+        report.agent_id = agent.clone();
+        self.app.report_state(&report).await.expect("the report is applied");
+        self.pump().await.expect("the runner handles the report");
+    }
+
+    /// The reference agent's work on `dispatch`, by the agent it went to: `active`, then `idle`
+    /// naming the attempt.
+    pub async fn work(&mut self, dispatch: &crate::runner::DispatchRequest) {
+        let id = serde_json::json!({"opscore_task_id": dispatch.dispatch_id});
+        self.report_as(&dispatch.agent_id, "active", Some(id.clone())).await;
+        self.report_as(&dispatch.agent_id, "idle", Some(id)).await;
+    }
+
     /// Every dispatch AgentKit was asked for, oldest first.
     pub fn dispatches(&self) -> Vec<crate::runner::DispatchRequest> {
         self.agentkit.seen.lock().unwrap().clone()
