@@ -13,6 +13,8 @@ pub const AGENT_WORKFLOW: &str = "/v1/opscore/agent/{agentId}/workflow";
 pub const AGENT_SESSIONS: &str = "/v1/opscore/agent/{agentId}/sessions";
 pub const WORKFLOWS: &str = "/v1/opscore/workflows";
 pub const WORKFLOW: &str = "/v1/opscore/workflows/{workflowId}";
+/// Starts a session of a definition routed by capability, without naming an agent (issue 18).
+pub const WORKFLOW_SESSIONS: &str = "/v1/opscore/workflows/{workflowId}/sessions";
 pub const SESSION: &str = "/v1/opscore/sessions/{sessionId}";
 pub const SESSION_CANCEL: &str = "/v1/opscore/sessions/{sessionId}/cancel";
 /// AgentKit's signed registration webhook.

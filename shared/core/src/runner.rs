@@ -102,7 +102,8 @@ where
     F: Fn(&'a Change) -> Fut,
     Fut: std::future::Future<Output = Result<(), E>>,
 {
-    in_lanes(changes, Change::agent_id, limit, handle).await
+    // Routing (issue 18): a routed task waiting for an agent is handled in its session's lane.
+    in_lanes(changes, Change::lane, limit, handle).await
 }
 
 /// [`by_agent`] for any items and any lane key.

@@ -399,7 +399,26 @@ pub enum Change {
     },
 }
 
+/// Which lane of a runner handles a change (see [`Change::lane`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Lane {
+    Agent(AgentId),
+    Session(SessionId),
+}
+
 impl Change {
+    /// The lane a runner handles this change in: the agent's (its changes strictly in order),
+    /// except a routed task waiting for an agent (routing, issue 18), which is no agent's yet:
+    /// it gets its session's lane, so that the dispatches of routed tasks do not queue behind one
+    /// another in the lane of the agent their sessions were started on. Handling such a change
+    /// only tries a conditional claim, which needs no order with the agent's changes.
+    pub fn lane(&self) -> Option<Lane> {
+        match self {
+            Change::Task { new: Some(t), .. } if t.runnable_capability().is_some() => Some(Lane::Session(t.session_id)),
+            _ => self.agent_id().cloned().map(Lane::Agent),
+        }
+    }
+
     /// The agent the changed item belongs to: the runner keeps each agent's changes in order.
     pub fn agent_id(&self) -> Option<&AgentId> {
         match self {

@@ -242,3 +242,86 @@ async fn an_agent_becoming_idle_takes_the_oldest_of_its_own_and_its_capabilities
     let d = w.dispatches();
     assert_eq!((&d[1].agent_id, d[1].session_id), (&home, own));
 }
+
+#[tokio::test]
+async fn a_session_started_without_an_agent_runs_every_task_on_capable_agents() {
+    use opscore_core::app::DefinitionSource;
+    let mut w = World::new().await;
+    let summariser = w.add_idle_agent(&["summarise"]).await;
+    let translator = w.add_idle_agent(&["translate"]).await;
+    let def = chain("pooled", &["summarise", "translate"], true, json!(null));
+    let t = w
+        .app
+        .start_routed(DefinitionSource::Inline(Box::new(def)), Some(json!({"doc": 1})), None)
+        .await
+        .unwrap();
+    w.pump().await.unwrap();
+    let d = w.dispatches();
+    assert_eq!((&d[0].agent_id, &d[0].payload), (&summariser, &json!({"doc": 1})));
+    w.work(&d[0]).await;
+    let d = w.dispatches();
+    assert_eq!(d[1].agent_id, translator);
+    w.work(&d[1]).await;
+    let v = w.app.session(&t.session_id).await.unwrap();
+    assert_eq!(v.session.status, SessionStatus::Completed);
+    assert_eq!(v.session.agent_id.as_str(), opscore_core::session::ROUTED_POOL);
+    let pool = AgentId::parse(opscore_core::session::ROUTED_POOL).unwrap();
+    let listed = w
+        .app
+        .list_sessions(&pool, opscore_core::store::PageRequest::first(10))
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 1, "listed under the pool's id");
+    // No agent may take the pool's id.
+    let err = w
+        .app
+        .register_agent(opscore_core::testing::agent_details(&pool, "impostor"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, opscore_core::AppError::Invalid { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_session_without_an_agent_needs_every_task_routed() {
+    use opscore_core::app::DefinitionSource;
+    let w = World::new().await;
+    for (def, field) in [
+        (chain("off", &["x"], false, json!(null)), "routeByCapability"),
+        (
+            WorkflowDefinition::from_value(
+                json!({"id": "half", "name": "half", "routeByCapability": true, "tasks": [
+                {"taskId": "a", "name": "A", "agentCapability": "x", "nextTaskId": "b"},
+                {"taskId": "b", "name": "B"}]}),
+            )
+            .unwrap(),
+            "tasks[1].agentCapability",
+        ),
+    ] {
+        match w
+            .app
+            .start_routed(DefinitionSource::Inline(Box::new(def)), None, None)
+            .await
+        {
+            Err(opscore_core::AppError::Invalid { problems, .. }) => assert_eq!(problems[0].field, field),
+            other => panic!("expected 422, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_trigger_can_switch_routing_on_for_one_session() {
+    use opscore_core::app::DefinitionSource;
+    let mut w = World::new().await;
+    let capable = w.add_idle_agent(&["summarise"]).await;
+    w.report("idle", None).await;
+    let def = chain("per-session", &["summarise"], false, json!(null));
+    let agent = w.agent.clone();
+    let t = w
+        .app
+        .trigger_with(&agent, DefinitionSource::Inline(Box::new(def)), None, None, true)
+        .await
+        .unwrap();
+    w.pump().await.unwrap();
+    let d = w.dispatches();
+    assert_eq!((&d[0].agent_id, d[0].session_id), (&capable, t.session_id));
+}
