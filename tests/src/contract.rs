@@ -1590,6 +1590,25 @@ pub async fn idle_agents_by_capability_longest_available_first(f: Fixture) {
     let mut next = claimed(&task1, at(11));
     next.agent_id = aid("a1");
     let dispatch = dispatch_of(&next, 1);
+    // Only for a capability it announces.
+    let for_capability = |capability: &str| {
+        vec![Write::ClaimAgentFor {
+            agent_id: aid("a1"),
+            inflight: Inflight {
+                dispatch: dispatch.clone(),
+                since: at(11),
+            },
+            capability: capability.into(),
+        }]
+    };
+    match f.store.commit(for_capability("z")).await {
+        Err(CommitError::Conflict {
+            index: 0,
+            write: WriteKind::ClaimAgentFor,
+            existing: None,
+        }) => {}
+        other => panic!("a claim for a capability a1 lacks: {other:?}"),
+    }
     settle(
         &f,
         "a1",
@@ -1768,12 +1787,13 @@ pub async fn routed_claims_race_one_agent_per_task_one_task_per_agent(f: Fixture
                         let mut next = claimed(&x, t(10));
                         next.agent_id = agent.clone();
                         let writes = vec![
-                            Write::ClaimAgent {
+                            Write::ClaimAgentFor {
                                 agent_id: agent.clone(),
                                 inflight: Inflight {
                                     dispatch: dispatch_of(&next, 1),
                                     since: t(10),
                                 },
+                                capability: "race".into(),
                             },
                             Write::TransitionTask {
                                 from: TaskStatus::Pending,
@@ -1784,7 +1804,7 @@ pub async fn routed_claims_race_one_agent_per_task_one_task_per_agent(f: Fixture
                         match store.commit(writes).await {
                             Ok(()) => return Some(agent),
                             Err(CommitError::Conflict {
-                                write: WriteKind::ClaimAgent,
+                                write: WriteKind::ClaimAgentFor,
                                 ..
                             }) => continue,
                             Err(e) => panic!("unexpected {e:?}"),

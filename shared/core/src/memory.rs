@@ -415,6 +415,12 @@ impl Store for InMemoryStore {
                         Some(a) if a.is_available() => {}
                         _ => return conflict(None),
                     },
+                    Write::ClaimAgentFor {
+                        agent_id, capability, ..
+                    } => match s.agents.get(agent_id) {
+                        Some(a) if a.is_available() && indexed_capabilities(a).contains(&capability.as_str()) => {}
+                        _ => return conflict(None),
+                    },
                     Write::ReleaseAgent { agent_id, dispatch } => match s.agents.get(agent_id) {
                         Some(a) if a.inflight.as_ref().is_some_and(|i| &i.dispatch == dispatch) => {}
                         _ => return conflict(None),
@@ -462,7 +468,7 @@ impl Store for InMemoryStore {
                         s.idempotency
                             .insert((agent_id, key), (session_id, fingerprint, expires));
                     }
-                    Write::ClaimAgent { agent_id, inflight } => {
+                    Write::ClaimAgent { agent_id, inflight } | Write::ClaimAgentFor { agent_id, inflight, .. } => {
                         let a = s.agents.get_mut(&agent_id).expect("checked above");
                         let old = a.clone();
                         a.inflight = Some(inflight);

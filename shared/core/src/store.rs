@@ -187,6 +187,13 @@ pub enum Write {
     },
     /// The agent must exist, not be deregistered, be idle, and hold no task.
     ClaimAgent { agent_id: AgentId, inflight: Inflight },
+    /// [`Write::ClaimAgent`] for a task routed by `capability` (issue 18): the agent must also
+    /// announce it (a registration may have changed its capabilities since the index was read).
+    ClaimAgentFor {
+        agent_id: AgentId,
+        inflight: Inflight,
+        capability: String,
+    },
     /// The agent's in-flight task must be exactly this one.
     ReleaseAgent { agent_id: AgentId, dispatch: DispatchId },
     /// Must not exist: remembers a signed webhook delivery (by its signature) until `expires_at`,
@@ -207,6 +214,7 @@ pub enum WriteKind {
     TransitionTask,
     CreateIdempotencyKey,
     ClaimAgent,
+    ClaimAgentFor,
     ReleaseAgent,
     CreateDeliveryRecord,
     ExpireDeliveryRecord,
@@ -222,6 +230,7 @@ impl Write {
             Write::TransitionTask { .. } => WriteKind::TransitionTask,
             Write::CreateIdempotencyKey { .. } => WriteKind::CreateIdempotencyKey,
             Write::ClaimAgent { .. } => WriteKind::ClaimAgent,
+            Write::ClaimAgentFor { .. } => WriteKind::ClaimAgentFor,
             Write::ReleaseAgent { .. } => WriteKind::ReleaseAgent,
             Write::CreateDeliveryRecord { .. } => WriteKind::CreateDeliveryRecord,
             Write::ExpireDeliveryRecord { .. } => WriteKind::ExpireDeliveryRecord,

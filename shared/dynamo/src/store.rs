@@ -780,6 +780,28 @@ impl DynamoStore {
                     .value(":false", b(false))
                     .value(":idle", s(StateName::known(KnownState::Idle).as_str())),
             },
+            Write::ClaimAgentFor {
+                agent_id,
+                inflight,
+                capability,
+            } => Prepared::Update {
+                key: agent_key(agent_id),
+                update: "SET #inflight = :dispatch, #inflightSince = :since".into(),
+                condition: "attribute_exists(pk) AND #deregistered = :false AND #state = :idle \
+                            AND attribute_not_exists(#inflight) AND contains(#capabilities, :capability)"
+                    .into(),
+                expr: Expr::default()
+                    .name("#inflight", "inflight")
+                    .name("#inflightSince", "inflightSince")
+                    .name("#deregistered", "deregistered")
+                    .name("#state", "state")
+                    .name("#capabilities", "capabilities")
+                    .value(":dispatch", s(inflight.dispatch.render()))
+                    .value(":since", s(time::render(inflight.since)))
+                    .value(":false", b(false))
+                    .value(":idle", s(StateName::known(KnownState::Idle).as_str()))
+                    .value(":capability", s(capability.clone())),
+            },
             Write::ReleaseAgent { agent_id, dispatch } => Prepared::Update {
                 key: agent_key(agent_id),
                 update: "REMOVE #inflight, #inflightSince".into(),

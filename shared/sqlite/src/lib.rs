@@ -1245,6 +1245,14 @@ fn check(tx: &Tx<'_>, writes: &[Write], now: i64) -> Result<Result<Vec<Replaced>
                 Some(a) if a.item.is_available() => Replaced::Agent(a),
                 _ => return conflict(None),
             },
+            Write::ClaimAgentFor {
+                agent_id, capability, ..
+            } => match load_agent(tx, agent_id)? {
+                Some(a) if a.item.is_available() && indexed_capabilities(&a.item).contains(&capability.as_str()) => {
+                    Replaced::Agent(a)
+                }
+                _ => return conflict(None),
+            },
             Write::ReleaseAgent { agent_id, dispatch } => match load_agent(tx, agent_id)? {
                 Some(a) if a.item.inflight.as_ref().is_some_and(|i| &i.dispatch == dispatch) => Replaced::Agent(a),
                 _ => return conflict(None),
@@ -1375,7 +1383,7 @@ fn apply(tx: &Tx<'_>, writes: Vec<Write>, loaded: Vec<Replaced>, now: i64) -> Re
                     &now.saturating_add(ttl.as_secs() as i64),
                 ],
             )?,
-            Write::ClaimAgent { agent_id, inflight } => {
+            Write::ClaimAgent { agent_id, inflight } | Write::ClaimAgentFor { agent_id, inflight, .. } => {
                 let Replaced::Agent(old) = old else {
                     unreachable!("checked: the agent exists")
                 };

@@ -110,9 +110,10 @@ impl Runner {
             (Write::CheckSessionOpen(l.session.session_id), l.session.clone())
         };
         let writes = vec![
-            Write::ClaimAgent {
+            Write::ClaimAgentFor {
                 agent_id: agent.clone(),
                 inflight: Inflight { dispatch, since: now },
+                capability: l.task.capability.clone().expect("a routed task"),
             },
             Write::TransitionTask {
                 from: TaskStatus::Pending,
@@ -126,7 +127,7 @@ impl Runner {
                 task: claimed,
             }))),
             Err(CommitError::Conflict {
-                write: WriteKind::ClaimAgent,
+                write: WriteKind::ClaimAgentFor,
                 ..
             }) => Ok(RoutedClaim::AgentTaken),
             Err(CommitError::Conflict { .. }) => Ok(RoutedClaim::TaskMoved),
