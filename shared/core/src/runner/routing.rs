@@ -52,11 +52,15 @@ impl Runner {
             let Some(capability) = self.claimable_capability(&l) else {
                 return Ok(Claim::NotRunnable);
             };
-            let agents = self.store.idle_agents(&capability, CANDIDATES).await?;
+            let mut agents = self.store.idle_agents(&capability, CANDIDATES).await?;
             if agents.is_empty() {
                 // Waits in the capability's runnable list for an agent to become available.
                 return Ok(Claim::AgentBusy);
             }
+            // The one available longest first. Behind it, in random order: runners dispatching
+            // several tasks at once all read the same list, and walking it in the same order
+            // after losing its head would make every one of them lose again on each next agent.
+            fastrand::shuffle(&mut agents[1..]);
             let mut all_taken = true;
             for agent in &agents {
                 match self.claim_routed(&l, agent).await? {
@@ -186,26 +190,31 @@ impl Runner {
                 .then_with(|| a.key.session_id.cmp(&b.key.session_id))
         });
         routed.dedup_by(|a, b| a.key == b.key);
-        for candidate in self.oldest_first(own, routed).await? {
-            match candidate {
-                Candidate::Own(key) => match self.try_dispatch(&key).await? {
+        let mut candidates = self.oldest_first(own, routed).await?;
+        let mut i = 0;
+        while i < candidates.len() {
+            let lost = match &candidates[i] {
+                Candidate::Own(key) => match self.try_dispatch(key).await? {
                     Claim::Dispatched | Claim::AgentBusy => return Ok(()),
-                    Claim::NotRunnable => continue,
+                    Claim::NotRunnable => true,
                 },
-                Candidate::Routed(key) => {
-                    let Some(l) = self.load(&key).await? else {
-                        continue;
-                    };
-                    if self.claimable_capability(&l).is_none() {
-                        continue;
+                Candidate::Routed(key) => match self.load(key).await? {
+                    Some(l) if self.claimable_capability(&l).is_some() => {
+                        match self.claim_routed(&l, agent.id()).await? {
+                            RoutedClaim::Won(claimed) => return self.send_routed(*claimed).await,
+                            RoutedClaim::AgentTaken => return Ok(()),
+                            RoutedClaim::TaskMoved => true,
+                        }
                     }
-                    match self.claim_routed(&l, agent.id()).await? {
-                        RoutedClaim::Won(claimed) => return self.send_routed(*claimed).await,
-                        RoutedClaim::AgentTaken => return Ok(()),
-                        RoutedClaim::TaskMoved => continue,
-                    }
-                }
+                    _ => true,
+                },
+            };
+            if lost && i == 0 {
+                // The oldest went to another agent: agents freed together all read the same
+                // list, so the rest is tried in random order rather than all after the same one.
+                fastrand::shuffle(&mut candidates[1..]);
             }
+            i += 1;
         }
         Ok(())
     }
