@@ -6,9 +6,9 @@ mod watch;
 
 use clap::{Args, Parser, Subcommand};
 use fail::Failure;
-use opscore_api::PageView;
-use opscore_client::{Client, DefinitionBody, Error, PageOpts};
-use opscore_core::session::SessionStatus;
+use opscore_api::{PageView, StartRoutedRequest, TriggerRequest};
+use opscore_client::{Client, DefinitionBody, Error, PageOpts, TriggerKey};
+use opscore_core::session::{ROUTED_POOL, SessionStatus};
 use opscore_core::workflow::WorkflowDefinition;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -115,6 +115,24 @@ enum WorkflowCmd {
         agent_id: String,
         #[command(flatten)]
         source: RunSource,
+        /// The entry task's payload, a JSON object (default: its parameters).
+        #[arg(long, value_name = "JSON")]
+        payload: Option<String>,
+        /// Follow the session until it ends.
+        #[arg(long)]
+        watch: bool,
+        /// Route this session's tasks that name agentCapability to any idle agent announcing it.
+        #[arg(long)]
+        route: bool,
+    },
+    /// Start a stored workflow without naming an agent: every task must be routed by capability
+    /// (routeByCapability and agentCapability on each task); each goes to an idle agent that
+    /// announces its capability.
+    Start {
+        workflow_id: String,
+        /// A version of the definition (default: the newest).
+        #[arg(long = "workflow-version", value_name = "VERSION")]
+        workflow_version: Option<String>,
         /// The entry task's payload, a JSON object (default: its parameters).
         #[arg(long, value_name = "JSON")]
         payload: Option<String>,
@@ -276,17 +294,52 @@ async fn workflow(ctx: &Ctx, cmd: WorkflowCmd) -> Result<u8, Failure> {
             ctx.emit(&page, show::workflows);
         }
         WorkflowCmd::Get { workflow_id } => ctx.emit(&c.workflow(&workflow_id, None).await?, show::workflow),
+        WorkflowCmd::Start {
+            workflow_id,
+            workflow_version,
+            payload,
+            watch,
+        } => {
+            let initial_payload = payload
+                .map(|p| json_object("--payload", &p).map(Value::Object))
+                .transpose()?;
+            let req = StartRoutedRequest {
+                workflow_version,
+                initial_payload,
+            };
+            let started = c.start_routed(&workflow_id, &req, TriggerKey::Generate).await?;
+            let t = &started.response;
+            if !watch {
+                ctx.emit(t, |t| show::triggered(t, ROUTED_POOL, started.replayed));
+                return Ok(0);
+            }
+            if !ctx.json {
+                println!(
+                    "Started workflow {} without an agent (routed by capability): session {}",
+                    t.workflow_id, t.session_id
+                );
+            }
+            return watch::follow(ctx, &t.session_id).await;
+        }
         WorkflowCmd::Run {
             agent_id,
             source,
             payload,
             watch,
+            route,
         } => {
-            let payload = payload
+            let initial_payload = payload
                 .map(|p| json_object("--payload", &p).map(Value::Object))
                 .transpose()?;
-            let triggered = match (source.id, source.file) {
-                (Some(id), _) => c.trigger_stored(&agent_id, &id, payload).await?,
+            let mut req = TriggerRequest {
+                workflow_definition_id: None,
+                workflow_version: None,
+                workflow_definition: None,
+                initial_payload,
+                route_by_capability: route.then_some(true),
+            };
+            match (source.id, source.file) {
+                (Some(id), _) => req.workflow_definition_id = Some(id),
                 (None, Some(file)) => {
                     let body = definition_file(&file)?;
                     let def =
@@ -294,10 +347,11 @@ async fn workflow(ctx: &Ctx, cmd: WorkflowCmd) -> Result<u8, Failure> {
                             detail: format!("{} is not a valid workflow definition", file.display()),
                             errors,
                         })?;
-                    c.trigger_inline(&agent_id, def, payload).await?
+                    req.workflow_definition = Some(def);
                 }
                 (None, None) => unreachable!("clap requires --id or --file"),
             };
+            let triggered = c.trigger(&agent_id, &req, TriggerKey::Generate).await?;
             let t = &triggered.response;
             if !watch {
                 ctx.emit(t, |t| show::triggered(t, &agent_id, triggered.replayed));

@@ -133,6 +133,11 @@ struct Args {
     sessions_per_agent: Option<usize>,
     #[arg(long)]
     chain: Option<usize>,
+    /// R: route every task by capability (issue 18): the chain's definition sets
+    /// `routeByCapability` and each task names `test_capability`, which every agent announces,
+    /// so a task goes to whichever agent is idle longest instead of the session's own.
+    #[arg(long)]
+    routed: bool,
     /// Before starting, wait up to this many seconds until no cargo/rustc process runs.
     #[arg(long, default_value_t = 0)]
     wait_idle: u64,

@@ -24,14 +24,24 @@ use std::time::{Duration, Instant};
 /// The definition every session runs: `chain` tasks linked by `nextTaskId`.
 pub const WORKFLOW_ID: &str = "throughput_chain";
 
-fn chain_definition(chain: usize) -> Value {
+fn chain_definition(chain: usize, routed: bool) -> Value {
     let tasks: Vec<Value> = (1..=chain)
         .map(|i| {
-            json!({"taskId": format!("t{i}"), "name": format!("Step {i}"), "parameters": {"step": i},
-                   "nextTaskId": if i < chain { Value::from(format!("t{}", i + 1)) } else { Value::Null }})
+            let mut t = json!({"taskId": format!("t{i}"), "name": format!("Step {i}"), "parameters": {"step": i},
+                   "nextTaskId": if i < chain { Value::from(format!("t{}", i + 1)) } else { Value::Null }});
+            if routed {
+                t["agentCapability"] = json!("test_capability");
+            }
+            t
         })
         .collect();
-    json!({"id": WORKFLOW_ID, "name": "Runner throughput chain", "version": format!("{chain}"), "tasks": tasks})
+    let version = if routed {
+        format!("{chain}-routed")
+    } else {
+        format!("{chain}")
+    };
+    json!({"id": WORKFLOW_ID, "name": "Runner throughput chain", "version": version, "tasks": tasks,
+           "routeByCapability": routed})
 }
 
 /// The scenario's sizes after defaults (full run, or the smoke preset).
@@ -42,6 +52,8 @@ pub struct ThroughputPlan {
     pub chain: usize,
     pub agent_work_ms: u64,
     pub drain_s: u64,
+    /// Every task routed by capability (`--routed`).
+    pub routed: bool,
 }
 
 impl ThroughputPlan {
@@ -53,6 +65,7 @@ impl ThroughputPlan {
             chain: a.chain.unwrap_or(chain).max(1),
             agent_work_ms: a.agent_work_ms,
             drain_s: if a.smoke { a.drain.min(60) } else { a.drain.max(120) },
+            routed: a.routed,
         }
     }
 
@@ -69,7 +82,8 @@ pub async fn run(a: &Args) -> Result<(bool, Value), String> {
     let rec = Arc::new(crate::metrics::Recorder::new());
     let target = start_target(a, rec.clone()).await?;
     println!(
-        "R runner throughput: {} agents x {} sessions x {} tasks = {} tasks, agent work {} ms ({}, {})",
+        "R runner throughput{}: {} agents x {} sessions x {} tasks = {} tasks, agent work {} ms ({}, {})",
+        if p.routed { " (routed by capability)" } else { "" },
         p.agents,
         p.sessions_per_agent,
         p.chain,
@@ -85,7 +99,7 @@ pub async fn run(a: &Args) -> Result<(bool, Value), String> {
         .http
         .post(format!("{}/v1/opscore/workflows", ctx.base))
         .bearer_auth(&ctx.key)
-        .json(&chain_definition(p.chain));
+        .json(&chain_definition(p.chain, p.routed));
     ctx.call("setup:workflow", def, 201)
         .await
         .ok_or("storing the chain workflow failed")?;
@@ -202,7 +216,11 @@ pub async fn run(a: &Args) -> Result<(bool, Value), String> {
     let ok = server_errors == 0 && sessions.completed == triggered && triggered == p.agents * p.sessions_per_agent;
 
     let label = a.label.clone().unwrap_or_else(|| store_name(a).to_owned());
-    let name = format!("r-{label}");
+    let name = if p.routed {
+        format!("r-routed-{label}")
+    } else {
+        format!("r-{label}")
+    };
     let result = json!({
         "name": name,
         "scenario": "r",

@@ -3,9 +3,8 @@
 //! each other, so one agent's slow AgentKit call holds up nobody else), and report back how far
 //! everything is handled so the source can forget it durably.
 
-use opscore_core::ids::AgentId;
 use opscore_core::runner::Runner;
-use opscore_core::store::Change;
+use opscore_core::store::{Change, Lane as ChangeLane};
 use opscore_sqlite::SqliteStore;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -134,7 +133,7 @@ pub async fn consume(source: Source, runner: Arc<Runner>, mut stop: watch::Recei
     // it back when the lanes fall behind.
     let (batches_tx, mut batches) = tokio::sync::mpsc::channel::<Vec<(u64, Change)>>(2);
     let reader = tokio::spawn(read_all(source, batches_tx, stop.clone()));
-    let lanes: Arc<Mutex<HashMap<Option<AgentId>, Lane>>> = Arc::default();
+    let lanes: Arc<Mutex<HashMap<Option<ChangeLane>, Lane>>> = Arc::default();
     let (done_tx, mut done_rx) = unbounded_channel::<u64>();
     let mut pending: BTreeSet<u64> = BTreeSet::new();
     let mut last_read = 0u64;
@@ -146,7 +145,7 @@ pub async fn consume(source: Source, runner: Arc<Runner>, mut stop: watch::Recei
                 for (position, change) in batch {
                     last_read = last_read.max(position);
                     pending.insert(position);
-                    let key = change.agent_id().cloned();
+                    let key = change.lane();
                     let lane = map.entry(key.clone()).or_insert_with(|| {
                         spawn_lane(key, runner.clone(), lanes.clone(), done_tx.clone(), stop.clone())
                     });
@@ -266,9 +265,9 @@ impl Trimmer {
 }
 
 fn spawn_lane(
-    key: Option<AgentId>,
+    key: Option<ChangeLane>,
     runner: Arc<Runner>,
-    lanes: Arc<Mutex<HashMap<Option<AgentId>, Lane>>>,
+    lanes: Arc<Mutex<HashMap<Option<ChangeLane>, Lane>>>,
     done: UnboundedSender<u64>,
     stop: watch::Receiver<bool>,
 ) -> Lane {

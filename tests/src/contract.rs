@@ -93,6 +93,7 @@ pub fn task(s: &Session, id: &str, status: TaskStatus, due: Timestamp) -> TaskIn
         session_id: s.session_id,
         task_id: TaskId::parse(id).expect("valid task id"),
         agent_id: s.agent_id.clone(),
+        capability: None,
         name: format!("Task {id}"),
         payload: json!({"threshold": 1.0, "items": [1, 2, 3]}),
         next_task_id: None,
@@ -1684,6 +1685,335 @@ pub async fn cursors_are_url_safe_and_bound_to_their_list(f: Fixture) {
     assert_eq!(history.len(), 2);
 }
 
+// ----- routing by capability (issue 18) -----
+
+fn capable(id: &str, capabilities: &[&str]) -> AgentDetails {
+    AgentDetails {
+        capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
+        ..details(id)
+    }
+}
+
+/// Runs an agent write, then hands the agent's images before and after to
+/// `sync_idle_agent`, as the runner does with the change (a no-op on stores that keep the index
+/// in the write itself).
+async fn settle<Fut: std::future::Future>(f: &Fixture, id: &str, write: Fut) -> Fut::Output {
+    let before = f.store.get_agent(&aid(id)).await.unwrap();
+    let out = write.await;
+    let after = f.store.get_agent(&aid(id)).await.unwrap().expect("the agent exists");
+    f.store.sync_idle_agent(before.as_ref(), &after).await.unwrap();
+    // Index entries are stamped with the store's clock: keep two availabilities apart.
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    out
+}
+
+async fn idle_for(f: &Fixture, capability: &str) -> Vec<String> {
+    f.store
+        .idle_agents(capability, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.to_string())
+        .collect()
+}
+
+/// A routed copy of `t`: pending in `capability`'s list instead of its agent's.
+fn routed(t: &TaskInstance, capability: &str) -> TaskInstance {
+    TaskInstance {
+        capability: Some(capability.into()),
+        ..t.clone()
+    }
+}
+
+pub async fn idle_agents_by_capability_longest_available_first(f: Fixture) {
+    let at = |s: i64| t(s);
+    for (id, caps) in [("a1", &["x", "y"][..]), ("a2", &["x"][..]), ("a3", &["y", "y"][..])] {
+        settle(&f, id, f.store.register_agent(capable(id, caps), at(0)))
+            .await
+            .unwrap();
+    }
+    assert!(idle_for(&f, "x").await.is_empty(), "registered agents are not idle yet");
+    for (i, id) in ["a2", "a1", "a3"].into_iter().enumerate() {
+        settle(
+            &f,
+            id,
+            f.store
+                .report_state(&report(id, "idle", at(1 + i as i64)), at(1), HISTORY_TTL),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(idle_for(&f, "x").await, ["a2", "a1"]);
+    assert_eq!(
+        idle_for(&f, "y").await,
+        ["a1", "a3"],
+        "a capability announced twice is one entry"
+    );
+    assert!(idle_for(&f, "z").await.is_empty());
+    assert_eq!(f.store.idle_agents("x", 1).await.unwrap(), vec![aid("a2")]);
+    // A heartbeat keeps an agent's place in line.
+    settle(
+        &f,
+        "a2",
+        f.store.report_state(&report("a2", "idle", at(10)), at(10), HISTORY_TTL),
+    )
+    .await
+    .unwrap();
+    assert_eq!(idle_for(&f, "x").await, ["a2", "a1"]);
+    // A claim takes the agent out of every capability's list; its release puts it at the back.
+    let s = session("a2", at(0));
+    let task1 = routed(&task(&s, "fetch", TaskStatus::Pending, at(0)), "x");
+    f.store
+        .commit(vec![Write::CreateSession(s.clone()), Write::CreateTask(task1.clone())])
+        .await
+        .unwrap();
+    let mut next = claimed(&task1, at(11));
+    next.agent_id = aid("a1");
+    let dispatch = dispatch_of(&next, 1);
+    // Only for a capability it announces.
+    let for_capability = |capability: &str| {
+        vec![Write::ClaimAgentFor {
+            agent_id: aid("a1"),
+            inflight: Inflight {
+                dispatch: dispatch.clone(),
+                since: at(11),
+            },
+            capability: capability.into(),
+        }]
+    };
+    match f.store.commit(for_capability("z")).await {
+        Err(CommitError::Conflict {
+            index: 0,
+            write: WriteKind::ClaimAgentFor,
+            existing: None,
+        }) => {}
+        other => panic!("a claim for a capability a1 lacks: {other:?}"),
+    }
+    settle(
+        &f,
+        "a1",
+        f.store.commit(vec![
+            Write::ClaimAgent {
+                agent_id: aid("a1"),
+                inflight: Inflight {
+                    dispatch: dispatch.clone(),
+                    since: at(11),
+                },
+            },
+            Write::TransitionTask {
+                from: TaskStatus::Pending,
+                next,
+            },
+        ]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(idle_for(&f, "x").await, ["a2"]);
+    assert_eq!(idle_for(&f, "y").await, ["a3"]);
+    settle(
+        &f,
+        "a1",
+        f.store.commit(vec![Write::ReleaseAgent {
+            agent_id: aid("a1"),
+            dispatch,
+        }]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(idle_for(&f, "x").await, ["a2", "a1"]);
+    assert_eq!(idle_for(&f, "y").await, ["a3", "a1"]);
+    // Busy, deregistered, or no longer announcing it: out of the list.
+    settle(
+        &f,
+        "a2",
+        f.store
+            .report_state(&report("a2", "active", at(12)), at(12), HISTORY_TTL),
+    )
+    .await
+    .unwrap();
+    assert_eq!(idle_for(&f, "x").await, ["a1"]);
+    settle(&f, "a3", f.store.deregister_agent(&aid("a3"), at(13)))
+        .await
+        .unwrap();
+    assert_eq!(idle_for(&f, "y").await, ["a1"]);
+    settle(&f, "a1", f.store.register_agent(capable("a1", &["z"]), at(14)))
+        .await
+        .unwrap();
+    assert!(idle_for(&f, "x").await.is_empty());
+    assert!(idle_for(&f, "y").await.is_empty());
+    assert_eq!(idle_for(&f, "z").await, ["a1"]);
+    // Registered again, still idle: back in its capabilities' lists.
+    settle(&f, "a3", f.store.register_agent(capable("a3", &["y"]), at(15)))
+        .await
+        .unwrap();
+    assert_eq!(idle_for(&f, "y").await, ["a3"]);
+}
+
+pub async fn routed_tasks_wait_in_their_capability_list_not_their_agents(f: Fixture) {
+    let s = session("a1", t(0));
+    let other = session("a2", t(0));
+    let due10 = routed(&task(&s, "due10", TaskStatus::Pending, t(10)), "x");
+    let due5 = routed(&task(&other, "due5", TaskStatus::Pending, t(5)), "x");
+    let later = routed(&task(&s, "later", TaskStatus::Pending, t(50)), "x");
+    let elsewhere = routed(&task(&s, "elsewhere", TaskStatus::Pending, t(1)), "y");
+    let named = task(&s, "named", TaskStatus::Pending, t(1));
+    let mut writes = vec![Write::CreateSession(s.clone()), Write::CreateSession(other.clone())];
+    for x in [&due10, &due5, &later, &elsewhere, &named] {
+        writes.push(Write::CreateTask(x.clone()));
+    }
+    f.store.commit(writes).await.unwrap();
+    let keys = |l: Vec<RoutedTask>| l.into_iter().map(|r| r.key).collect::<Vec<_>>();
+    let listed = f.store.routed_tasks("x", t(20), 10).await.unwrap();
+    assert_eq!(
+        listed,
+        vec![
+            RoutedTask {
+                key: due5.key(),
+                due_at: t(5)
+            },
+            RoutedTask {
+                key: due10.key(),
+                due_at: t(10)
+            }
+        ]
+    );
+    assert_eq!(
+        keys(f.store.routed_tasks("x", t(20), 1).await.unwrap()),
+        vec![due5.key()]
+    );
+    assert!(f.store.routed_tasks("x", t(4), 10).await.unwrap().is_empty());
+    assert_eq!(
+        keys(f.store.routed_tasks("y", t(20), 10).await.unwrap()),
+        vec![elsewhere.key()]
+    );
+    assert_eq!(
+        f.store.runnable_tasks(&aid("a1"), t(60), 10).await.unwrap(),
+        vec![named.key()],
+        "routed tasks are not in their agent's list"
+    );
+    // Claimed (by any agent): out of the list; retried: back, at its new due time.
+    let mut next = claimed(&due5, t(21));
+    next.agent_id = aid("a7");
+    f.store
+        .commit(vec![Write::TransitionTask {
+            from: TaskStatus::Pending,
+            next: next.clone(),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(
+        keys(f.store.routed_tasks("x", t(60), 10).await.unwrap()),
+        vec![due10.key(), later.key()]
+    );
+    assert!(f.store.runnable_tasks(&aid("a7"), t(60), 10).await.unwrap().is_empty());
+    let mut retry = moved(&next, TaskStatus::Pending);
+    retry.due_at = t(30);
+    f.store
+        .commit(vec![Write::TransitionTask {
+            from: TaskStatus::Dispatched,
+            next: retry.clone(),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(
+        keys(f.store.routed_tasks("x", t(60), 10).await.unwrap()),
+        vec![due10.key(), due5.key(), later.key()]
+    );
+    assert!(
+        f.store.runnable_tasks(&aid("a7"), t(60), 10).await.unwrap().is_empty(),
+        "a retried routed task is not its last holder's"
+    );
+    let view = f.store.get_session(&other.session_id).await.unwrap().unwrap();
+    assert_eq!(view.tasks, vec![retry], "the capability round-trips");
+}
+
+/// 16 routed tasks and 16 idle capable agents, every task claimed concurrently the way the runner
+/// claims one (the capability's idle agents in turn, agent marker and task in one commit): each
+/// agent ends up with at most one task, every task with exactly one agent.
+pub async fn routed_claims_race_one_agent_per_task_one_task_per_agent(f: Fixture) {
+    const N: usize = 16;
+    for i in 0..N {
+        let id = format!("r{i:02}");
+        settle(&f, &id, f.store.register_agent(capable(&id, &["race"]), t(0)))
+            .await
+            .unwrap();
+        settle(
+            &f,
+            &id,
+            f.store.report_state(&report(&id, "idle", t(1)), t(1), HISTORY_TTL),
+        )
+        .await
+        .unwrap();
+    }
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let s = session("home", t(0));
+        let x = routed(&task(&s, &format!("job{i:02}"), TaskStatus::Pending, t(0)), "race");
+        f.store
+            .commit(vec![Write::CreateSession(s), Write::CreateTask(x.clone())])
+            .await
+            .unwrap();
+        tasks.push(x);
+    }
+    let handles: Vec<_> = tasks
+        .iter()
+        .cloned()
+        .map(|x| {
+            let store = f.store.clone();
+            tokio::spawn(async move {
+                for _round in 0..N {
+                    let candidates = store.idle_agents("race", N as u32).await.unwrap();
+                    for agent in candidates {
+                        let mut next = claimed(&x, t(10));
+                        next.agent_id = agent.clone();
+                        let writes = vec![
+                            Write::ClaimAgentFor {
+                                agent_id: agent.clone(),
+                                inflight: Inflight {
+                                    dispatch: dispatch_of(&next, 1),
+                                    since: t(10),
+                                },
+                                capability: "race".into(),
+                            },
+                            Write::TransitionTask {
+                                from: TaskStatus::Pending,
+                                next,
+                            },
+                            Write::CheckSessionOpen(x.session_id),
+                        ];
+                        match store.commit(writes).await {
+                            Ok(()) => return Some(agent),
+                            Err(CommitError::Conflict {
+                                write: WriteKind::ClaimAgentFor,
+                                ..
+                            }) => continue,
+                            Err(e) => panic!("unexpected {e:?}"),
+                        }
+                    }
+                }
+                None
+            })
+        })
+        .collect();
+    let mut holders = Vec::new();
+    for h in handles {
+        holders.push(h.await.unwrap().expect("every task gets an agent"));
+    }
+    let distinct: std::collections::HashSet<_> = holders.iter().collect();
+    assert_eq!(distinct.len(), N, "no agent holds two tasks: {holders:?}");
+    for (x, holder) in tasks.iter().zip(&holders) {
+        let stored = f.store.get_task(&x.key()).await.unwrap().unwrap();
+        assert_eq!((stored.status, &stored.agent_id), (TaskStatus::Dispatched, holder));
+        let agent = f.store.get_agent(holder).await.unwrap().unwrap();
+        assert_eq!(
+            agent.inflight.map(|i| i.dispatch),
+            Some(dispatch_of(&stored, 1)),
+            "the holder's marker names its task"
+        );
+    }
+    assert!(f.store.routed_tasks("race", t(60), 100).await.unwrap().is_empty());
+}
+
 /// Stamps out one `#[tokio::test]` per contract case for a store fixture
 /// (`async fn() -> Fixture`), inside the calling module.
 #[macro_export]
@@ -1728,6 +2058,9 @@ macro_rules! store_contract_tests {
             idempotency_key_keeps_the_fingerprint_of_its_request,
             concurrent_reregistrations_with_different_details_all_land,
             cursors_are_url_safe_and_bound_to_their_list,
+            idle_agents_by_capability_longest_available_first,
+            routed_tasks_wait_in_their_capability_list_not_their_agents,
+            routed_claims_race_one_agent_per_task_one_task_per_agent,
         );
     };
     (@cases $fixture:path; $($case:ident),* $(,)?) => {

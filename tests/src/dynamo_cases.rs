@@ -758,6 +758,120 @@ pub async fn backfill_moves_items_written_before_issue_16_to_the_sharded_keys(f:
     assert_eq!(listed(&f).await.1, vec!["a1", "a2", "a3", "a4"]);
 }
 
+/// Requests per task (issue 18's figure): one task run from its start to its agent's release,
+/// through the App and the Runner on this store, every change the stream would deliver handed to
+/// the runner, on a named agent and routed by capability (a session started without an agent,
+/// on an agent announcing the capability). Printed; the difference is asserted so that a change
+/// of it is seen.
+pub async fn requests_per_task_named_and_routed(f: Fixture) {
+    use opscore_core::agent::Agent;
+    use opscore_core::app::DefinitionSource;
+    use opscore_core::runner::Runner;
+    use opscore_core::testing::{ScriptedAgentKit, agent_details, engine};
+    use opscore_core::time::{Clock, ManualClock};
+    use opscore_core::workflow::WorkflowDefinition;
+    let d = f.dynamo();
+    let clock = ManualClock::at(chrono::Utc::now());
+    let agentkit = Arc::new(ScriptedAgentKit::default());
+    let (app, runner) = engine(f.store.clone(), &clock, agentkit.clone());
+    let total = || d.store.request_counts().total();
+    // The agent as it is (not counted: the stream carries the images).
+    let image = |id: &opscore_core::ids::AgentId| {
+        let store = f.store.clone();
+        let id = id.clone();
+        async move { store.get_agent(&id).await.unwrap().unwrap() }
+    };
+    // Hands the agent's change since `before` (if any) to the runner; the requests it makes.
+    async fn feed(runner: &Runner, before: Agent, after: Agent, total: &dyn Fn() -> u64) -> u64 {
+        if before == after {
+            return 0;
+        }
+        let start = total();
+        runner
+            .on_change(&Change::Agent {
+                old: Some(Arc::new(before)),
+                new: Some(Arc::new(after)),
+            })
+            .await
+            .unwrap();
+        total() - start
+    }
+    let mut rows = Vec::new();
+    for routed in [false, true] {
+        let name = if routed { "routed" } else { "named" };
+        let id = aid(&format!("agent-{name}"));
+        let mut details = agent_details(&id, name);
+        if routed {
+            details.capabilities = vec!["work".into()];
+        }
+        app.register_agent(details).await.unwrap();
+        let mut reports = 0i64;
+        let mut report = |state: &str, task: Option<&str>| {
+            reports += 1;
+            opscore_core::agent::StateReport {
+                agent_id: id.clone(),
+                state: StateName::parse(state).unwrap(),
+                details: task.map(|t| serde_json::json!({"opscore_task_id": t}).as_object().unwrap().clone()),
+                timestamp: clock.now() + chrono::Duration::microseconds(reports),
+            }
+        };
+        // Setup, not counted: registered and idle, its change handled (the idle-agents entry).
+        let a0 = image(&id).await;
+        app.report_state(&report("idle", None)).await.unwrap();
+        feed(&runner, a0, image(&id).await, &total).await;
+        let def = WorkflowDefinition::from_value(serde_json::json!({
+            "id": format!("one-{name}"), "name": "one", "routeByCapability": routed,
+            "tasks": [{"taskId": "only", "name": "Only", "agentCapability": "work"}]}))
+        .unwrap();
+        let mut spent = 0;
+        let start = total();
+        let session = if routed {
+            app.start_routed(DefinitionSource::Inline(Box::new(def)), None, None)
+                .await
+                .unwrap()
+        } else {
+            app.trigger(&id, DefinitionSource::Inline(Box::new(def)), None, None)
+                .await
+                .unwrap()
+        }
+        .session_id;
+        spent += total() - start;
+        let task = f.store.get_session(&session).await.unwrap().unwrap().tasks.remove(0);
+        let a1 = image(&id).await;
+        let start = total();
+        runner
+            .on_change(&Change::Task {
+                old: None,
+                new: Some(Arc::new(task)),
+            })
+            .await
+            .unwrap();
+        spent += total() - start;
+        let a2 = image(&id).await;
+        spent += feed(&runner, a1, a2.clone(), &total).await;
+        let attempt = agentkit.seen.lock().unwrap().last().unwrap().dispatch_id.clone();
+        for state in ["active", "idle"] {
+            let before = image(&id).await;
+            let start = total();
+            app.report_state(&report(state, Some(&attempt))).await.unwrap();
+            spent += total() - start;
+            let reported = image(&id).await;
+            spent += feed(&runner, before, reported.clone(), &total).await;
+            // The completion's release is a change of its own.
+            spent += feed(&runner, reported, image(&id).await, &total).await;
+        }
+        let view = f.store.get_session(&session).await.unwrap().unwrap();
+        assert_eq!(view.session.status, SessionStatus::Completed, "{name}");
+        rows.push((name, spent));
+    }
+    println!("DynamoDB requests per one-task session on {}: {rows:?}", f.name);
+    let (named, routed) = (rows[0].1, rows[1].1);
+    // Routed: + the idle agents' 16 shards, + the routed tasks' 16 shards when the agent is
+    // released, + the idle-agents entry leaving (claim) and joining (release), - the trigger's
+    // read of the agent (a session without an agent has none).
+    assert_eq!(routed, named + 16 + 16 + 2 - 1, "{rows:?}");
+}
+
 /// Stamps out the DynamoDB-only cases for a fixture of a DynamoDB-backed store.
 #[macro_export]
 macro_rules! dynamo_tests {
@@ -766,6 +880,7 @@ macro_rules! dynamo_tests {
             stream_records_decode_every_item_kind,
             stream_tail_reports_changes_with_old_and_new_images,
             request_counts_per_operation,
+            requests_per_task_named_and_routed,
             index_attributes_are_absent_never_null,
             foreign_and_forged_cursors_are_refused,
             backfill_moves_items_written_before_issue_16_to_the_sharded_keys,

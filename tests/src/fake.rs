@@ -252,6 +252,18 @@ impl SimulatedAgent {
         name: &str,
         behaviour: Arc<Mutex<Behaviour>>,
     ) -> Self {
+        Self::start_with(agentkit, opscore, api_key, name, behaviour, &["test_capability"]).await
+    }
+
+    /// [`Self::start`] with the capabilities it announces when it registers.
+    pub async fn start_with(
+        agentkit: &str,
+        opscore: &str,
+        api_key: &str,
+        name: &str,
+        behaviour: Arc<Mutex<Behaviour>>,
+        capabilities: &[&str],
+    ) -> Self {
         let tasks = Arc::new(Mutex::new(Vec::new()));
         let id_cell: Arc<Mutex<String>> = Arc::default();
         let http = reqwest::Client::new();
@@ -317,7 +329,7 @@ impl SimulatedAgent {
         let http = reqwest::Client::new();
         let reg: Value = http
             .post(format!("{agentkit}/v1/agents/register"))
-            .json(&json!({"agentName": name, "version": "1.0", "capabilities": ["test_capability"],
+            .json(&json!({"agentName": name, "version": "1.0", "capabilities": capabilities,
                           "contactEndpoint": format!("{}/task", server.url()), "metadata": {"description": "simulated ✓"}}))
             .send()
             .await

@@ -207,6 +207,24 @@ pub struct TriggerRequest {
     /// The entry task's payload (default: its `parameters`).
     #[schema(value_type = Option<Object>)]
     pub initial_payload: Option<Value>,
+    /// Route this session's tasks that name `agentCapability` to any available agent announcing
+    /// it, whatever the definition's `routeByCapability` says (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_by_capability: Option<bool>,
+}
+
+/// `POST /v1/opscore/workflows/{workflowId}/sessions` body: a session of a stored definition
+/// whose every task is routed by capability, started without naming an agent.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StartRoutedRequest {
+    /// A version of the definition (default: the newest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_version: Option<String>,
+    /// The entry task's payload (default: its `parameters`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub initial_payload: Option<Value>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -239,6 +257,13 @@ pub struct TaskView {
     pub name: String,
     /// `waiting` (its predecessor has not finished), or the task instance's status.
     pub status: String,
+    /// The agent the task runs (or ran) on: the session's agent, or for a task routed by
+    /// capability the agent that claimed its latest attempt (absent until one did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// The capability the task is routed by (absent for a task that runs on the session's agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capability: Option<String>,
     pub attempt: u32,
     pub max_retries: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -305,6 +330,8 @@ impl From<&SessionView> for SessionDetail {
                     task_id: t.task_id.to_string(),
                     name: t.name.clone(),
                     status: t.status.as_str().to_owned(),
+                    agent_id: (t.capability.is_none() || t.attempt > 0).then(|| t.agent_id.to_string()),
+                    capability: t.capability.clone(),
                     attempt: t.attempt,
                     max_retries: t.max_retries,
                     due_at: (t.status == opscore_core::task::TaskStatus::Pending).then(|| render(t.due_at)),
@@ -318,6 +345,8 @@ impl From<&SessionView> for SessionDetail {
                     task_id: def.task_id.to_string(),
                     name: def.name.clone(),
                     status: "waiting".into(),
+                    agent_id: None,
+                    capability: s.definition.routed_capability(def).map(str::to_owned),
                     attempt: 0,
                     max_retries: s.definition.max_retries_for(def),
                     due_at: None,

@@ -15,6 +15,8 @@ pub const WORKFLOWS: &str = "/v1/opscore/workflows";
 pub const WORKFLOW: &str = "/v1/opscore/workflows/{workflowId}";
 /// The latest sessions of every agent.
 pub const SESSIONS: &str = "/v1/opscore/sessions";
+/// Starts a session of a definition routed by capability, without naming an agent (issue 18).
+pub const WORKFLOW_SESSIONS: &str = "/v1/opscore/workflows/{workflowId}/sessions";
 pub const SESSION: &str = "/v1/opscore/sessions/{sessionId}";
 /// The operator console (a page, public: the API calls it makes carry the bearer key).
 pub const CONSOLE: &str = "/console";

@@ -31,8 +31,8 @@ pub use retry::{Idempotency, RequestRetryPolicy};
 use bytes::Bytes;
 use opscore_api::paths;
 use opscore_api::{
-    AgentStateView, AgentView, Health, HistoryEntryView, PageView, SessionDetail, SessionSummary, StateUpdateAccepted,
-    StateUpdateRequest, TriggerRequest, TriggerResponse, WorkflowSummary, WorkflowView,
+    AgentStateView, AgentView, Health, HistoryEntryView, PageView, SessionDetail, SessionSummary, StartRoutedRequest,
+    StateUpdateAccepted, StateUpdateRequest, TriggerRequest, TriggerResponse, WorkflowSummary, WorkflowView,
 };
 use opscore_core::session::SessionStatus;
 use opscore_core::workflow::WorkflowDefinition;
@@ -497,6 +497,7 @@ impl Client {
             workflow_version: None,
             workflow_definition: None,
             initial_payload,
+            route_by_capability: None,
         };
         self.trigger(agent_id, &req, TriggerKey::Generate).await
     }
@@ -513,8 +514,43 @@ impl Client {
             workflow_version: None,
             workflow_definition: Some(definition),
             initial_payload,
+            route_by_capability: None,
         };
         self.trigger(agent_id, &req, TriggerKey::Generate).await
+    }
+
+    /// `POST /v1/opscore/workflows/{workflowId}/sessions`: starts a session of a stored
+    /// definition whose every task is routed by capability, without naming an agent. Retried on
+    /// transient errors only with an `Idempotency-Key` (the generated one by default).
+    pub async fn start_routed(
+        &self,
+        workflow_id: &str,
+        req: &StartRoutedRequest,
+        key: TriggerKey,
+    ) -> Result<TriggerReply, Error> {
+        let key = match key {
+            TriggerKey::Generate => Some(uuid::Uuid::new_v4().to_string()),
+            TriggerKey::Use(k) => Some(k),
+            TriggerKey::Omit => None,
+        };
+        let idempotency = if key.is_some() {
+            Idempotency::Idempotent
+        } else {
+            Idempotency::NotIdempotent
+        };
+        let mut call = Call::post(paths::WORKFLOW_SESSIONS, &[workflow_id], idempotency).json(req)?;
+        if let Some(k) = &key {
+            call.headers.push((IDEMPOTENCY_KEY_HEADER, k.clone()));
+        }
+        let answer = self.send(&call).await?;
+        Ok(TriggerReply {
+            response: answer.decode()?,
+            idempotency_key: key,
+            replayed: answer
+                .headers
+                .get(paths::headers::IDEMPOTENT_REPLAYED)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true")),
+        })
     }
 
     /// `GET /v1/opscore/sessions/{sessionId}`.

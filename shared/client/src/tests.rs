@@ -274,6 +274,7 @@ async fn triggers_without_a_key_never_retry() {
         workflow_version: None,
         workflow_definition: None,
         initial_payload: None,
+        route_by_capability: None,
     };
     let err = fast_client(&base)
         .trigger("a", &req, TriggerKey::Omit)

@@ -151,6 +151,16 @@ impl App {
     // ----- agents -----
 
     pub async fn register_agent(&self, details: AgentDetails) -> Result<RegisterOutcome, AppError> {
+        if details.agent_id.as_str() == crate::session::ROUTED_POOL {
+            let why = format!(
+                "agent id {:?} is reserved: sessions started without an agent are listed under it",
+                crate::session::ROUTED_POOL
+            );
+            return Err(AppError::invalid(
+                why.clone(),
+                vec![crate::workflow::Problem::new("agentId", why)],
+            ));
+        }
         Ok(self.store.register_agent(details, self.now()).await?)
     }
 
@@ -219,8 +229,8 @@ impl App {
 
     // ----- triggers and sessions -----
 
-    /// Starts a session: the session, its entry task and the idempotency key in one transaction,
-    /// guarded by "the agent is registered".
+    /// Starts a session on `agent_id` (registered, not deregistered): the session, its entry
+    /// task and the idempotency key in one transaction.
     pub async fn trigger(
         &self,
         agent_id: &AgentId,
@@ -228,15 +238,104 @@ impl App {
         initial_payload: Option<Value>,
         idempotency_key: Option<IdempotencyKey>,
     ) -> Result<Triggered, AppError> {
+        self.trigger_with(agent_id, source, initial_payload, idempotency_key, false)
+            .await
+    }
+
+    /// [`Self::trigger`], with routing by capability switched on for this session
+    /// (`route_by_capability`) whatever the definition says (issue 18): the session's snapshot of
+    /// the definition routes its tasks that name `agentCapability`.
+    pub async fn trigger_with(
+        &self,
+        agent_id: &AgentId,
+        source: DefinitionSource,
+        initial_payload: Option<Value>,
+        idempotency_key: Option<IdempotencyKey>,
+        route_by_capability: bool,
+    ) -> Result<Triggered, AppError> {
         let agent = self.agent(agent_id).await?;
         if agent.is_deregistered() {
             return Err(AppError::agent_deregistered(agent_id));
         }
-        let fingerprint = trigger_fingerprint(agent_id, &source, initial_payload.as_ref());
-        let definition = match source {
+        let mut fingerprint = trigger_fingerprint(agent_id, &source, initial_payload.as_ref());
+        if route_by_capability {
+            // Another request than the same trigger without the switch.
+            fingerprint.push_str("+routed");
+        }
+        let mut definition = self.definition_of(source).await?;
+        if route_by_capability && !definition.route_by_capability {
+            definition.route_by_capability = true;
+            let problems = definition.validate();
+            if !problems.is_empty() {
+                return Err(AppError::invalid(
+                    "the definition cannot be routed by capability",
+                    problems,
+                ));
+            }
+        }
+        self.start_session(agent_id, definition, initial_payload, idempotency_key, fingerprint)
+            .await
+    }
+
+    /// Starts a session of a definition every task of which is routed by capability, without
+    /// naming an agent (issue 18): its tasks go to available agents announcing their
+    /// capabilities; it is listed under the reserved id [`crate::session::ROUTED_POOL`].
+    pub async fn start_routed(
+        &self,
+        source: DefinitionSource,
+        initial_payload: Option<Value>,
+        idempotency_key: Option<IdempotencyKey>,
+    ) -> Result<Triggered, AppError> {
+        let pool = AgentId::parse(crate::session::ROUTED_POOL).expect("a valid agent id");
+        let fingerprint = trigger_fingerprint(&pool, &source, initial_payload.as_ref());
+        let definition = self.definition_of(source).await?;
+        if !definition.routes_every_task() {
+            let p: Vec<_> = definition
+                .tasks
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| definition.routed_capability(t).is_none())
+                .map(|(i, _)| {
+                    crate::workflow::Problem::new(
+                        format!("tasks[{i}].agentCapability"),
+                        "a session without an agent needs every task routed: set routeByCapability and name agentCapability",
+                    )
+                })
+                .collect();
+            let p = if definition.route_by_capability {
+                p
+            } else {
+                vec![crate::workflow::Problem::new(
+                    "routeByCapability",
+                    "a session without an agent needs a definition routed by capability",
+                )]
+            };
+            return Err(AppError::invalid(
+                "a session without an agent needs every task routed by capability",
+                p,
+            ));
+        }
+        self.start_session(&pool, definition, initial_payload, idempotency_key, fingerprint)
+            .await
+    }
+
+    async fn definition_of(&self, source: DefinitionSource) -> Result<WorkflowDefinition, AppError> {
+        Ok(match source {
             DefinitionSource::Inline(d) => *d,
             DefinitionSource::Stored { id, version } => self.workflow(&id, version.as_ref()).await?.definition,
-        };
+        })
+    }
+
+    /// The session, its entry task and the idempotency key (bound to `fingerprint`) in one
+    /// transaction.
+    async fn start_session(
+        &self,
+        agent_id: &AgentId,
+        definition: WorkflowDefinition,
+        initial_payload: Option<Value>,
+        idempotency_key: Option<IdempotencyKey>,
+        fingerprint: String,
+    ) -> Result<Triggered, AppError> {
         let now = self.now();
         let workflow_id = definition.id.clone();
         let entry = definition.entry().clone();
@@ -313,7 +412,10 @@ impl App {
     }
 
     pub async fn list_sessions(&self, agent: &AgentId, page: PageRequest) -> Result<Page<Session>, AppError> {
-        self.agent(agent).await?;
+        // The pool of sessions started without an agent is no agent, and always exists.
+        if agent.as_str() != crate::session::ROUTED_POOL {
+            self.agent(agent).await?;
+        }
         Ok(self.store.list_sessions(agent, page).await?)
     }
 

@@ -5,11 +5,11 @@ use crate::agent::{Agent, AgentDetails, HistoryEntry, Registration, StateName, S
 use crate::ids::{AgentId, IdempotencyKey, SessionId, TaskId, WorkflowId, WorkflowVersion};
 use crate::session::{Session, SessionStatus};
 use crate::store::*;
-use crate::task::{TaskInstance, TaskKey, TaskStatus};
+use crate::task::{TaskInstance, TaskKey};
 use crate::time::{self, Clock, SystemClock, Timestamp};
 use crate::workflow::WorkflowDefinition;
 use async_trait::async_trait;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
@@ -26,6 +26,50 @@ struct State {
     /// → (session, request fingerprint, expiry in epoch seconds: the resolution of DynamoDB's TTL)
     idempotency: HashMap<(AgentId, IdempotencyKey), (SessionId, String, i64)>,
     deliveries: HashMap<String, Timestamp>,
+    /// The idle-agents index: (capability, when the agent became available as a sequence
+    /// number, agent), and the sequence number of each agent in it.
+    idle: BTreeSet<(String, u64, AgentId)>,
+    idle_since: HashMap<AgentId, u64>,
+    /// The routed runnable index: (capability, due, session, task) of pending routed tasks.
+    routed: BTreeSet<(String, Timestamp, SessionId, TaskId)>,
+}
+
+impl State {
+    /// Keeps the idle-agents index in step with an agent write (under the same lock).
+    fn reindex_agent(&mut self, old: Option<&Agent>, new: &Agent) {
+        let m = IdleIndexMove::of(old, Some(new));
+        if m.is_empty() {
+            return;
+        }
+        let id = new.id().clone();
+        if let Some(since) = self.idle_since.remove(&id) {
+            for c in m.leave {
+                self.idle.remove(&(c, since, id.clone()));
+            }
+        }
+        if !m.join.is_empty() {
+            self.seq += 1;
+            let since = self.seq;
+            self.idle_since.insert(id.clone(), since);
+            for c in m.join {
+                self.idle.insert((c, since, id.clone()));
+            }
+        }
+    }
+
+    /// Keeps the routed runnable index in step with a task write (under the same lock).
+    fn reindex_task(&mut self, old: Option<&TaskInstance>, new: &TaskInstance) {
+        if let Some(o) = old
+            && let Some(c) = o.runnable_capability()
+        {
+            self.routed
+                .remove(&(c.to_owned(), o.due_at, o.session_id, o.task_id.clone()));
+        }
+        if let Some(c) = new.runnable_capability() {
+            self.routed
+                .insert((c.to_owned(), new.due_at, new.session_id, new.task_id.clone()));
+        }
+    }
 }
 
 pub struct InMemoryStore {
@@ -147,6 +191,7 @@ impl Store for InMemoryStore {
             let old = s.agents.get(&details.agent_id).cloned();
             match Agent::registration(old.as_ref(), details, now) {
                 Registration::Create(agent) => {
+                    s.reindex_agent(None, &agent);
                     s.agents.insert(agent.id().clone(), agent.clone());
                     (
                         RegisterOutcome::Created(agent.clone()),
@@ -159,6 +204,7 @@ impl Store for InMemoryStore {
                 Registration::Unchanged => (RegisterOutcome::Unchanged(old.expect("unchanged: it exists")), None),
                 Registration::Update(agent) => {
                     let old = old.expect("updated: it exists");
+                    s.reindex_agent(Some(&old), &agent);
                     s.agents.insert(agent.id().clone(), agent.clone());
                     (
                         RegisterOutcome::Updated(agent.clone()),
@@ -183,6 +229,7 @@ impl Store for InMemoryStore {
             let Some(agent) = old.deregistered(now) else {
                 return Ok(old);
             };
+            s.reindex_agent(Some(&old), &agent);
             s.agents.insert(id.clone(), agent.clone());
             (
                 agent.clone(),
@@ -221,6 +268,7 @@ impl Store for InMemoryStore {
             );
             if applied {
                 let agent = old.with_report(report, received_at);
+                s.reindex_agent(Some(&old), &agent);
                 s.agents.insert(agent.id().clone(), agent.clone());
                 (
                     ReportOutcome::Applied,
@@ -367,6 +415,12 @@ impl Store for InMemoryStore {
                         Some(a) if a.is_available() => {}
                         _ => return conflict(None),
                     },
+                    Write::ClaimAgentFor {
+                        agent_id, capability, ..
+                    } => match s.agents.get(agent_id) {
+                        Some(a) if a.is_available() && indexed_capabilities(a).contains(&capability.as_str()) => {}
+                        _ => return conflict(None),
+                    },
                     Write::ReleaseAgent { agent_id, dispatch } => match s.agents.get(agent_id) {
                         Some(a) if a.inflight.as_ref().is_some_and(|i| &i.dispatch == dispatch) => {}
                         _ => return conflict(None),
@@ -398,6 +452,7 @@ impl Store for InMemoryStore {
                     }
                     Write::CreateTask(t) | Write::TransitionTask { next: t, .. } => {
                         let old = s.tasks.insert((t.session_id, t.task_id.clone()), t.clone());
+                        s.reindex_task(old.as_ref(), &t);
                         changes.push(Change::Task {
                             old: old.map(Arc::new),
                             new: Some(Arc::new(t)),
@@ -417,22 +472,26 @@ impl Store for InMemoryStore {
                         s.idempotency
                             .insert((agent_id, key), (session_id, fingerprint, expires));
                     }
-                    Write::ClaimAgent { agent_id, inflight } => {
+                    Write::ClaimAgent { agent_id, inflight } | Write::ClaimAgentFor { agent_id, inflight, .. } => {
                         let a = s.agents.get_mut(&agent_id).expect("checked above");
                         let old = a.clone();
                         a.inflight = Some(inflight);
+                        let new = a.clone();
+                        s.reindex_agent(Some(&old), &new);
                         changes.push(Change::Agent {
                             old: Some(Arc::new(old)),
-                            new: Some(Arc::new(a.clone())),
+                            new: Some(Arc::new(new)),
                         });
                     }
                     Write::ReleaseAgent { agent_id, .. } => {
                         let a = s.agents.get_mut(&agent_id).expect("checked above");
                         let old = a.clone();
                         a.inflight = None;
+                        let new = a.clone();
+                        s.reindex_agent(Some(&old), &new);
                         changes.push(Change::Agent {
                             old: Some(Arc::new(old)),
-                            new: Some(Arc::new(a.clone())),
+                            new: Some(Arc::new(new)),
                         });
                     }
                     Write::HandOverAgent { agent_id, to, .. } => {
@@ -542,10 +601,42 @@ impl Store for InMemoryStore {
         let mut due: Vec<_> = s
             .tasks
             .values()
-            .filter(|t| &t.agent_id == agent && t.status == TaskStatus::Pending && t.due_at <= now)
+            .filter(|t| &t.agent_id == agent && t.is_runnable_by_agent() && t.due_at <= now)
             .collect();
         due.sort_by_key(|t| t.due_at);
         Ok(due.into_iter().take(limit as usize).map(TaskInstance::key).collect())
+    }
+
+    async fn idle_agents(&self, capability: &str, limit: u32) -> Result<Vec<AgentId>, StoreError> {
+        let s = self.lock();
+        Ok(s.idle
+            .range((capability.to_owned(), 0, AgentId::parse("-").expect("valid"))..)
+            .take_while(|(c, _, _)| c == capability)
+            .take(limit as usize)
+            .map(|(_, _, a)| a.clone())
+            .collect())
+    }
+
+    async fn routed_tasks(&self, capability: &str, now: Timestamp, limit: u32) -> Result<Vec<RoutedTask>, StoreError> {
+        let s = self.lock();
+        let from = (
+            capability.to_owned(),
+            Timestamp::MIN_UTC,
+            SessionId::parse("00000000-0000-0000-0000-000000000000").expect("the nil UUID"),
+            TaskId::parse("-").expect("valid"),
+        );
+        Ok(s.routed
+            .range(from..)
+            .take_while(|(c, due, _, _)| c == capability && *due <= now)
+            .take(limit as usize)
+            .map(|(_, due, session_id, task_id)| RoutedTask {
+                key: TaskKey {
+                    session_id: *session_id,
+                    task_id: task_id.clone(),
+                },
+                due_at: *due,
+            })
+            .collect())
     }
 
     async fn due_timers(&self, now: Timestamp, limit: u32) -> Result<Vec<TaskKey>, StoreError> {

@@ -21,6 +21,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod routing;
+
 /// What the runner sends to AgentKit (`POST /v1/agents/{agentId}/run`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DispatchRequest {
@@ -101,7 +103,8 @@ where
     F: Fn(&'a Change) -> Fut,
     Fut: std::future::Future<Output = Result<(), E>>,
 {
-    in_lanes(changes, Change::agent_id, limit, handle).await
+    // Routing (issue 18): a routed task waiting for an agent is handled in its session's lane.
+    in_lanes(changes, Change::lane, limit, handle).await
 }
 
 /// [`by_agent`] for any items and any lane key.
@@ -299,6 +302,8 @@ impl Runner {
             }
             Change::Agent { old, new: Some(a) } => {
                 let old = old.as_deref();
+                // The idle-agents index of stores that cannot keep it in the agent's own write.
+                self.store.sync_idle_agent(old, a).await?;
                 if a.is_deregistered() {
                     if old.is_none_or(|o| !o.is_deregistered()) {
                         self.fail_agent_tasks(a).await?;
@@ -309,7 +314,8 @@ impl Runner {
                     self.on_report(a).await?;
                 }
                 if a.is_available() && old.is_none_or(|o| !o.is_available() || o.current.version < a.current.version) {
-                    self.dispatch_next_for(a.id()).await?;
+                    // Its own tasks and, if it announces capabilities, routed ones (routing.rs).
+                    self.dispatch_next_for_agent(a).await?;
                 }
                 Ok(())
             }
@@ -393,6 +399,10 @@ impl Runner {
             let Some(Loaded { session, task, recent }) = self.load(key, source).await? else {
                 return Ok(Claim::NotRunnable);
             };
+            // Routing (issue 18): a routed task is claimed by any capable agent (routing.rs).
+            if task.capability.is_some() {
+                return self.dispatch_routed(key, Loaded { session, task, recent }).await;
+            }
             let now = self.clock.now();
             let runnable = task.due_at <= now && !session.status.is_terminal();
             // Only a pending task can be claimed.
@@ -571,7 +581,10 @@ impl Runner {
                     return Some((writes, None));
                 };
                 let next = TaskInstance::new(&l.session, def, Value::Object(def.parameters.clone()), now, recheck);
-                let hand_over = next.agent_id == l.task.agent_id && lost != Some(WriteKind::HandOverAgent);
+                // A routed next task goes to the capable agent idle longest, not necessarily this one.
+                let hand_over = next.capability.is_none()
+                    && next.agent_id == l.task.agent_id
+                    && lost != Some(WriteKind::HandOverAgent);
                 let (agent_write, next, handed) = match next.claim(now, after(now, self.lease)) {
                     Ok(claimed) if hand_over => {
                         let to = Inflight {
@@ -753,7 +766,9 @@ impl Runner {
                     agent_id: l.task.agent_id.clone(),
                     dispatch: i.dispatch.clone(),
                 }];
-                w.extend(self.fail_writes(l, now, why, false, FailureCode::AgentDeregistered)?);
+                // A routed task fails only this attempt: its retry may go to another agent.
+                let retryable = l.task.capability.is_some();
+                w.extend(self.fail_writes(l, now, why, retryable, FailureCode::AgentDeregistered)?);
                 Some((w, ()))
             })
             .await?;
@@ -888,14 +903,20 @@ impl Runner {
         match l.task.status {
             TaskStatus::Pending => {
                 if l.task.dispatch_deadline.is_some_and(|d| d <= now) {
-                    let agent = self.store.get_agent(&l.task.agent_id).await?;
-                    let state = agent
-                        .map(|a| a.current.state.to_string())
-                        .unwrap_or_else(|| "unknown agent".into());
                     let waited = l.session.definition.dispatch_timeout().as_secs_f64();
-                    let why = format!(
-                        "not dispatched within {waited} s: the agent never became available (last state: {state})"
-                    );
+                    let why = if let Some(capability) = &l.task.capability {
+                        format!(
+                            "not dispatched within {waited} s: no agent with capability {capability:?} became available"
+                        )
+                    } else {
+                        let agent = self.store.get_agent(&l.task.agent_id).await?;
+                        let state = agent
+                            .map(|a| a.current.state.to_string())
+                            .unwrap_or_else(|| "unknown agent".into());
+                        format!(
+                            "not dispatched within {waited} s: the agent never became available (last state: {state})"
+                        )
+                    };
                     self.fail_pending(key, &why, FailureCode::DispatchTimeout).await?;
                     report.failed_attempts += 1;
                     return Ok(());

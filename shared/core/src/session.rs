@@ -6,6 +6,11 @@ use crate::workflow::WorkflowDefinition;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// The agent id a session started without an agent carries (routing by capability, issue 18):
+/// every task of it is routed, so it runs on no agent of its own; its sessions are listed under
+/// this id (`GET /v1/opscore/agent/opscore.routed/sessions`), and no agent may register with it.
+pub const ROUTED_POOL: &str = "opscore.routed";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SessionStatus {

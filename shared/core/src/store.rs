@@ -187,6 +187,13 @@ pub enum Write {
     },
     /// The agent must exist, not be deregistered, be idle, and hold no task.
     ClaimAgent { agent_id: AgentId, inflight: Inflight },
+    /// [`Write::ClaimAgent`] for a task routed by `capability` (issue 18): the agent must also
+    /// announce it (a registration may have changed its capabilities since the index was read).
+    ClaimAgentFor {
+        agent_id: AgentId,
+        inflight: Inflight,
+        capability: String,
+    },
     /// The agent's in-flight task must be exactly this one.
     ReleaseAgent { agent_id: AgentId, dispatch: DispatchId },
     /// The agent must exist, not be deregistered, be idle, and hold exactly `from`; it then holds
@@ -215,6 +222,7 @@ pub enum WriteKind {
     TransitionTask,
     CreateIdempotencyKey,
     ClaimAgent,
+    ClaimAgentFor,
     ReleaseAgent,
     HandOverAgent,
     CreateDeliveryRecord,
@@ -231,6 +239,7 @@ impl Write {
             Write::TransitionTask { .. } => WriteKind::TransitionTask,
             Write::CreateIdempotencyKey { .. } => WriteKind::CreateIdempotencyKey,
             Write::ClaimAgent { .. } => WriteKind::ClaimAgent,
+            Write::ClaimAgentFor { .. } => WriteKind::ClaimAgentFor,
             Write::ReleaseAgent { .. } => WriteKind::ReleaseAgent,
             Write::HandOverAgent { .. } => WriteKind::HandOverAgent,
             Write::CreateDeliveryRecord { .. } => WriteKind::CreateDeliveryRecord,
@@ -317,6 +326,87 @@ pub trait Store: Send + Sync + 'static {
     async fn runnable_tasks(&self, agent: &AgentId, now: Timestamp, limit: u32) -> Result<Vec<TaskKey>, StoreError>;
     /// Tasks whose timer has fired by `now` (retry due, lease expired, deadline passed).
     async fn due_timers(&self, now: Timestamp, limit: u32) -> Result<Vec<TaskKey>, StoreError>;
+
+    // Routing by capability (docs/architecture.md, "Routing by capability"). Both lists are
+    // indexes the store keeps in the same atomic write as the change that moves an item in or out
+    // of them; neither is a scan.
+    /// Available agents (registered, not deregistered, `idle`, holding no task) announcing
+    /// `capability`, the one available longest first. An entry may be a moment stale on an
+    /// eventually consistent store: a claim is conditioned on the agent, so that is harmless.
+    async fn idle_agents(&self, capability: &str, limit: u32) -> Result<Vec<AgentId>, StoreError>;
+    /// Pending routed tasks of `capability` that are due by `now`, oldest due first.
+    async fn routed_tasks(&self, capability: &str, now: Timestamp, limit: u32) -> Result<Vec<RoutedTask>, StoreError>;
+    /// Brings the idle-agents index in line with an agent change the runner is handling (`old`
+    /// and `new`: the images before and after, as the stream gives them). A store that keeps the
+    /// index in the agent write's own transaction (in-memory, SQLite) has nothing to do here. The
+    /// DynamoDB adapter cannot: a state report is written without reading the agent first, so
+    /// it does not know whether the agent became available. It writes the index entries here,
+    /// conditioned on the agent item still being as `new` shows it.
+    async fn sync_idle_agent(&self, old: Option<&Agent>, new: &Agent) -> Result<(), StoreError> {
+        let _ = (old, new);
+        Ok(())
+    }
+}
+
+/// A pending routed task as its capability's runnable list gives it: enough to pick the oldest
+/// among an agent's own tasks and its capabilities' without reading the task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutedTask {
+    pub key: TaskKey,
+    pub due_at: Timestamp,
+}
+
+/// The capabilities of `agent` that go into the idle-agents index while it is available: each
+/// announced capability that a routed task could name ([`crate::workflow::check_capability`]),
+/// once. Every store indexes exactly these.
+pub fn indexed_capabilities(agent: &Agent) -> Vec<&str> {
+    let mut caps: Vec<&str> = agent
+        .details
+        .capabilities
+        .iter()
+        .map(String::as_str)
+        .filter(|c| crate::workflow::check_capability(c).is_ok())
+        .collect();
+    caps.sort_unstable();
+    caps.dedup();
+    caps.truncate(MAX_INDEXED_CAPABILITIES);
+    caps
+}
+
+/// At most this many capabilities of one agent are indexed (the first in byte order): the
+/// DynamoDB adapter moves all of an agent's entries in one transaction (at most 100 members).
+pub const MAX_INDEXED_CAPABILITIES: usize = 32;
+
+/// What an agent write does to the idle-agents index, from the images before and after: the
+/// capabilities whose entries leave and those whose entries join (stamped with the time of this
+/// write: it is when the agent became available). An agent that stays available with the same
+/// capabilities keeps its entries and its place in line (a heartbeat `idle` does not send it to
+/// the back); one whose capabilities changed while available is re-entered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdleIndexMove {
+    pub leave: Vec<String>,
+    pub join: Vec<String>,
+}
+
+impl IdleIndexMove {
+    pub fn of(old: Option<&Agent>, new: Option<&Agent>) -> Self {
+        let entries = |a: Option<&Agent>| -> Vec<String> {
+            a.filter(|a| a.is_available())
+                .map(|a| indexed_capabilities(a).into_iter().map(str::to_owned).collect())
+                .unwrap_or_default()
+        };
+        let (before, after) = (entries(old), entries(new));
+        if before == after {
+            return Self::default();
+        }
+        Self {
+            leave: before,
+            join: after,
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.leave.is_empty() && self.join.is_empty()
+    }
 }
 
 /// One change to a stored item, as a table stream reports it: the image before and after.
@@ -336,7 +426,26 @@ pub enum Change {
     },
 }
 
+/// Which lane of a runner handles a change (see [`Change::lane`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Lane {
+    Agent(AgentId),
+    Session(SessionId),
+}
+
 impl Change {
+    /// The lane a runner handles this change in: the agent's (its changes strictly in order),
+    /// except a routed task waiting for an agent (routing, issue 18), which is no agent's yet:
+    /// it gets its session's lane, so that the dispatches of routed tasks do not queue behind one
+    /// another in the lane of the agent their sessions were started on. Handling such a change
+    /// only tries a conditional claim, which needs no order with the agent's changes.
+    pub fn lane(&self) -> Option<Lane> {
+        match self {
+            Change::Task { new: Some(t), .. } if t.runnable_capability().is_some() => Some(Lane::Session(t.session_id)),
+            _ => self.agent_id().cloned().map(Lane::Agent),
+        }
+    }
+
     /// The agent the changed item belongs to: the runner keeps each agent's changes in order.
     pub fn agent_id(&self) -> Option<&AgentId> {
         match self {

@@ -97,7 +97,14 @@ pub struct Attempt {
 pub struct TaskInstance {
     pub session_id: SessionId,
     pub task_id: TaskId,
+    /// The agent the task runs on. For a routed task (`capability` set): the session's agent
+    /// until a claim, then the agent that holds (or last held) an attempt.
     pub agent_id: AgentId,
+    /// Routed by this capability: while pending, any available agent announcing it may claim
+    /// the task (the capability's runnable index lists it, not the agent's). `None`: the task
+    /// runs on `agent_id`, as every task did before routing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capability: Option<String>,
     pub name: String,
     pub payload: Value,
     pub next_task_id: Option<TaskId>,
@@ -155,6 +162,7 @@ impl TaskInstance {
             session_id: session.session_id,
             task_id: def.task_id.clone(),
             agent_id: session.agent_id.clone(),
+            capability: session.definition.routed_capability(def).map(str::to_owned),
             name: def.name.clone(),
             payload,
             next_task_id: def.next_task_id.clone(),
@@ -201,6 +209,38 @@ impl TaskInstance {
             error: None,
         });
         Ok(next)
+    }
+
+    /// [`Self::claim`] of a routed task by `agent`, any available agent announcing its
+    /// capability: the attempt is `agent`'s, so it is the one whose reports complete it and whose
+    /// in-flight marker names it. Refused for a task that is not routed (it has its agent).
+    pub fn claim_by(
+        &self,
+        agent: &AgentId,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> Result<Self, TaskTransitionError> {
+        if self.capability.is_none() {
+            return Err(TaskTransitionError {
+                transition: "claim by capability",
+                from: self.status,
+            });
+        }
+        let mut next = self.claim(now, lease_until)?;
+        next.agent_id = agent.clone();
+        Ok(next)
+    }
+
+    /// Pending and waiting in its agent's runnable list (`runnable_tasks`).
+    pub fn is_runnable_by_agent(&self) -> bool {
+        self.status == TaskStatus::Pending && self.capability.is_none()
+    }
+
+    /// Pending and waiting in its capability's runnable list (`routed_tasks`): the capability.
+    pub fn runnable_capability(&self) -> Option<&str> {
+        (self.status == TaskStatus::Pending)
+            .then_some(self.capability.as_deref())
+            .flatten()
     }
 
     /// Same status (`dispatched` or `running`): AgentKit accepted the attempt. The lease is over;

@@ -258,6 +258,31 @@ impl crate::store::Store for CountingStore {
         self.count("due_timers");
         self.inner.due_timers(now, limit).await
     }
+    async fn idle_agents(
+        &self,
+        capability: &str,
+        limit: u32,
+    ) -> Result<Vec<crate::ids::AgentId>, crate::store::StoreError> {
+        self.count("idle_agents");
+        self.inner.idle_agents(capability, limit).await
+    }
+    async fn routed_tasks(
+        &self,
+        capability: &str,
+        now: crate::time::Timestamp,
+        limit: u32,
+    ) -> Result<Vec<crate::store::RoutedTask>, crate::store::StoreError> {
+        self.count("routed_tasks");
+        self.inner.routed_tasks(capability, now, limit).await
+    }
+    async fn sync_idle_agent(
+        &self,
+        old: Option<&crate::agent::Agent>,
+        new: &crate::agent::Agent,
+    ) -> Result<(), crate::store::StoreError> {
+        self.count("sync_idle_agent");
+        self.inner.sync_idle_agent(old, new).await
+    }
 }
 
 /// An engine test's whole world: the in-memory store and its change channel, a manual clock, an
@@ -353,6 +378,34 @@ impl EngineWorld {
             .expect("the trigger is accepted");
         self.pump().await.expect("the runner handles the trigger");
         t.session_id
+    }
+
+    /// Registers another agent announcing `capabilities` and has it report `idle`; the runner
+    /// handles both changes.
+    pub async fn add_idle_agent(&mut self, capabilities: &[&str]) -> crate::ids::AgentId {
+        let id = crate::ids::AgentId::parse(uuid::Uuid::new_v4().to_string()).expect("a uuid is an agent id");
+        let mut details = agent_details(&id, "pool");
+        details.capabilities = capabilities.iter().map(|c| c.to_string()).collect();
+        self.app.register_agent(details).await.expect("the agent registers");
+        self.pump().await.expect("the registration's change is handled");
+        self.report_as(&id, "idle", None).await;
+        id
+    }
+
+    /// `agent` reports a state (timestamps always move forward), then the runner handles it.
+    pub async fn report_as(&mut self, agent: &crate::ids::AgentId, state: &str, details: Option<serde_json::Value>) {
+        let mut report = self.next_report(state, details);
+        report.agent_id = agent.clone();
+        self.app.report_state(&report).await.expect("the report is applied");
+        self.pump().await.expect("the runner handles the report");
+    }
+
+    /// The reference agent's work on `dispatch`, by the agent it went to: `active`, then `idle`
+    /// naming the attempt.
+    pub async fn work(&mut self, dispatch: &crate::runner::DispatchRequest) {
+        let id = serde_json::json!({"opscore_task_id": dispatch.dispatch_id});
+        self.report_as(&dispatch.agent_id, "active", Some(id.clone())).await;
+        self.report_as(&dispatch.agent_id, "idle", Some(id)).await;
     }
 
     /// Every dispatch AgentKit was asked for, oldest first.

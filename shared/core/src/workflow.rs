@@ -121,6 +121,12 @@ pub struct WorkflowDefinition {
     /// Default run timeout for tasks that set none (default 3600 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_timeout_seconds: Option<f64>,
+    /// Opt-in routing by capability: a task naming `agentCapability` runs on any registered,
+    /// idle agent announcing that capability instead of on the session's agent. Off by default,
+    /// so definitions written before it (the original's sample names capabilities too) mean what
+    /// they meant. A trigger may switch it on for one session.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub route_by_capability: bool,
 }
 
 fn default_version() -> WorkflowVersion {
@@ -128,6 +134,9 @@ fn default_version() -> WorkflowVersion {
 }
 
 pub const DEFAULT_DISPATCH_TIMEOUT: f64 = 600.0;
+/// The longest capability a routed task may name (bytes): it is part of index keys, which
+/// DynamoDB limits to 2,048 bytes for a partition key.
+pub const MAX_CAPABILITY_BYTES: usize = 256;
 pub const DEFAULT_TASK_TIMEOUT: f64 = 3600.0;
 const MAX_TIMEOUT_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
 
@@ -245,6 +254,9 @@ impl WorkflowDefinition {
         if let Some(s) = self.dispatch_timeout_seconds {
             check_seconds(&mut p, "dispatchTimeoutSeconds", s);
         }
+        if self.route_by_capability {
+            p.extend(self.routing_problems());
+        }
         if let Some(s) = self.task_timeout_seconds {
             check_seconds(&mut p, "taskTimeoutSeconds", s);
         }
@@ -285,6 +297,33 @@ impl WorkflowDefinition {
             }
         }
         p
+    }
+
+    /// With routing on, every capability a task names becomes an index key: it must be usable as
+    /// one. (With routing off, `agentCapability` stays the free text it always was.)
+    fn routing_problems(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        for (i, t) in self.tasks.iter().enumerate() {
+            if let Some(c) = &t.agent_capability
+                && let Err(why) = check_capability(c)
+            {
+                p.push(Problem::new(format!("tasks[{i}].agentCapability"), why));
+            }
+        }
+        p
+    }
+
+    /// The capability `task` is routed by in a session of this definition: its
+    /// `agentCapability` when routing is on, else `None` (it runs on the session's agent).
+    pub fn routed_capability<'t>(&self, task: &'t TaskDefinition) -> Option<&'t str> {
+        self.route_by_capability
+            .then_some(task.agent_capability.as_deref())
+            .flatten()
+    }
+
+    /// Whether every task of this definition is routed: then a session needs no agent of its own.
+    pub fn routes_every_task(&self) -> bool {
+        self.tasks.iter().all(|t| self.routed_capability(t).is_some())
     }
 
     pub fn entry(&self) -> &TaskDefinition {
@@ -369,6 +408,10 @@ fn shape_problems(obj: &Map<String, Value>) -> Vec<Problem> {
     for f in ["dispatchTimeoutSeconds", "taskTimeoutSeconds"] {
         number_rule(&mut p, f, obj.get(f));
     }
+    match obj.get("routeByCapability") {
+        None | Some(Value::Bool(_)) => {}
+        Some(_) => p.push(Problem::new("routeByCapability", "must be a boolean")),
+    }
     match obj.get("retryPolicy") {
         None | Some(Value::Null) => {}
         Some(v @ Value::Object(_)) => {
@@ -419,6 +462,24 @@ fn shape_problems(obj: &Map<String, Value>) -> Vec<Problem> {
         Some(_) => p.push(Problem::new("tasks", "must be an array")),
     }
     p
+}
+
+/// Whether `c` can be routed by: 1 to [`MAX_CAPABILITY_BYTES`] bytes, no control characters.
+/// An agent capability that fails this is never indexed (no routed task could name it).
+pub fn check_capability(c: &str) -> Result<(), String> {
+    if c.is_empty() {
+        return Err("must not be empty when routing by capability".into());
+    }
+    if c.len() > MAX_CAPABILITY_BYTES {
+        return Err(format!(
+            "is {} bytes; a routed capability is at most {MAX_CAPABILITY_BYTES}",
+            c.len()
+        ));
+    }
+    if c.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(())
 }
 
 fn string_rule(p: &mut Vec<Problem>, field: &str, v: Option<&Value>, required: bool) {
@@ -506,6 +567,48 @@ mod tests {
             WorkflowDefinition::from_value(entry).unwrap().entry().task_id.as_str(),
             "b"
         );
+    }
+
+    /// Routing is opt-in: the original's sample names capabilities and still routes nothing;
+    /// with `routeByCapability`, each named capability must be usable as an index key.
+    #[test]
+    fn routing_by_capability_is_opt_in_and_checks_the_capabilities() {
+        let plain = WorkflowDefinition::from_value(sample()).unwrap();
+        assert!(!plain.route_by_capability);
+        assert!(plain.tasks.iter().all(|t| plain.routed_capability(t).is_none()));
+        assert!(!plain.routes_every_task());
+        assert!(
+            !serde_json::to_value(&plain)
+                .unwrap()
+                .as_object()
+                .unwrap()
+                .contains_key("routeByCapability"),
+            "a definition without routing serialises as before"
+        );
+        let mut v = sample();
+        v["routeByCapability"] = json!(true);
+        let routed = WorkflowDefinition::from_value(v.clone()).unwrap();
+        assert_eq!(routed.routed_capability(&routed.tasks[0]), Some("test_capability"));
+        assert!(routed.routes_every_task());
+        v["tasks"][1]["agentCapability"] = json!(null);
+        let mixed = WorkflowDefinition::from_value(v.clone()).unwrap();
+        assert_eq!(mixed.routed_capability(&mixed.tasks[1]), None);
+        assert!(
+            !mixed.routes_every_task(),
+            "a task without a capability runs on the session's agent"
+        );
+        v["tasks"][0]["agentCapability"] = json!("x".repeat(MAX_CAPABILITY_BYTES + 1));
+        v["tasks"][1]["agentCapability"] = json!("");
+        let p = WorkflowDefinition::from_value(v.clone()).unwrap_err();
+        let fields: Vec<_> = p.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["tasks[0].agentCapability", "tasks[1].agentCapability"],
+            "{p:?}"
+        );
+        v["routeByCapability"] = json!("yes");
+        let p = WorkflowDefinition::from_value(v).unwrap_err();
+        assert!(p.iter().any(|p| p.field == "routeByCapability"), "{p:?}");
     }
 
     #[test]

@@ -248,7 +248,7 @@ pub async fn heat_of_stream(client: &aws_sdk_dynamodbstreams::Client, table: &st
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::items::{AgentItem, HistoryItem, SessionItem, TaskItem};
+    use crate::items::{AgentItem, HistoryItem, IdleAgentItem, SessionItem, TaskItem};
     use opscore_core::agent::{Agent, AgentDetails, HistoryEntry, Inflight, StateName, StateReport};
     use opscore_core::ids::{AgentId, DispatchId, TaskId};
     use opscore_core::session::Session;
@@ -275,8 +275,75 @@ mod tests {
     /// then idling with heartbeats: every item change the adapter writes, from its own item
     /// builders, counted on the table and on the indexes. No partition key may take more than
     /// 2 % of the writes, and the agent lists' keys take none of the heartbeats.
+    /// An agent change as the adapter writes it: the agent item, and (routing, issue 18) the
+    /// idle-agents entries that `sync_idle_agent` moves for it.
+    fn record_agent(heat: &mut Heat, old: Option<&Agent>, new: &Agent, at: Timestamp) {
+        heat.record(old.map(agent_item).as_ref(), Some(&agent_item(new)));
+        let moved = opscore_core::store::IdleIndexMove::of(old, Some(new));
+        for c in &moved.leave {
+            let gone = IdleAgentItem::new(new.id(), c, at);
+            heat.record(Some(&item(&gone)), None);
+        }
+        for c in &moved.join {
+            heat.record(None, Some(&item(&IdleAgentItem::new(new.id(), c, at))));
+        }
+    }
+
     #[test]
     fn no_key_takes_more_than_two_percent_of_the_writes_of_1000_agents() {
+        let heat = scenario(false);
+        check(&heat);
+        // Heartbeats (same state) write no index entry: the agent lists saw only registrations
+        // (lists) and state changes (work: idle ↔ busy, 2 writes each, plus the first entry).
+        let per = heat.per_target();
+        assert_eq!(per[crate::items::GSI1], 1000 + 1000, "{}", heat.report());
+    }
+
+    /// The same with routing (issue 18): every agent announces the same two capabilities and
+    /// every task is routed by one of them, the worst case for the capability keys
+    /// (`ROUTED#{n}#work`, `IDLE#{n}#work`, `IDLE#{n}#review`), which take every task's and
+    /// every availability change's index writes.
+    #[test]
+    fn no_key_takes_more_than_two_percent_of_the_writes_with_routing() {
+        let heat = scenario(true);
+        check(&heat);
+        let routed = heat.writes.keys().filter(|(_, pk)| pk.starts_with("ROUTED#")).count();
+        let idle = heat.writes.keys().filter(|(_, pk)| pk.starts_with("IDLE#")).count();
+        assert_eq!(
+            (routed, idle),
+            (
+                usize::from(crate::items::ROUTED_SHARDS),
+                2 * usize::from(crate::items::IDLE_SHARDS)
+            ),
+            "{}",
+            heat.report()
+        );
+    }
+
+    fn check(heat: &Heat) {
+        println!("{}", heat.report());
+        let hottest = heat.hottest().unwrap();
+        assert!(hottest.share <= 0.02, "{}", heat.report());
+        // The reports' index: no key above 2 % of that index's writes either. (The lists index
+        // is written once per agent and session, the timer index is spread over 16 shards: their
+        // keys are under 2 % of all writes, which is what bounds throughput.)
+        let work = heat
+            .hottest_per_target()
+            .into_iter()
+            .find(|h| h.target.0 == crate::items::GSI2)
+            .unwrap();
+        assert!(work.share <= 0.02, "{}", heat.report());
+        assert!(
+            !heat
+                .writes
+                .keys()
+                .any(|(_, pk)| pk == "AGENTS" || pk.starts_with("STATE#") && pk.matches('#').count() < 2)
+        );
+    }
+
+    /// 1,000 agents, each registering, running a two-task workflow (routed by capability if
+    /// `routed`), reporting around each task and sending five heartbeats.
+    fn scenario(routed: bool) -> Heat {
         let mut heat = Heat::default();
         let clock = std::cell::Cell::new(0);
         let tick = || {
@@ -284,8 +351,9 @@ mod tests {
             at(clock.get())
         };
         let def = WorkflowDefinition::from_value(json!({
-            "id": "wf", "name": "two", "version": "1.0",
-            "tasks": [{"taskId": "a", "name": "A", "nextTaskId": "b"}, {"taskId": "b", "name": "B"}]
+            "id": "wf", "name": "two", "version": "1.0", "routeByCapability": routed,
+            "tasks": [{"taskId": "a", "name": "A", "nextTaskId": "b", "agentCapability": "work"},
+                      {"taskId": "b", "name": "B", "agentCapability": "work"}]
         }))
         .unwrap();
         for n in 0..1000 {
@@ -294,13 +362,17 @@ mod tests {
                 agent_id: id.clone(),
                 agent_name: "n".into(),
                 version: "1".into(),
-                capabilities: vec![],
+                capabilities: if routed {
+                    vec!["work".into(), "review".into()]
+                } else {
+                    vec![]
+                },
                 contact_endpoint: "http://127.0.0.1/task".into(),
                 metadata: Default::default(),
                 registration_time: None,
             };
             let mut agent = Agent::new(details, tick());
-            heat.record(None, Some(&agent_item(&agent)));
+            record_agent(&mut heat, None, &agent, tick());
             let report = |agent: &mut Agent, state: &str, heat: &mut Heat| {
                 let r = StateReport {
                     agent_id: id.clone(),
@@ -309,7 +381,7 @@ mod tests {
                     timestamp: tick(),
                 };
                 let next = agent.with_report(&r, r.timestamp);
-                heat.record(Some(&agent_item(agent)), Some(&agent_item(&next)));
+                record_agent(heat, Some(agent), &next, r.timestamp);
                 *agent = next;
                 let h = HistoryItem::new(&HistoryEntry::of(&r, r.timestamp, true), Duration::from_secs(86_400));
                 heat.record(None, Some(&item(&h)));
@@ -324,6 +396,7 @@ mod tests {
                     session_id: session.session_id,
                     task_id: TaskId::parse(task).unwrap(),
                     agent_id: id.clone(),
+                    capability: routed.then(|| "work".to_owned()),
                     name: task.into(),
                     payload: json!({}),
                     next_task_id: next.map(|x| TaskId::parse(x).unwrap()),
@@ -352,7 +425,7 @@ mod tests {
                     dispatch: DispatchId::parse(&format!("{}:{task}:1", session.session_id)).unwrap(),
                     since,
                 });
-                heat.record(Some(&agent_item(&agent)), Some(&agent_item(&claimed)));
+                record_agent(&mut heat, Some(&agent), &claimed, since);
                 agent = claimed;
                 let mut step = |t: &mut TaskInstance, status, timer: Option<Timestamp>, heat: &mut Heat| {
                     t.status = status;
@@ -381,7 +454,7 @@ mod tests {
                 step(&mut t, TaskStatus::Succeeded, None, &mut heat);
                 let mut released = agent.clone();
                 released.inflight = None;
-                heat.record(Some(&agent_item(&agent)), Some(&agent_item(&released)));
+                record_agent(&mut heat, Some(&agent), &released, tick());
                 agent = released;
                 report(&mut agent, "idle", &mut heat);
             }
@@ -396,28 +469,7 @@ mod tests {
                 report(&mut agent, "idle", &mut heat);
             }
         }
-        println!("{}", heat.report());
-        let hottest = heat.hottest().unwrap();
-        assert!(hottest.share <= 0.02, "{}", heat.report());
-        // The reports' index: no key above 2 % of that index's writes either. (The lists index
-        // is written once per agent and session, the timer index is spread over 16 shards: their
-        // keys are under 2 % of all writes, which is what bounds throughput.)
-        let work = heat
-            .hottest_per_target()
-            .into_iter()
-            .find(|h| h.target.0 == crate::items::GSI2)
-            .unwrap();
-        assert!(work.share <= 0.02, "{}", heat.report());
-        // Heartbeats (same state) write no index entry: the agent lists saw only registrations
-        // (lists) and state changes (work: idle ↔ busy, 2 writes each, plus the first entry).
-        let per = heat.per_target();
-        assert_eq!(per[crate::items::GSI1], 1000 + 1000, "{}", heat.report());
-        assert!(
-            !heat
-                .writes
-                .keys()
-                .any(|(_, pk)| pk == "AGENTS" || pk.starts_with("STATE#") && pk.matches('#').count() < 2)
-        );
+        heat
     }
 
     #[test]

@@ -8,7 +8,8 @@
 use crate::counters::{CapacityUnits, Counters, Op, RequestCounts};
 use crate::cursor::{self, CursorShape, ShardedPosition};
 use crate::items::{
-    self, AgentItem, DeliveryItem, HistoryItem, IdempotencyItem, SessionItem, TaskItem, WorkflowItem, keys,
+    self, AgentItem, DeliveryItem, HistoryItem, IdempotencyItem, IdleAgentItem, SessionItem, TaskItem, WorkflowItem,
+    keys,
 };
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
@@ -43,6 +44,14 @@ struct RunnableEntry {
     task_id: opscore_core::ids::TaskId,
     #[serde(with = "opscore_core::time::rfc3339")]
     due_at: Timestamp,
+}
+
+/// An entry of the idle-agents list (the work index, which projects none of its attributes):
+/// its index sort key orders it, its table key (`AGENT#{agentId}`) names the agent.
+#[derive(serde::Deserialize)]
+struct IdleEntry {
+    pk: String,
+    gsi2sk: String,
 }
 
 /// An entry of the timer index: what `due_timers` needs, all projected.
@@ -120,6 +129,9 @@ enum Prepared {
         condition: String,
         expr: Expr,
     },
+    /// A delete inside a transaction whose condition another member carries (the idle-agents
+    /// entries, moved under a check of the agent item).
+    Delete { key: RawItem },
 }
 
 /// Why a single conditional write did not happen.
@@ -313,7 +325,7 @@ impl DynamoStore {
                         })
                 }
                 // There is no single-item condition check: a lone check is a transaction of one.
-                Prepared::Check { .. } => {
+                Prepared::Check { .. } | Prepared::Delete { .. } => {
                     return match self.transact(vec![p]).await? {
                         TxOutcome::Done => Ok(()),
                         TxOutcome::Cancelled { old, .. } => Err(WriteFailed::Condition(old)),
@@ -340,7 +352,8 @@ impl DynamoStore {
                     Put::builder()
                         .table_name(&self.table)
                         .set_item(Some(item))
-                        .condition_expression(condition)
+                        // Empty: a member whose condition another member of the transaction carries.
+                        .set_condition_expression(Some(condition).filter(|c| !c.is_empty()))
                         .set_expression_attribute_names(expr.names_map())
                         .set_expression_attribute_values(expr.values_map())
                         .return_values_on_condition_check_failure(all_old)
@@ -363,6 +376,15 @@ impl DynamoStore {
                         .set_expression_attribute_names(expr.names_map())
                         .set_expression_attribute_values(expr.values_map())
                         .return_values_on_condition_check_failure(all_old)
+                        .build()
+                        .map_err(build_err)?,
+                )
+                .build(),
+            Prepared::Delete { key } => TransactWriteItem::builder()
+                .delete(
+                    aws_sdk_dynamodb::types::Delete::builder()
+                        .table_name(&self.table)
+                        .set_key(Some(key))
                         .build()
                         .map_err(build_err)?,
                 )
@@ -776,6 +798,28 @@ impl DynamoStore {
                     .value(":false", b(false))
                     .value(":idle", s(StateName::known(KnownState::Idle).as_str())),
             },
+            Write::ClaimAgentFor {
+                agent_id,
+                inflight,
+                capability,
+            } => Prepared::Update {
+                key: agent_key(agent_id),
+                update: "SET #inflight = :dispatch, #inflightSince = :since".into(),
+                condition: "attribute_exists(pk) AND #deregistered = :false AND #state = :idle \
+                            AND attribute_not_exists(#inflight) AND contains(#capabilities, :capability)"
+                    .into(),
+                expr: Expr::default()
+                    .name("#inflight", "inflight")
+                    .name("#inflightSince", "inflightSince")
+                    .name("#deregistered", "deregistered")
+                    .name("#state", "state")
+                    .name("#capabilities", "capabilities")
+                    .value(":dispatch", s(inflight.dispatch.render()))
+                    .value(":since", s(time::render(inflight.since)))
+                    .value(":false", b(false))
+                    .value(":idle", s(StateName::known(KnownState::Idle).as_str()))
+                    .value(":capability", s(capability.clone())),
+            },
             Write::ReleaseAgent { agent_id, dispatch } => Prepared::Update {
                 key: agent_key(agent_id),
                 update: "REMOVE #inflight, #inflightSince".into(),
@@ -828,6 +872,61 @@ impl DynamoStore {
     }
 
     // ----- agents -----
+
+    /// One transaction: a check that the agent item is still as `seen` (the attributes that
+    /// decide availability: state version, in-flight marker, deregistration, details), the
+    /// entries of `moved.leave` deleted and those of `moved.join` put, stamped now.
+    async fn move_idle_entries(&self, seen: &Agent, moved: &IdleIndexMove) -> Result<TxOutcome, StoreError> {
+        let mut condition = "#stateVersion = :v AND #deregistered = :dereg AND #digest = :digest".to_owned();
+        let mut expr = Expr::default()
+            .name("#stateVersion", "stateVersion")
+            .name("#deregistered", "deregistered")
+            .name("#digest", "detailsDigest")
+            .name("#inflight", "inflight")
+            .value(":v", n(seen.current.version))
+            .value(":dereg", b(seen.is_deregistered()))
+            .value(":digest", s(seen.details.digest()));
+        match &seen.inflight {
+            Some(i) => {
+                condition.push_str(" AND #inflight = :inflight");
+                expr = expr.value(":inflight", s(i.dispatch.render()));
+            }
+            None => condition.push_str(" AND attribute_not_exists(#inflight)"),
+        }
+        let mut ps = vec![Prepared::Check {
+            key: agent_key(seen.id()),
+            condition,
+            expr,
+        }];
+        for c in &moved.leave {
+            ps.push(Prepared::Delete {
+                key: key(keys::agent_pk(seen.id()), keys::idle_sk(c)),
+            });
+        }
+        let now = chrono::Utc::now();
+        for c in &moved.join {
+            ps.push(Prepared::Put {
+                item: encode(&IdleAgentItem::new(seen.id(), c, now))?,
+                // The check above is the condition; a leftover entry is simply replaced.
+                condition: String::new(),
+                expr: Expr::default(),
+            });
+        }
+        self.transact(ps).await
+    }
+
+    /// The capabilities an agent has idle-agents entries for (its partition, consistent).
+    async fn idle_entries_of(&self, agent: &AgentId) -> Result<Vec<String>, StoreError> {
+        let expr = Expr::default()
+            .value(":pk", s(keys::agent_pk(agent)))
+            .value(":prefix", s(keys::IDLE_PREFIX));
+        let raws = self
+            .query_all(None, "pk = :pk AND begins_with(sk, :prefix)", expr, true, None)
+            .await?;
+        raws.into_iter()
+            .map(|raw| decode::<IdleAgentItem>(raw, "idle-agents entry").map(|e| e.capability))
+            .collect()
+    }
 
     async fn get_agent_item(&self, id: &AgentId) -> Result<Option<Agent>, StoreError> {
         match self.get_raw(agent_key(id)).await? {
@@ -1368,6 +1467,107 @@ impl Store for DynamoStore {
                 task_id: t.task_id,
             })
             .collect())
+    }
+
+    async fn idle_agents(&self, capability: &str, limit: u32) -> Result<Vec<AgentId>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let shards = (0..items::IDLE_SHARDS).map(|shard| {
+            let expr = Expr::default().value(":pk", s(keys::idle_pk(shard, capability)));
+            async move {
+                self.query_all(Some(items::GSI2), "gsi2pk = :pk", expr, true, Some(limit as usize))
+                    .await
+            }
+        });
+        let mut idle = Vec::new();
+        for raws in futures::future::try_join_all(shards).await? {
+            for raw in raws {
+                let e = decode::<IdleEntry>(raw, "idle-agents entry")?;
+                let agent =
+                    e.pk.strip_prefix("AGENT#")
+                        .and_then(|id| AgentId::parse(id).ok())
+                        .ok_or_else(|| StoreError::corrupt(format!("idle-agents entry under {:?}", e.pk)))?;
+                idle.push((e.gsi2sk, agent));
+            }
+        }
+        // `{sinceNanos}#{agentId}`: the one available longest first, across shards.
+        idle.sort();
+        Ok(idle.into_iter().take(limit as usize).map(|(_, a)| a).collect())
+    }
+
+    async fn routed_tasks(&self, capability: &str, now: Timestamp, limit: u32) -> Result<Vec<RoutedTask>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let bound = keys::due_bound(now);
+        let shards = (0..items::ROUTED_SHARDS).map(|shard| {
+            let expr = Expr::default()
+                .value(":pk", s(keys::routed_pk(shard, capability)))
+                .value(":bound", s(bound.clone()));
+            async move {
+                self.query_all(
+                    Some(items::GSI2),
+                    "gsi2pk = :pk AND gsi2sk < :bound",
+                    expr,
+                    true,
+                    Some(limit as usize),
+                )
+                .await
+            }
+        });
+        let mut due = Vec::new();
+        for raws in futures::future::try_join_all(shards).await? {
+            for raw in raws {
+                let t = decode::<RunnableEntry>(raw, "routed entry")?;
+                if t.due_at <= now {
+                    due.push((t.due_at, t.session_id, t.task_id));
+                }
+            }
+        }
+        due.sort();
+        Ok(due
+            .into_iter()
+            .take(limit as usize)
+            .map(|(due_at, session_id, task_id)| RoutedTask {
+                key: TaskKey { session_id, task_id },
+                due_at,
+            })
+            .collect())
+    }
+
+    async fn sync_idle_agent(&self, old: Option<&Agent>, new: &Agent) -> Result<(), StoreError> {
+        let moved = IdleIndexMove::of(old, Some(new));
+        if moved.is_empty() {
+            return Ok(());
+        }
+        let mut seen = new.clone();
+        let mut moved = moved;
+        for _ in 0..TRANSACTION_CANCEL_RETRIES {
+            match self.move_idle_entries(&seen, &moved).await? {
+                TxOutcome::Done => return Ok(()),
+                TxOutcome::Cancelled { .. } => {
+                    // The agent moved on since `seen`: bring the entries in line with the agent
+                    // as it is now, from the entries as they are now.
+                    let Some(current) = self.get_agent_item(seen.id()).await? else {
+                        return Ok(());
+                    };
+                    let existing = self.idle_entries_of(current.id()).await?;
+                    let wanted = IdleIndexMove::of(None, Some(&current)).join;
+                    moved = IdleIndexMove {
+                        leave: existing.iter().filter(|c| !wanted.contains(c)).cloned().collect(),
+                        join: wanted.into_iter().filter(|c| !existing.contains(c)).collect(),
+                    };
+                    if moved.is_empty() {
+                        return Ok(());
+                    }
+                    seen = current;
+                }
+            }
+        }
+        Err(StoreError::unavailable(
+            "the idle-agents entries kept conflicting with the agent's writes",
+        ))
     }
 
     async fn due_timers(&self, now: Timestamp, limit: u32) -> Result<Vec<TaskKey>, StoreError> {

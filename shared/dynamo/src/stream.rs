@@ -41,7 +41,7 @@ fn agent_image(img: Option<&Item>) -> Result<Option<Arc<opscore_core::agent::Age
 }
 
 /// Decodes the images of one record. Agents, sessions and tasks become a [`Change`]; every
-/// other item (history, workflow definitions, idempotency keys, delivery records) is `None`.
+/// other item (history, idle-agents entries, workflow definitions, idempotency keys, delivery records) is `None`.
 pub fn decode_images(
     keys: Option<&Item>,
     new: Option<&Item>,
@@ -60,7 +60,7 @@ pub fn decode_images(
             old: image(old, "task", |t: TaskItem| Ok(t.into_task()))?,
             new: image(new, "task", |t: TaskItem| Ok(t.into_task()))?,
         }),
-        Kind::History | Kind::Workflow | Kind::Idempotency | Kind::Delivery | Kind::Unknown => None,
+        Kind::History | Kind::IdleAgent | Kind::Workflow | Kind::Idempotency | Kind::Delivery | Kind::Unknown => None,
     })
 }
 

@@ -14,7 +14,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
     info(title = "Ops-Core", description = "Operations backbone for AgentKit agents: lifecycle state and multi-step workflows."),
     components(schemas(ErrorBody, Problem, Health, Accepted, StateUpdateRequest, StateUpdateAccepted, AgentStateView, AgentView,
                        HistoryEntryView, WorkflowSummary, WorkflowView, WorkflowDefinition, TaskDefinition, RetryPolicy,
-                       TriggerRequest, TriggerResponse, SessionSummary, SessionDetail, TaskView, Attempt, FailureCause, FailureCode, SessionStatus)),
+                       TriggerRequest, StartRoutedRequest, TriggerResponse, SessionSummary, SessionDetail, TaskView, Attempt, FailureCause, FailureCode, SessionStatus)),
     modifiers(&Bearer, &TriggerOneOf)
 )]
 struct Doc;
@@ -94,7 +94,7 @@ mod tests {
         let router = router(app, config, Surface::Both);
         let doc = serde_json::to_value(document()).unwrap();
         let paths = doc["paths"].as_object().unwrap();
-        assert_eq!(paths.len(), 16, "{:?}", paths.keys());
+        assert_eq!(paths.len(), 17, "{:?}", paths.keys());
         let mut documented = 0;
         for (path, item) in paths {
             let concrete = path
@@ -131,7 +131,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(documented, 18);
+        assert_eq!(documented, 19);
     }
 
     /// A client can branch on a failed session's `error.code`: the document lists every value.

@@ -14,7 +14,7 @@ use crate::extract::{
 };
 use crate::layers::HttpRouter;
 use crate::openapi;
-use crate::trigger::Trigger;
+use crate::trigger::{StartRouted, Trigger};
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -22,7 +22,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use opscore_api::paths::{self, headers};
 use opscore_api::*;
 use opscore_core::agent::StateName;
-use opscore_core::app::App;
+use opscore_core::app::{App, DefinitionSource};
 use opscore_core::config::Config;
 use opscore_core::ids::WorkflowVersion;
 use opscore_core::secrets::LiveSecrets;
@@ -127,6 +127,7 @@ fn state_api() -> OpenApiRouter<Arc<Api>> {
         .routes(routes!(list_workflows, create_workflow))
         .routes(routes!(get_workflow))
         .routes(routes!(list_sessions_across_agents))
+        .routes(routes!(start_routed))
         .routes(routes!(get_session))
         .routes(routes!(cancel_session))
 }
@@ -323,9 +324,16 @@ async fn trigger(
     State(api): State<Arc<Api>>,
     AgentIdParam(id): AgentIdParam,
     IdempotencyKeyHeader(key): IdempotencyKeyHeader,
-    Json(Trigger { source, payload }): Json<Trigger>,
+    Json(Trigger {
+        source,
+        payload,
+        route_by_capability,
+    }): Json<Trigger>,
 ) -> Result<Response, HttpError> {
-    let t = api.app.trigger(&id, source, payload, key).await?;
+    let t = api
+        .app
+        .trigger_with(&id, source, payload, key, route_by_capability)
+        .await?;
     tracing::info!(session_id = %t.session_id, workflow_id = %t.workflow_id, created = t.created, "workflow triggered");
     let mut resp = json(
         StatusCode::ACCEPTED,
@@ -423,6 +431,42 @@ async fn list_workflows(State(api): State<Arc<Api>>, q: Query) -> Result<Respons
             next_cursor: p.next_cursor,
         },
     ))
+}
+
+/// Starts a session of a stored definition without naming an agent: every task of the
+/// definition must be routed by capability (`routeByCapability` and `agentCapability` on each
+/// task, else 422); each goes to an available agent announcing its capability. The session is
+/// listed under the reserved agent id `opscore.routed`.
+#[utoipa::path(post, path = paths::WORKFLOW_SESSIONS, security(("bearer" = [])),
+    params(("workflowId" = String, Path, pattern = "^[A-Za-z0-9._-]{1,128}$"), ("Idempotency-Key" = Option<String>, Header, description = "A retried request with the same key returns the same session", pattern = "^[!-~]{1,255}$")),
+    request_body = StartRoutedRequest,
+    responses((status = 202, body = TriggerResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, description = "Unknown definition", body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 422, description = "A task of the definition is not routed by capability", body = ErrorBody)))]
+async fn start_routed(
+    State(api): State<Arc<Api>>,
+    WorkflowIdParam(id): WorkflowIdParam,
+    IdempotencyKeyHeader(key): IdempotencyKeyHeader,
+    Json(StartRouted { version, payload }): Json<StartRouted>,
+) -> Result<Response, HttpError> {
+    let t = api
+        .app
+        .start_routed(DefinitionSource::Stored { id, version }, payload, key)
+        .await?;
+    tracing::info!(session_id = %t.session_id, workflow_id = %t.workflow_id, created = t.created, "routed session started");
+    let mut resp = json(
+        StatusCode::ACCEPTED,
+        &TriggerResponse {
+            session_id: t.session_id.to_string(),
+            workflow_id: t.workflow_id.to_string(),
+            message: "Session started; its tasks are routed by capability".into(),
+        },
+    );
+    if !t.created {
+        resp.headers_mut()
+            .insert(headers::IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    Ok(resp)
 }
 
 #[utoipa::path(get, path = paths::WORKFLOW, security(("bearer" = [])),

@@ -9,10 +9,55 @@ use opscore_core::ids::{WorkflowId, WorkflowVersion};
 use opscore_core::workflow::{Problem, WorkflowDefinition};
 use serde_json::{Map, Value};
 
-/// A trigger's body: a stored definition (and version) or an inline one, and the payload.
+/// A trigger's body: a stored definition (and version) or an inline one, the payload, and
+/// whether this session routes by capability.
 pub struct Trigger {
     pub source: DefinitionSource,
     pub payload: Option<Value>,
+    pub route_by_capability: bool,
+}
+
+/// The body of a start without an agent (`POST /v1/opscore/workflows/{workflowId}/sessions`):
+/// a version and the payload, both optional.
+pub struct StartRouted {
+    pub version: Option<WorkflowVersion>,
+    pub payload: Option<Value>,
+}
+
+impl FromJson for StartRouted {
+    fn from_json(body: &[u8]) -> Result<Self, HttpError> {
+        let mut obj = json_object(body)?;
+        let take = |o: &mut Map<String, Value>, k: &str| o.remove(k).filter(|v| !v.is_null());
+        let version = version_of(take(&mut obj, "workflowVersion"))?;
+        let payload = payload_of(take(&mut obj, "initialPayload"))?;
+        Ok(StartRouted { version, payload })
+    }
+}
+
+fn version_of(version: Option<Value>) -> Result<Option<WorkflowVersion>, HttpError> {
+    match version {
+        None => Ok(None),
+        Some(Value::String(v)) => Ok(Some(WorkflowVersion::parse(v).map_err(|e| {
+            HttpError::invalid(
+                format!("workflowVersion: {e}"),
+                vec![Problem::new("workflowVersion", e.to_string())],
+            )
+        })?)),
+        Some(_) => Err(HttpError::invalid(
+            "workflowVersion must be a string",
+            vec![Problem::new("workflowVersion", "must be a string")],
+        )),
+    }
+}
+
+fn payload_of(payload: Option<Value>) -> Result<Option<Value>, HttpError> {
+    match payload {
+        None | Some(Value::Object(_)) => Ok(payload),
+        Some(_) => Err(HttpError::invalid(
+            "initialPayload must be an object",
+            vec![Problem::new("initialPayload", "must be an object")],
+        )),
+    }
 }
 
 impl FromJson for Trigger {
@@ -23,6 +68,16 @@ impl FromJson for Trigger {
         let inline = take(&mut obj, "workflowDefinition");
         let version = take(&mut obj, "workflowVersion");
         let payload = take(&mut obj, "initialPayload");
+        let route_by_capability = match take(&mut obj, "routeByCapability") {
+            None => false,
+            Some(Value::Bool(b)) => b,
+            Some(_) => {
+                return Err(HttpError::invalid(
+                    "routeByCapability must be a boolean",
+                    vec![Problem::new("routeByCapability", "must be a boolean")],
+                ));
+            }
+        };
         let source = match (id, inline) {
             (Some(_), Some(_)) | (None, None) => {
                 let p = vec![Problem::new(
@@ -41,21 +96,7 @@ impl FromJson for Trigger {
                         vec![Problem::new("workflowDefinitionId", e.to_string())],
                     )
                 })?;
-                let version = match version {
-                    None => None,
-                    Some(Value::String(v)) => Some(WorkflowVersion::parse(v).map_err(|e| {
-                        HttpError::invalid(
-                            format!("workflowVersion: {e}"),
-                            vec![Problem::new("workflowVersion", e.to_string())],
-                        )
-                    })?),
-                    Some(_) => {
-                        return Err(HttpError::invalid(
-                            "workflowVersion must be a string",
-                            vec![Problem::new("workflowVersion", "must be a string")],
-                        ));
-                    }
-                };
+                let version = version_of(version)?;
                 DefinitionSource::Stored { id, version }
             }
             (Some(_), None) => {
@@ -84,15 +125,11 @@ impl FromJson for Trigger {
                 DefinitionSource::Inline(Box::new(def))
             }
         };
-        match &payload {
-            None | Some(Value::Object(_)) => {}
-            Some(_) => {
-                return Err(HttpError::invalid(
-                    "initialPayload must be an object",
-                    vec![Problem::new("initialPayload", "must be an object")],
-                ));
-            }
-        }
-        Ok(Trigger { source, payload })
+        let payload = payload_of(payload)?;
+        Ok(Trigger {
+            source,
+            payload,
+            route_by_capability,
+        })
     }
 }

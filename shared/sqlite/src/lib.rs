@@ -27,7 +27,7 @@ use opscore_core::ids::{AgentId, SessionId, TaskId, WorkflowId, WorkflowVersion}
 use opscore_core::runner::Runner;
 use opscore_core::session::{Session, SessionStatus};
 use opscore_core::store::*;
-use opscore_core::task::{TaskInstance, TaskKey, TaskStatus};
+use opscore_core::task::{TaskInstance, TaskKey};
 use opscore_core::time::{self, Clock, SystemClock, Timestamp};
 use opscore_core::workflow::WorkflowDefinition;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -78,6 +78,18 @@ CREATE TABLE IF NOT EXISTS idempotency (
 CREATE INDEX IF NOT EXISTS idempotency_expiry ON idempotency (expires_at);
 CREATE TABLE IF NOT EXISTS deliveries (id TEXT PRIMARY KEY, expires_at INTEGER NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS deliveries_expiry ON deliveries (expires_at);
+-- Routing by capability (issue 18): available agents by capability, in the order they became
+-- available (since = the feed position of the change that made them so), and pending routed
+-- tasks by capability, oldest due first. Both are written in the transaction of the agent or task
+-- write that moves an item in or out. (A routed pending task's `tasks.status` column is 'routed',
+-- so that it is in its capability's list and not in its agent's `tasks_runnable`.)
+CREATE TABLE IF NOT EXISTS idle_agents (
+    capability TEXT NOT NULL, since INTEGER NOT NULL, agent_id TEXT NOT NULL,
+    PRIMARY KEY (capability, since, agent_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idle_agents_by_agent ON idle_agents (agent_id);
+CREATE TABLE IF NOT EXISTS routed_tasks (
+    capability TEXT NOT NULL, due_at INTEGER NOT NULL, session_id TEXT NOT NULL, task_id TEXT NOT NULL,
+    PRIMARY KEY (capability, due_at, session_id, task_id)) WITHOUT ROWID;
 -- AUTOINCREMENT: a sequence number is never reused, even once the feed is trimmed empty.
 CREATE TABLE IF NOT EXISTS feed (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, old TEXT, new TEXT);
@@ -636,8 +648,71 @@ fn save_agent(tx: &Tx<'_>, old: Option<&Image<Agent>>, agent: &Agent) -> Result<
         new: Some(new.item.clone()),
     };
     append_feed(tx, "agent", &new.raw, change)?;
+    let moved = IdleIndexMove::of(old.map(|o| &*o.item), Some(agent));
+    if !moved.is_empty() {
+        reindex_idle_agent(tx, agent.id(), moved)?;
+    }
     tx.staged.borrow_mut().put_agent(new);
     Ok(())
+}
+
+/// Moves the agent in the idle-agents index, in the write's transaction: its entries leave,
+/// and those it joins with are stamped with the feed position just appended (the change that
+/// made it available), which orders agents by how long they have been available.
+fn reindex_idle_agent(tx: &Tx<'_>, agent: &AgentId, moved: IdleIndexMove) -> Result<(), StoreError> {
+    let since = tx.conn.last_insert_rowid();
+    if !moved.leave.is_empty() {
+        tx.conn
+            .prepare_cached("DELETE FROM idle_agents WHERE agent_id = ?1")
+            .and_then(|mut s| s.execute([agent.as_str()]))
+            .map_err(sql_error)?;
+    }
+    for capability in &moved.join {
+        tx.conn
+            .prepare_cached("INSERT OR REPLACE INTO idle_agents (capability, since, agent_id) VALUES (?1, ?2, ?3)")
+            .and_then(|mut s| s.execute(params![capability, since, agent.as_str()]))
+            .map_err(sql_error)?;
+    }
+    Ok(())
+}
+
+/// Keeps the routed runnable index in step with a task write, in its transaction.
+fn reindex_routed_task(tx: &Tx<'_>, old: Option<&TaskInstance>, new: &TaskInstance) -> Result<(), StoreError> {
+    let (was, is) = (
+        old.and_then(|o| o.runnable_capability().map(|c| (c, nanos(o.due_at)))),
+        new.runnable_capability().map(|c| (c, nanos(new.due_at))),
+    );
+    if was == is {
+        return Ok(());
+    }
+    let (sid, tid) = (new.session_id.to_string(), new.task_id.as_str());
+    if let Some((capability, due)) = was {
+        tx.conn
+            .prepare_cached(
+                "DELETE FROM routed_tasks WHERE capability = ?1 AND due_at = ?2 AND session_id = ?3 AND task_id = ?4",
+            )
+            .and_then(|mut s| s.execute(params![capability, due, sid, tid]))
+            .map_err(sql_error)?;
+    }
+    if let Some((capability, due)) = is {
+        tx.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO routed_tasks (capability, due_at, session_id, task_id) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut s| s.execute(params![capability, due, sid, tid]))
+            .map_err(sql_error)?;
+    }
+    Ok(())
+}
+
+/// The `tasks.status` column: the task's status, except that a pending routed task is `routed`,
+/// which keeps it out of its agent's runnable list (`tasks_runnable`, pending counts).
+fn status_column(t: &TaskInstance) -> &'static str {
+    if t.runnable_capability().is_some() {
+        "routed"
+    } else {
+        t.status.as_str()
+    }
 }
 
 /// Stages what a session or task write did to the session's entry: edits the entry the writer
@@ -1084,7 +1159,51 @@ impl Store for SqliteStore {
     async fn due_timers(&self, now: Timestamp, limit: u32) -> Result<Vec<TaskKey>, StoreError> {
         self.read(|c| query_keys(c, DUE_TIMERS, params![nanos(now), limit]))
     }
+
+    async fn idle_agents(&self, capability: &str, limit: u32) -> Result<Vec<AgentId>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(IDLE_AGENTS).map_err(sql_error)?;
+            let rows = st
+                .query_map(params![capability, limit], |r| r.get::<_, String>(0))
+                .map_err(sql_error)?;
+            rows.map(|r| {
+                let id = r.map_err(sql_error)?;
+                AgentId::parse(id).map_err(|e| StoreError::corrupt(format!("idle agent's id: {e}")))
+            })
+            .collect()
+        })
+    }
+
+    async fn routed_tasks(&self, capability: &str, now: Timestamp, limit: u32) -> Result<Vec<RoutedTask>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(ROUTED_TASKS).map_err(sql_error)?;
+            let rows = st
+                .query_map(params![capability, nanos(now), limit], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+                })
+                .map_err(sql_error)?;
+            rows.map(|r| {
+                let (session, task, due) = r.map_err(sql_error)?;
+                Ok(RoutedTask {
+                    key: TaskKey {
+                        session_id: SessionId::parse(&session)
+                            .map_err(|e| StoreError::corrupt(format!("routed task's session id: {e}")))?,
+                        task_id: TaskId::parse(task)
+                            .map_err(|e| StoreError::corrupt(format!("routed task's task id: {e}")))?,
+                    },
+                    due_at: time::from_nanos(due),
+                })
+            })
+            .collect()
+        })
+    }
 }
+
+/// Available agents announcing a capability, available longest first.
+const IDLE_AGENTS: &str = "SELECT agent_id FROM idle_agents WHERE capability = ?1 ORDER BY since, agent_id LIMIT ?2";
+/// Due pending routed tasks of a capability, oldest first.
+const ROUTED_TASKS: &str = "SELECT session_id, task_id, due_at FROM routed_tasks WHERE capability = ?1 AND due_at <= ?2 \
+     ORDER BY due_at, session_id, task_id LIMIT ?3";
 
 /// An agent's due pending tasks, oldest first (the partial index `tasks_runnable` answers).
 const RUNNABLE_TASKS: &str = "SELECT session_id, task_id FROM tasks WHERE agent_id = ?1 AND status = 'pending' \
@@ -1166,6 +1285,14 @@ fn check(tx: &Tx<'_>, writes: &[Write], now: i64) -> Result<Result<Vec<Replaced>
             }
             Write::ClaimAgent { agent_id, .. } => match load_agent(tx, agent_id)? {
                 Some(a) if a.item.is_available() => Replaced::Agent(a),
+                _ => return conflict(None),
+            },
+            Write::ClaimAgentFor {
+                agent_id, capability, ..
+            } => match load_agent(tx, agent_id)? {
+                Some(a) if a.item.is_available() && indexed_capabilities(&a.item).contains(&capability.as_str()) => {
+                    Replaced::Agent(a)
+                }
                 _ => return conflict(None),
             },
             Write::ReleaseAgent { agent_id, dispatch } => match load_agent(tx, agent_id)? {
@@ -1253,13 +1380,15 @@ fn apply(tx: &Tx<'_>, writes: Vec<Write>, loaded: Vec<Replaced>, now: i64) -> Re
                     Replaced::Task(o) => Some(o.item),
                     _ => None,
                 };
-                let was_pending = old.as_ref().is_some_and(|o| o.status == TaskStatus::Pending);
-                let is_pending = t.status == TaskStatus::Pending;
-                if was_pending != is_pending {
-                    tx.staged
-                        .borrow_mut()
-                        .count_pending(&t.agent_id, if is_pending { 1 } else { -1 });
+                // Routed tasks wait in their capability's list, not in an agent's.
+                let was_pending = old.as_ref().filter(|o| o.is_runnable_by_agent());
+                let is_pending = t.is_runnable_by_agent();
+                match (was_pending, is_pending) {
+                    (None, true) => tx.staged.borrow_mut().count_pending(&t.agent_id, 1),
+                    (Some(o), false) => tx.staged.borrow_mut().count_pending(&o.agent_id, -1),
+                    _ => {}
                 }
+                reindex_routed_task(tx, old.as_deref(), &t)?;
                 let new = to_json(&t)?;
                 exec(
                     "INSERT OR REPLACE INTO tasks (session_id, task_id, agent_id, status, due_at, timer_at, item) \
@@ -1268,7 +1397,7 @@ fn apply(tx: &Tx<'_>, writes: Vec<Write>, loaded: Vec<Replaced>, now: i64) -> Re
                         &t.session_id.to_string(),
                         &t.task_id.as_str(),
                         &t.agent_id.as_str(),
-                        &t.status.as_str(),
+                        &status_column(&t),
                         &nanos(t.due_at),
                         &t.timer_at.map(nanos),
                         &new,
@@ -1300,7 +1429,7 @@ fn apply(tx: &Tx<'_>, writes: Vec<Write>, loaded: Vec<Replaced>, now: i64) -> Re
                     &now.saturating_add(ttl.as_secs() as i64),
                 ],
             )?,
-            Write::ClaimAgent { agent_id, inflight } => {
+            Write::ClaimAgent { agent_id, inflight } | Write::ClaimAgentFor { agent_id, inflight, .. } => {
                 let Replaced::Agent(old) = old else {
                     unreachable!("checked: the agent exists")
                 };
@@ -1339,6 +1468,7 @@ fn apply(tx: &Tx<'_>, writes: Vec<Write>, loaded: Vec<Replaced>, now: i64) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opscore_core::task::TaskStatus;
 
     fn details(id: &str) -> AgentDetails {
         AgentDetails {

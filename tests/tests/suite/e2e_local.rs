@@ -329,3 +329,85 @@ async fn get_metrics_serves_the_run_as_prometheus_text() {
     );
     e.stack.stop().await;
 }
+
+/// Routing by capability (issue 18) over HTTP: three simulated agents registered through the fake
+/// AgentKit with different capabilities, a stored definition routed by capability, four sessions
+/// started without naming an agent (`POST /v1/opscore/workflows/{id}/sessions`). Every task runs
+/// on an agent announcing its capability and every session completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routed_sessions_started_without_an_agent_run_across_a_pool_of_agents() {
+    let e = env(Behaviour::Complete(Duration::from_millis(20))).await;
+    let behaviour = || Arc::new(Mutex::new(Behaviour::Complete(Duration::from_millis(30))));
+    let mut pool = Vec::new();
+    for (name, caps) in [
+        ("summariser-1", &["summarise"][..]),
+        ("summariser-2", &["summarise", "spell"][..]),
+        ("translator", &["translate"][..]),
+    ] {
+        let a = SimulatedAgent::start_with(&e.agentkit.url(), &e.stack.url(), &e.key, name, behaviour(), caps).await;
+        pool.push((a, caps));
+    }
+    let def = json!({"id": "routed_pair", "name": "Summarise then translate", "routeByCapability": true, "tasks": [
+        {"taskId": "summary", "name": "Summarise", "agentCapability": "summarise", "nextTaskId": "translation"},
+        {"taskId": "translation", "name": "Translate", "agentCapability": "translate"}]});
+    let r = e
+        .http
+        .post(format!("{}/v1/opscore/workflows", e.stack.url()))
+        .bearer_auth(&e.key)
+        .json(&def)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let start = |payload: Value| {
+        let (http, url, key) = (e.http.clone(), e.stack.url(), e.key.clone());
+        async move {
+            let r = http
+                .post(format!("{url}/v1/opscore/workflows/routed_pair/sessions"))
+                .bearer_auth(&key)
+                .json(&json!({"initialPayload": payload}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202);
+            let v: Value = r.json().await.unwrap();
+            v["sessionId"].as_str().unwrap().to_owned()
+        }
+    };
+    let sessions = futures::future::join_all((0..4).map(|i| start(json!({"doc": i})))).await;
+    for s in &sessions {
+        let done = e.wait_for_end(s, Duration::from_secs(30)).await;
+        assert_eq!(done["status"], "completed", "{done:#}");
+        assert_eq!(done["agentId"], "opscore.routed");
+        for t in done["tasks"].as_array().unwrap() {
+            let holder = t["agentId"].as_str().expect("the task names the agent it ran on");
+            let (_, caps) = pool
+                .iter()
+                .find(|(a, _)| a.id == holder)
+                .unwrap_or_else(|| panic!("{holder} is not in the pool: {t:#}"));
+            assert!(caps.contains(&t["capability"].as_str().unwrap()), "{t:#}");
+        }
+    }
+    // The env's own agent announces none of these capabilities and ran nothing; the translator,
+    // the only agent announcing `translate`, ran all four translations.
+    assert!(e.agent.tasks.lock().unwrap().is_empty());
+    let translator = &pool[2].0;
+    assert_eq!(translator.tasks.lock().unwrap().len(), 4);
+    let summaries: usize = pool[..2].iter().map(|(a, _)| a.tasks.lock().unwrap().len()).sum();
+    assert_eq!(summaries, 4);
+    // A definition with a task that is not routed cannot start without an agent.
+    let r = e
+        .http
+        .post(format!(
+            "{}/v1/opscore/workflows/sample_workflow_id/sessions",
+            e.stack.url()
+        ))
+        .bearer_auth(&e.key)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["errors"][0]["field"], "routeByCapability", "{body}");
+}

@@ -486,6 +486,15 @@ impl Store for Flaky {
     async fn due_timers(&self, now: Timestamp, limit: u32) -> Result<Vec<TaskKey>, StoreError> {
         self.inner.due_timers(now, limit).await
     }
+    async fn idle_agents(&self, capability: &str, limit: u32) -> Result<Vec<AgentId>, StoreError> {
+        self.inner.idle_agents(capability, limit).await
+    }
+    async fn routed_tasks(&self, capability: &str, now: Timestamp, limit: u32) -> Result<Vec<RoutedTask>, StoreError> {
+        self.inner.routed_tasks(capability, now, limit).await
+    }
+    async fn sync_idle_agent(&self, old: Option<&Agent>, new: &Agent) -> Result<(), StoreError> {
+        self.inner.sync_idle_agent(old, new).await
+    }
 }
 
 /// The webhook first records the delivery (its replay guard), then registers. If the store fails
