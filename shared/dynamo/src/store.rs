@@ -504,6 +504,29 @@ impl DynamoStore {
         }
     }
 
+    /// The entries of an index's `shards` shards (partition key `pk(shard)`) whose sort key is
+    /// below the due bound of `now` (`key_condition` names the attributes), every shard queried
+    /// at once and each for at most `limit`: the caller merges them oldest first and keeps
+    /// `limit`. The timers and the routed tasks are both read this way.
+    async fn due_in_shards(
+        &self,
+        index: &str,
+        key_condition: &str,
+        shards: u8,
+        pk: impl Fn(u8) -> String,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<RawItem>, StoreError> {
+        let bound = keys::due_bound(now);
+        let queries = (0..shards).map(|shard| {
+            let expr = Expr::default()
+                .value(":pk", s(pk(shard)))
+                .value(":bound", s(bound.clone()));
+            self.query_all(Some(index), key_condition, expr, true, Some(limit as usize))
+        });
+        Ok(futures::future::try_join_all(queries).await?.concat())
+    }
+
     /// Every item of a query (for small partitions: one session, one workflow's versions).
     async fn query_all(
         &self,
@@ -1500,29 +1523,21 @@ impl Store for DynamoStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let bound = keys::due_bound(now);
-        let shards = (0..items::ROUTED_SHARDS).map(|shard| {
-            let expr = Expr::default()
-                .value(":pk", s(keys::routed_pk(shard, capability)))
-                .value(":bound", s(bound.clone()));
-            async move {
-                self.query_all(
-                    Some(items::GSI2),
-                    "gsi2pk = :pk AND gsi2sk < :bound",
-                    expr,
-                    true,
-                    Some(limit as usize),
-                )
-                .await
-            }
-        });
+        let raws = self
+            .due_in_shards(
+                items::GSI2,
+                "gsi2pk = :pk AND gsi2sk < :bound",
+                items::ROUTED_SHARDS,
+                |shard| keys::routed_pk(shard, capability),
+                now,
+                limit,
+            )
+            .await?;
         let mut due = Vec::new();
-        for raws in futures::future::try_join_all(shards).await? {
-            for raw in raws {
-                let t = decode::<RunnableEntry>(raw, "routed entry")?;
-                if t.due_at <= now {
-                    due.push((t.due_at, t.session_id, t.task_id));
-                }
+        for raw in raws {
+            let t = decode::<RunnableEntry>(raw, "routed entry")?;
+            if t.due_at <= now {
+                due.push((t.due_at, t.session_id, t.task_id));
             }
         }
         due.sort();
@@ -1574,29 +1589,21 @@ impl Store for DynamoStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let bound = keys::due_bound(now);
-        let shards = (0..items::TIMER_SHARDS).map(|shard| {
-            let expr = Expr::default()
-                .value(":pk", s(keys::timer_pk(shard)))
-                .value(":bound", s(bound.clone()));
-            async move {
-                self.query_all(
-                    Some(items::GSI3),
-                    "gsi3pk = :pk AND gsi3sk < :bound",
-                    expr,
-                    true,
-                    Some(limit as usize),
-                )
-                .await
-            }
-        });
+        let raws = self
+            .due_in_shards(
+                items::GSI3,
+                "gsi3pk = :pk AND gsi3sk < :bound",
+                items::TIMER_SHARDS,
+                keys::timer_pk,
+                now,
+                limit,
+            )
+            .await?;
         let mut due = Vec::new();
-        for raws in futures::future::try_join_all(shards).await? {
-            for raw in raws {
-                let t = decode::<TimerEntry>(raw, "timer entry")?;
-                if t.timer_at <= now {
-                    due.push((t.timer_at, t.session_id, t.task_id));
-                }
+        for raw in raws {
+            let t = decode::<TimerEntry>(raw, "timer entry")?;
+            if t.timer_at <= now {
+                due.push((t.timer_at, t.session_id, t.task_id));
             }
         }
         due.sort();
