@@ -392,19 +392,11 @@ async fn session(ctx: &Ctx, cmd: SessionCmd) -> Result<u8, Failure> {
             status,
             limit,
         } => {
-            let status = match status.as_deref() {
-                None => None,
-                Some(s) => Some(
-                    SessionStatus::ALL
-                        .into_iter()
-                        .find(|st| st.as_str() == s)
-                        .ok_or_else(|| {
-                            Failure::Usage(format!(
-                                "--status must be one of started, running, completed, failed, cancelled; got {s:?}"
-                            ))
-                        })?,
-                ),
-            };
+            let status = status
+                .as_deref()
+                .map(SessionStatus::parse)
+                .transpose()
+                .map_err(|e| Failure::Usage(format!("--status {e}")))?;
             let page = collect(limit as usize, |p| async move {
                 c.list_sessions_across_agents(status, &p).await
             })

@@ -460,6 +460,19 @@ impl Client {
     /// `POST /v1/opscore/agent/{agentId}/workflow`. Retried on transient errors only when the
     /// request carries an `Idempotency-Key` (the generated one by default).
     pub async fn trigger(&self, agent_id: &str, req: &TriggerRequest, key: TriggerKey) -> Result<TriggerReply, Error> {
+        self.start_session(paths::AGENT_WORKFLOW, agent_id, req, key).await
+    }
+
+    /// A POST that starts a session (`path` with its one parameter `param`): the idempotency key
+    /// as `key` says, retried on transient errors only with a key, and whether the answer was a
+    /// replay of an earlier one.
+    async fn start_session(
+        &self,
+        path: &'static str,
+        param: &str,
+        req: &impl serde::Serialize,
+        key: TriggerKey,
+    ) -> Result<TriggerReply, Error> {
         let key = match key {
             TriggerKey::Generate => Some(uuid::Uuid::new_v4().to_string()),
             TriggerKey::Use(k) => Some(k),
@@ -470,7 +483,7 @@ impl Client {
         } else {
             Idempotency::NotIdempotent
         };
-        let mut call = Call::post(paths::AGENT_WORKFLOW, &[agent_id], idempotency).json(req)?;
+        let mut call = Call::post(path, &[param], idempotency).json(req)?;
         if let Some(k) = &key {
             call.headers.push((IDEMPOTENCY_KEY_HEADER, k.clone()));
         }
@@ -528,29 +541,8 @@ impl Client {
         req: &StartRoutedRequest,
         key: TriggerKey,
     ) -> Result<TriggerReply, Error> {
-        let key = match key {
-            TriggerKey::Generate => Some(uuid::Uuid::new_v4().to_string()),
-            TriggerKey::Use(k) => Some(k),
-            TriggerKey::Omit => None,
-        };
-        let idempotency = if key.is_some() {
-            Idempotency::Idempotent
-        } else {
-            Idempotency::NotIdempotent
-        };
-        let mut call = Call::post(paths::WORKFLOW_SESSIONS, &[workflow_id], idempotency).json(req)?;
-        if let Some(k) = &key {
-            call.headers.push((IDEMPOTENCY_KEY_HEADER, k.clone()));
-        }
-        let answer = self.send(&call).await?;
-        Ok(TriggerReply {
-            response: answer.decode()?,
-            idempotency_key: key,
-            replayed: answer
-                .headers
-                .get(paths::headers::IDEMPOTENT_REPLAYED)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true")),
-        })
+        self.start_session(paths::WORKFLOW_SESSIONS, workflow_id, req, key)
+            .await
     }
 
     /// `GET /v1/opscore/sessions/{sessionId}`.

@@ -50,6 +50,14 @@ impl SessionStatus {
             Self::Cancelled => "cancelled",
         }
     }
+    /// The status named `name`, or an error that lists the names (for a filter given as text:
+    /// the API's `?status=`, the CLI's `--status`).
+    pub fn parse(name: &str) -> Result<Self, String> {
+        Self::ALL.into_iter().find(|st| st.as_str() == name).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|st| st.as_str()).collect();
+            format!("must be one of {}; got {name:?}", names.join(", "))
+        })
+    }
 }
 
 /// Why a session failed, for machines (`error.code`). Stored and sent as these strings:

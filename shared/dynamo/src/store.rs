@@ -505,18 +505,19 @@ impl DynamoStore {
     }
 
     /// The entries of an index's `shards` shards (partition key `pk(shard)`) whose sort key is
-    /// below the due bound of `now` (`key_condition` names the attributes), every shard queried
-    /// at once and each for at most `limit`: the caller merges them oldest first and keeps
-    /// `limit`. The timers and the routed tasks are both read this way.
+    /// below the due bound of `now` (`key_condition` names the attributes): every shard queried
+    /// at once for at most `limit`, each entry read by `entry` as (its instant, its task), those
+    /// due by `now` merged oldest first, the first `limit`. The timers and the routed tasks are
+    /// both read this way.
     async fn due_in_shards(
         &self,
-        index: &str,
-        key_condition: &str,
+        (index, key_condition): (&str, &str),
         shards: u8,
         pk: impl Fn(u8) -> String,
+        entry: impl Fn(RawItem) -> Result<(Timestamp, TaskKey), StoreError>,
         now: Timestamp,
         limit: u32,
-    ) -> Result<Vec<RawItem>, StoreError> {
+    ) -> Result<Vec<(Timestamp, TaskKey)>, StoreError> {
         let bound = keys::due_bound(now);
         let queries = (0..shards).map(|shard| {
             let expr = Expr::default()
@@ -524,7 +525,19 @@ impl DynamoStore {
                 .value(":bound", s(bound.clone()));
             self.query_all(Some(index), key_condition, expr, true, Some(limit as usize))
         });
-        Ok(futures::future::try_join_all(queries).await?.concat())
+        let mut due = Vec::new();
+        for raw in futures::future::try_join_all(queries).await?.into_iter().flatten() {
+            let (at, key) = entry(raw)?;
+            if at <= now {
+                due.push((at, key.session_id, key.task_id));
+            }
+        }
+        due.sort();
+        Ok(due
+            .into_iter()
+            .take(limit as usize)
+            .map(|(at, session_id, task_id)| (at, TaskKey { session_id, task_id }))
+            .collect())
     }
 
     /// Every item of a query (for small partitions: one session, one workflow's versions).
@@ -1523,31 +1536,28 @@ impl Store for DynamoStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let raws = self
+        let due = self
             .due_in_shards(
-                items::GSI2,
-                "gsi2pk = :pk AND gsi2sk < :bound",
+                (items::GSI2, "gsi2pk = :pk AND gsi2sk < :bound"),
                 items::ROUTED_SHARDS,
                 |shard| keys::routed_pk(shard, capability),
+                |raw| {
+                    let t = decode::<RunnableEntry>(raw, "routed entry")?;
+                    Ok((
+                        t.due_at,
+                        TaskKey {
+                            session_id: t.session_id,
+                            task_id: t.task_id,
+                        },
+                    ))
+                },
                 now,
                 limit,
             )
             .await?;
-        let mut due = Vec::new();
-        for raw in raws {
-            let t = decode::<RunnableEntry>(raw, "routed entry")?;
-            if t.due_at <= now {
-                due.push((t.due_at, t.session_id, t.task_id));
-            }
-        }
-        due.sort();
         Ok(due
             .into_iter()
-            .take(limit as usize)
-            .map(|(due_at, session_id, task_id)| RoutedTask {
-                key: TaskKey { session_id, task_id },
-                due_at,
-            })
+            .map(|(due_at, key)| RoutedTask { key, due_at })
             .collect())
     }
 
@@ -1589,28 +1599,25 @@ impl Store for DynamoStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let raws = self
+        let due = self
             .due_in_shards(
-                items::GSI3,
-                "gsi3pk = :pk AND gsi3sk < :bound",
+                (items::GSI3, "gsi3pk = :pk AND gsi3sk < :bound"),
                 items::TIMER_SHARDS,
                 keys::timer_pk,
+                |raw| {
+                    let t = decode::<TimerEntry>(raw, "timer entry")?;
+                    Ok((
+                        t.timer_at,
+                        TaskKey {
+                            session_id: t.session_id,
+                            task_id: t.task_id,
+                        },
+                    ))
+                },
                 now,
                 limit,
             )
             .await?;
-        let mut due = Vec::new();
-        for raw in raws {
-            let t = decode::<TimerEntry>(raw, "timer entry")?;
-            if t.timer_at <= now {
-                due.push((t.timer_at, t.session_id, t.task_id));
-            }
-        }
-        due.sort();
-        Ok(due
-            .into_iter()
-            .take(limit as usize)
-            .map(|(_, session_id, task_id)| TaskKey { session_id, task_id })
-            .collect())
+        Ok(due.into_iter().map(|(_, key)| key).collect())
     }
 }

@@ -102,28 +102,13 @@ pub(crate) async fn console_asset(Path(file): Path<String>) -> Result<Response, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::router::{Surface, router};
+    use crate::router::{Surface, test_router};
     use axum::body::Body;
-    use opscore_core::app::App;
-    use opscore_core::config::{Config, Secret};
-    use opscore_core::memory::InMemoryStore;
-    use opscore_core::time::SystemClock;
-    use std::sync::Arc;
     use tower::ServiceExt;
 
     async fn get(surface: Surface, path: &str) -> Response {
-        let app = App::new(
-            Arc::new(InMemoryStore::new()),
-            Arc::new(SystemClock),
-            Default::default(),
-        );
-        let config = Config {
-            api_keys: vec![Secret::new("k")],
-            webhook_secrets: vec![Secret::new("s")],
-            ..Config::default()
-        };
         let req = http::Request::get(path).body(Body::empty()).unwrap();
-        router(app, config, surface).oneshot(req).await.unwrap()
+        test_router(surface).oneshot(req).await.unwrap()
     }
 
     /// The page and its assets need no key, carry the policy and the framing refusal, and are

@@ -66,14 +66,9 @@ pub fn base() -> utoipa::openapi::OpenApi {
 
 #[cfg(test)]
 mod tests {
-    use crate::router::{Surface, document, router};
+    use crate::router::{Surface, document, test_router};
     use axum::body::Body;
     use http::{Method, Request, StatusCode};
-    use opscore_core::app::{App, Settings};
-    use opscore_core::config::{Config, Secret};
-    use opscore_core::memory::InMemoryStore;
-    use opscore_core::time::SystemClock;
-    use std::sync::Arc;
     use tower::ServiceExt;
 
     /// The document and the router agree: every documented operation is routed (not 404/405),
@@ -81,17 +76,7 @@ mod tests {
     /// method on a documented path is a 405.
     #[tokio::test]
     async fn every_route_is_documented_and_nothing_else() {
-        let app = App::new(
-            Arc::new(InMemoryStore::new()),
-            Arc::new(SystemClock),
-            Settings::default(),
-        );
-        let config = Config {
-            api_keys: vec![Secret::new("k")],
-            webhook_secrets: vec![Secret::new("s")],
-            ..Config::default()
-        };
-        let router = router(app, config, Surface::Both);
+        let router = test_router(Surface::Both);
         let doc = serde_json::to_value(document()).unwrap();
         let paths = doc["paths"].as_object().unwrap();
         assert_eq!(paths.len(), 17, "{:?}", paths.keys());

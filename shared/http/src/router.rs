@@ -375,19 +375,11 @@ async fn list_sessions(
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn list_sessions_across_agents(State(api): State<Arc<Api>>, q: Query) -> Result<Response, HttpError> {
     let page = q.page()?;
-    let status = match q.get("status")? {
-        None => None,
-        Some(s) => Some(
-            SessionStatus::ALL
-                .into_iter()
-                .find(|st| st.as_str() == s)
-                .ok_or_else(|| {
-                    HttpError::bad_request(format!(
-                        "query parameter status must be one of started, running, completed, failed, cancelled; got {s:?}"
-                    ))
-                })?,
-        ),
-    };
+    let status = q
+        .get("status")?
+        .map(SessionStatus::parse)
+        .transpose()
+        .map_err(|e| HttpError::bad_request(format!("query parameter status {e}")))?;
     let p = api.app.list_sessions_across_agents(status, page).await?;
     Ok(json(
         StatusCode::OK,
@@ -521,12 +513,27 @@ fn definition_format(content_type: Option<&str>) -> Result<Format, HttpError> {
 
 use crate::error::ErrorBody;
 
+/// The router of `surface` on a fresh in-memory store, with the API key `k` and the webhook
+/// secret `s`: what the HTTP layer's unit tests call.
+#[cfg(test)]
+pub(crate) fn test_router(surface: Surface) -> HttpRouter {
+    use opscore_core::config::Secret;
+    let app = App::new(
+        Arc::new(opscore_core::memory::InMemoryStore::new()),
+        Arc::new(opscore_core::time::SystemClock),
+        Default::default(),
+    );
+    let config = Config {
+        api_keys: vec![Secret::new("k")],
+        webhook_secrets: vec![Secret::new("s")],
+        ..Config::default()
+    };
+    router(app, config, surface)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opscore_core::config::Secret;
-    use opscore_core::memory::InMemoryStore;
-    use opscore_core::time::SystemClock;
     use tower::ServiceExt;
 
     async fn status(router: &HttpRouter, method: Method, path: &str) -> (StatusCode, String) {
@@ -550,16 +557,7 @@ mod tests {
     /// an empty id segment reaches the id check (400), other empty segments are no route.
     #[tokio::test]
     async fn paths_route_as_before() {
-        let app = App::new(
-            Arc::new(InMemoryStore::new()),
-            Arc::new(SystemClock),
-            Default::default(),
-        );
-        let config = Config {
-            api_keys: vec![Secret::new("k")],
-            ..Config::default()
-        };
-        let r = router(app, config, Surface::Both);
+        let r = test_router(Surface::Both);
         assert_eq!(status(&r, Method::GET, "/health").await.0, StatusCode::OK);
         assert_eq!(status(&r, Method::GET, "/health/").await.0, StatusCode::OK);
         assert_eq!(status(&r, Method::GET, "/health/?x=1").await.0, StatusCode::OK);

@@ -791,6 +791,16 @@ fn page_of<T>(mut items: Vec<T>, limit: usize, cursor: impl Fn(&T) -> String) ->
     Page { items, next_cursor }
 }
 
+/// Where a page of a session list starts: after the session a cursor of `list` names, by its
+/// start (nanoseconds) and its id.
+fn session_cursor(page: &PageRequest, list: &str) -> Result<Option<(i64, String)>, StoreError> {
+    let Some(c) = &page.cursor else {
+        return Ok(None);
+    };
+    let k = cursor::decode(c, list, 2)?;
+    Ok(Some((cursor::int(&k[0])?, k[1].clone())))
+}
+
 fn limit_of(page: &PageRequest) -> usize {
     page.limit.max(1) as usize
 }
@@ -1065,13 +1075,7 @@ impl Store for SqliteStore {
 
     async fn list_sessions(&self, agent: &AgentId, page: PageRequest) -> Result<Page<Session>, StoreError> {
         let list = format!("sessions\u{1e}{agent}");
-        let after = match &page.cursor {
-            Some(c) => {
-                let k = cursor::decode(c, &list, 2)?;
-                Some((cursor::int(&k[0])?, k[1].clone()))
-            }
-            None => None,
-        };
+        let after = session_cursor(&page, &list)?;
         let limit = limit_of(&page);
         // Newest first; sessions started in the same nanosecond by session id.
         let items: Vec<Session> = self.read(|c| match &after {
@@ -1102,13 +1106,7 @@ impl Store for SqliteStore {
             None => "all sessions".to_owned(),
             Some(st) => format!("all sessions\u{1e}{}", st.as_str()),
         };
-        let after = match &page.cursor {
-            Some(c) => {
-                let k = cursor::decode(c, &list, 2)?;
-                Some((cursor::int(&k[0])?, k[1].clone()))
-            }
-            None => None,
-        };
+        let after = session_cursor(&page, &list)?;
         let limit = limit_of(&page);
         // Newest first, then session id descending (the index `sessions_by_start` walked
         // backwards); the status is read from the stored item (`?1` NULL: any status).

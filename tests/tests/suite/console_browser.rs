@@ -10,8 +10,7 @@
 //! summarize), `long-task` and `fails` (no retry); one session, `fails` on `failing-worker`,
 //! already failed.
 
-use opscore_core::config::{Config, Secret};
-use opscore_local::{Options, Stack, StoreChoice};
+use opscore_local::{Stack, StoreChoice};
 use opscore_tests::fake::{Behaviour, FakeAgentKit, SimulatedAgent, hmac_hex, python_compact_json};
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -47,26 +46,13 @@ async fn the_console_works_in_a_real_browser() {
         "{chromium} is missing: `apt-get install chromium` (Debian), or set CHROMIUM"
     );
 
-    let key = format!("k-{}", uuid::Uuid::new_v4().simple());
-    let secret = format!("s-{}", uuid::Uuid::new_v4().simple());
-    let port = opscore_tests::free_port();
-    let webhook = format!("http://127.0.0.1:{port}/v1/opscore/internal/agent/notify");
-    let agentkit = FakeAgentKit::start(webhook.clone(), secret.clone()).await;
-    let config = Config {
-        api_keys: vec![Secret::new(&key)],
-        webhook_secrets: vec![Secret::new(&secret)],
-        agentkit_api_url: Some(agentkit.url()),
-        ..Config::default()
-    };
-    let stack = Stack::start(Options {
-        port,
-        store: StoreChoice::Ephemeral,
-        table: "console".into(),
-        sweep_every: Duration::from_millis(200),
-        config,
-    })
-    .await
-    .expect("stack starts");
+    let crate::e2e_local::LocalStack {
+        stack,
+        agentkit,
+        key,
+        secret,
+        webhook,
+    } = crate::e2e_local::local_stack(StoreChoice::Ephemeral, "console").await;
     let http = reqwest::Client::new();
     let url = stack.url();
 

@@ -22,17 +22,27 @@ async fn env(behaviour: Behaviour) -> Env {
     env_on(StoreChoice::Ephemeral, behaviour).await
 }
 
-async fn env_on(store: StoreChoice, behaviour: Behaviour) -> Env {
+/// The local stack on `store` with a fake AgentKit that knows its webhook: fresh API key and
+/// webhook secret, the runner sweeping every 200 ms. What the end-to-end and console tests start.
+// `secret` and `webhook` are read by the console's browser test (feature `browser`) only.
+#[cfg_attr(not(feature = "browser"), allow(dead_code))]
+pub(crate) struct LocalStack {
+    pub stack: Stack,
+    pub agentkit: FakeAgentKit,
+    pub key: String,
+    pub secret: String,
+    /// The stack's webhook URL (where AgentKit posts its signed deliveries).
+    pub webhook: String,
+}
+
+pub(crate) async fn local_stack(store: StoreChoice, table: &str) -> LocalStack {
     // AgentKit must exist before the stack (the stack is configured with its URL) and the stack
-    // before AgentKit sends webhooks; bind AgentKit first with a webhook URL fixed up below.
+    // before AgentKit sends webhooks: bind AgentKit first, with the stack's port chosen ahead.
     let key = format!("k-{}", uuid::Uuid::new_v4().simple());
     let secret = format!("s-{}", uuid::Uuid::new_v4().simple());
     let port = opscore_tests::free_port();
-    let agentkit = FakeAgentKit::start(
-        format!("http://127.0.0.1:{port}/v1/opscore/internal/agent/notify"),
-        secret.clone(),
-    )
-    .await;
+    let webhook = format!("http://127.0.0.1:{port}/v1/opscore/internal/agent/notify");
+    let agentkit = FakeAgentKit::start(webhook.clone(), secret.clone()).await;
     let config = Config {
         api_keys: vec![Secret::new(&key)],
         webhook_secrets: vec![Secret::new(&secret)],
@@ -42,12 +52,25 @@ async fn env_on(store: StoreChoice, behaviour: Behaviour) -> Env {
     let stack = Stack::start(Options {
         port,
         store,
-        table: "e2e".into(),
+        table: table.into(),
         sweep_every: Duration::from_millis(200),
         config,
     })
     .await
     .expect("stack starts");
+    LocalStack {
+        stack,
+        agentkit,
+        key,
+        secret,
+        webhook,
+    }
+}
+
+async fn env_on(store: StoreChoice, behaviour: Behaviour) -> Env {
+    let LocalStack {
+        stack, agentkit, key, ..
+    } = local_stack(store, "e2e").await;
     let agent = SimulatedAgent::start(
         &agentkit.url(),
         &stack.url(),
