@@ -214,6 +214,26 @@ async fn conflict_backoff(attempt: u32) {
     tokio::time::sleep(Duration::from_millis(fastrand::u64(1..=ceiling_ms))).await;
 }
 
+/// The agent takes `to` as its in-flight attempt if it exists, is not deregistered, is idle and
+/// `holding` holds (what it must hold now, and anything more, with `expr`'s names and values):
+/// the one update of a claim, a claim by capability and a hand-over.
+fn take_attempt(agent_id: &AgentId, to: &opscore_core::agent::Inflight, holding: &str, expr: Expr) -> Prepared {
+    Prepared::Update {
+        key: agent_key(agent_id),
+        update: "SET #inflight = :to, #inflightSince = :since".into(),
+        condition: format!("attribute_exists(pk) AND #deregistered = :false AND #state = :idle AND {holding}"),
+        expr: expr
+            .name("#inflight", "inflight")
+            .name("#inflightSince", "inflightSince")
+            .name("#deregistered", "deregistered")
+            .name("#state", "state")
+            .value(":to", s(to.dispatch.render()))
+            .value(":since", s(time::render(to.since)))
+            .value(":false", b(false))
+            .value(":idle", s(StateName::known(KnownState::Idle).as_str())),
+    }
+}
+
 fn agent_key(id: &AgentId) -> RawItem {
     key(keys::agent_pk(id), keys::AGENT_SK)
 }
@@ -818,44 +838,21 @@ impl DynamoStore {
                     .name("#expiresAt", items::TTL_ATTRIBUTE)
                     .value(":past", n(chrono::Utc::now().timestamp() - 1)),
             },
-            Write::ClaimAgent { agent_id, inflight } => Prepared::Update {
-                key: agent_key(agent_id),
-                update: "SET #inflight = :dispatch, #inflightSince = :since".into(),
-                condition: "attribute_exists(pk) AND #deregistered = :false AND #state = :idle \
-                            AND attribute_not_exists(#inflight)"
-                    .into(),
-                expr: Expr::default()
-                    .name("#inflight", "inflight")
-                    .name("#inflightSince", "inflightSince")
-                    .name("#deregistered", "deregistered")
-                    .name("#state", "state")
-                    .value(":dispatch", s(inflight.dispatch.render()))
-                    .value(":since", s(time::render(inflight.since)))
-                    .value(":false", b(false))
-                    .value(":idle", s(StateName::known(KnownState::Idle).as_str())),
-            },
+            Write::ClaimAgent { agent_id, inflight } => {
+                take_attempt(agent_id, inflight, "attribute_not_exists(#inflight)", Expr::default())
+            }
             Write::ClaimAgentFor {
                 agent_id,
                 inflight,
                 capability,
-            } => Prepared::Update {
-                key: agent_key(agent_id),
-                update: "SET #inflight = :dispatch, #inflightSince = :since".into(),
-                condition: "attribute_exists(pk) AND #deregistered = :false AND #state = :idle \
-                            AND attribute_not_exists(#inflight) AND contains(#capabilities, :capability)"
-                    .into(),
-                expr: Expr::default()
-                    .name("#inflight", "inflight")
-                    .name("#inflightSince", "inflightSince")
-                    .name("#deregistered", "deregistered")
-                    .name("#state", "state")
+            } => take_attempt(
+                agent_id,
+                inflight,
+                "attribute_not_exists(#inflight) AND contains(#capabilities, :capability)",
+                Expr::default()
                     .name("#capabilities", "capabilities")
-                    .value(":dispatch", s(inflight.dispatch.render()))
-                    .value(":since", s(time::render(inflight.since)))
-                    .value(":false", b(false))
-                    .value(":idle", s(StateName::known(KnownState::Idle).as_str()))
                     .value(":capability", s(capability.clone())),
-            },
+            ),
             Write::ReleaseAgent { agent_id, dispatch } => Prepared::Update {
                 key: agent_key(agent_id),
                 update: "REMOVE #inflight, #inflightSince".into(),
@@ -866,23 +863,12 @@ impl DynamoStore {
                     .value(":dispatch", s(dispatch.render())),
             },
             // ClaimAgent's condition, with the attempt that ends in place of "holds nothing".
-            Write::HandOverAgent { agent_id, from, to } => Prepared::Update {
-                key: agent_key(agent_id),
-                update: "SET #inflight = :to, #inflightSince = :since".into(),
-                condition: "attribute_exists(pk) AND #deregistered = :false AND #state = :idle \
-                            AND #inflight = :from"
-                    .into(),
-                expr: Expr::default()
-                    .name("#inflight", "inflight")
-                    .name("#inflightSince", "inflightSince")
-                    .name("#deregistered", "deregistered")
-                    .name("#state", "state")
-                    .value(":to", s(to.dispatch.render()))
-                    .value(":since", s(time::render(to.since)))
-                    .value(":from", s(from.render()))
-                    .value(":false", b(false))
-                    .value(":idle", s(StateName::known(KnownState::Idle).as_str())),
-            },
+            Write::HandOverAgent { agent_id, from, to } => take_attempt(
+                agent_id,
+                to,
+                "#inflight = :from",
+                Expr::default().value(":from", s(from.render())),
+            ),
         })
     }
 
