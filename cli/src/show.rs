@@ -266,21 +266,7 @@ pub fn sessions(p: &PageView<SessionSummary>, agent_id: &str) -> String {
     if p.items.is_empty() {
         return format!("No sessions for agent {agent_id}.");
     }
-    let rows = p
-        .items
-        .iter()
-        .map(|s| {
-            vec![
-                s.session_id.clone(),
-                s.workflow_id.clone(),
-                s.workflow_version.clone(),
-                s.status.as_str().to_owned(),
-                time(&s.start_time),
-                opt_time(s.end_time.as_deref()),
-            ]
-        })
-        .collect();
-    table(&["SESSION", "WORKFLOW", "VERSION", "STATUS", "STARTED", "ENDED"], rows) + &more(p, "sessions")
+    session_table(p, false)
 }
 
 /// The latest sessions of every agent (`session list` without an agent).
@@ -288,25 +274,35 @@ pub fn latest_sessions(p: &PageView<SessionSummary>) -> String {
     if p.items.is_empty() {
         return "No sessions.".into();
     }
+    session_table(p, true)
+}
+
+/// A page of sessions as a table, with an AGENT column when they are of several agents.
+fn session_table(p: &PageView<SessionSummary>, with_agent: bool) -> String {
     let rows = p
         .items
         .iter()
         .map(|s| {
-            vec![
-                s.session_id.clone(),
-                s.agent_id.clone(),
+            let mut row = vec![s.session_id.clone()];
+            if with_agent {
+                row.push(s.agent_id.clone());
+            }
+            row.extend([
                 s.workflow_id.clone(),
                 s.workflow_version.clone(),
                 s.status.as_str().to_owned(),
                 time(&s.start_time),
                 opt_time(s.end_time.as_deref()),
-            ]
+            ]);
+            row
         })
         .collect();
-    table(
-        &["SESSION", "AGENT", "WORKFLOW", "VERSION", "STATUS", "STARTED", "ENDED"],
-        rows,
-    ) + &more(p, "sessions")
+    let head: &[&str] = if with_agent {
+        &["SESSION", "AGENT", "WORKFLOW", "VERSION", "STATUS", "STARTED", "ENDED"]
+    } else {
+        &["SESSION", "WORKFLOW", "VERSION", "STATUS", "STARTED", "ENDED"]
+    };
+    table(head, rows) + &more(p, "sessions")
 }
 
 pub fn attempt(t: &TaskView) -> String {
