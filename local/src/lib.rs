@@ -262,7 +262,10 @@ async fn open_store(
         StoreChoice::Dynamo { endpoint } => {
             let client = opscore_dynamo::client_for_endpoint(Some(endpoint)).await;
             opscore_dynamo::table::ensure_table(&client, &opts.table).await?;
-            let store = Arc::new(opscore_dynamo::DynamoStore::new(client, opts.table.clone()));
+            let store = Arc::new(
+                opscore_dynamo::DynamoStore::new(client, opts.table.clone())
+                    .with_routing_shards(opts.config.routing_index_shards),
+            );
             let tail = opscore_dynamo::StreamTail::start(
                 opscore_dynamo::streams_client_for_endpoint(Some(endpoint)).await,
                 &opts.table,

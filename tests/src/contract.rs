@@ -952,6 +952,7 @@ pub async fn claim_and_release_agent_conditions(f: Fixture) {
     let inflight = |attempt| Inflight {
         dispatch: dispatch_of(&t1, attempt),
         since: t(10),
+        routed_by: None,
     };
     let claim = |attempt| Write::ClaimAgent {
         agent_id: aid("a1"),
@@ -1003,6 +1004,7 @@ pub async fn hand_over_agent_conditions(f: Fixture) {
     let holding = |held: &TaskInstance, attempt| Inflight {
         dispatch: dispatch_of(held, attempt),
         since: t(10),
+        routed_by: None,
     };
     let hand_over = |from: DispatchId| Write::HandOverAgent {
         agent_id: aid("a1"),
@@ -1069,6 +1071,7 @@ pub async fn concurrent_claims_of_one_task_have_one_winner(f: Fixture) {
                         inflight: Inflight {
                             dispatch: dispatch_of(&next, next.attempt),
                             since: t(10 + i),
+                            routed_by: None,
                         },
                     },
                     Write::TransitionTask {
@@ -1687,7 +1690,7 @@ pub async fn cursors_are_url_safe_and_bound_to_their_list(f: Fixture) {
 
 // ----- routing by capability (issue 18) -----
 
-fn capable(id: &str, capabilities: &[&str]) -> AgentDetails {
+pub(crate) fn capable(id: &str, capabilities: &[&str]) -> AgentDetails {
     AgentDetails {
         capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
         ..details(id)
@@ -1718,7 +1721,7 @@ async fn idle_for(f: &Fixture, capability: &str) -> Vec<String> {
 }
 
 /// A routed copy of `t`: pending in `capability`'s list instead of its agent's.
-fn routed(t: &TaskInstance, capability: &str) -> TaskInstance {
+pub(crate) fn routed(t: &TaskInstance, capability: &str) -> TaskInstance {
     TaskInstance {
         capability: Some(capability.into()),
         ..t.clone()
@@ -1777,6 +1780,7 @@ pub async fn idle_agents_by_capability_longest_available_first(f: Fixture) {
             inflight: Inflight {
                 dispatch: dispatch.clone(),
                 since: at(11),
+                routed_by: Some(capability.into()),
             },
             capability: capability.into(),
         }]
@@ -1798,6 +1802,7 @@ pub async fn idle_agents_by_capability_longest_available_first(f: Fixture) {
                 inflight: Inflight {
                     dispatch: dispatch.clone(),
                     since: at(11),
+                    routed_by: None,
                 },
             },
             Write::TransitionTask {
@@ -1972,6 +1977,7 @@ pub async fn routed_claims_race_one_agent_per_task_one_task_per_agent(f: Fixture
                                 inflight: Inflight {
                                     dispatch: dispatch_of(&next, 1),
                                     since: t(10),
+                                    routed_by: Some("race".into()),
                                 },
                                 capability: "race".into(),
                             },

@@ -9,7 +9,7 @@ use opscore_core::ids::{DispatchId, IdempotencyKey};
 use opscore_core::session::SessionStatus;
 use opscore_core::store::*;
 use opscore_core::task::TaskStatus;
-use opscore_dynamo::{RequestCounts, StreamTail, decode_stream_record, decode_streams_api_record};
+use opscore_dynamo::{DynamoStore, RequestCounts, StreamTail, decode_stream_record, decode_streams_api_record};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -366,6 +366,7 @@ pub async fn request_counts_per_operation(f: Fixture) {
             inflight: Inflight {
                 dispatch: dispatch.clone(),
                 since: t(31),
+                routed_by: None,
             },
         },
         Write::TransitionTask {
@@ -387,6 +388,7 @@ pub async fn request_counts_per_operation(f: Fixture) {
                 inflight: Inflight {
                     dispatch: dispatch.clone(),
                     since: t(32),
+                    routed_by: None,
                 },
             },
             Write::TransitionTask {
@@ -772,15 +774,6 @@ pub async fn requests_per_task_named_and_routed(f: Fixture) {
     use opscore_core::workflow::WorkflowDefinition;
     let d = f.dynamo();
     let clock = ManualClock::at(chrono::Utc::now());
-    let agentkit = Arc::new(ScriptedAgentKit::default());
-    let (app, runner) = engine(f.store.clone(), &clock, agentkit.clone());
-    let total = || d.store.request_counts().total();
-    // The agent as it is (not counted: the stream carries the images).
-    let image = |id: &opscore_core::ids::AgentId| {
-        let store = f.store.clone();
-        let id = id.clone();
-        async move { store.get_agent(&id).await.unwrap().unwrap() }
-    };
     // Hands the agent's change since `before` (if any) to the runner; the requests it makes.
     async fn feed(runner: &Runner, before: Agent, after: Agent, total: &dyn Fn() -> u64) -> u64 {
         if before == after {
@@ -797,12 +790,23 @@ pub async fn requests_per_task_named_and_routed(f: Fixture) {
         total() - start
     }
     let mut rows = Vec::new();
-    for routed in [false, true] {
-        let name = if routed { "routed" } else { "named" };
+    // A task on a named agent, a routed one on the default single routing shard, and one on 16.
+    for (name, routed, shards) in [("named", false, 1), ("routed", true, 1), ("routed-16", true, 16)] {
+        let store = Arc::new(DynamoStore::new(d.client.clone(), d.table.clone()).with_routing_shards(shards));
+        let agentkit = Arc::new(ScriptedAgentKit::default());
+        let (app, runner) = engine(store.clone(), &clock, agentkit.clone());
+        let total = || store.request_counts().total();
+        // The agent as it is (not counted: the stream carries the images).
+        let image = |id: &opscore_core::ids::AgentId| {
+            let store = store.clone();
+            let id = id.clone();
+            async move { store.get_agent(&id).await.unwrap().unwrap() }
+        };
         let id = aid(&format!("agent-{name}"));
+        let capability = format!("work-{name}");
         let mut details = agent_details(&id, name);
         if routed {
-            details.capabilities = vec!["work".into()];
+            details.capabilities = vec![capability.clone()];
         }
         app.register_agent(details).await.unwrap();
         let mut reports = 0i64;
@@ -821,7 +825,7 @@ pub async fn requests_per_task_named_and_routed(f: Fixture) {
         feed(&runner, a0, image(&id).await, &total).await;
         let def = WorkflowDefinition::from_value(serde_json::json!({
             "id": format!("one-{name}"), "name": "one", "routeByCapability": routed,
-            "tasks": [{"taskId": "only", "name": "Only", "agentCapability": "work"}]}))
+            "tasks": [{"taskId": "only", "name": "Only", "agentCapability": capability}]}))
         .unwrap();
         let mut spent = 0;
         let start = total();
@@ -836,7 +840,7 @@ pub async fn requests_per_task_named_and_routed(f: Fixture) {
         }
         .session_id;
         spent += total() - start;
-        let task = f.store.get_session(&session).await.unwrap().unwrap().tasks.remove(0);
+        let task = store.get_session(&session).await.unwrap().unwrap().tasks.remove(0);
         let a1 = image(&id).await;
         let start = total();
         runner
@@ -860,16 +864,63 @@ pub async fn requests_per_task_named_and_routed(f: Fixture) {
             // The completion's release is a change of its own.
             spent += feed(&runner, reported, image(&id).await, &total).await;
         }
-        let view = f.store.get_session(&session).await.unwrap().unwrap();
+        let view = store.get_session(&session).await.unwrap().unwrap();
         assert_eq!(view.session.status, SessionStatus::Completed, "{name}");
         rows.push((name, spent));
     }
     println!("DynamoDB requests per one-task session on {}: {rows:?}", f.name);
-    let (named, routed) = (rows[0].1, rows[1].1);
-    // Routed: + the idle agents' 16 shards, + the routed tasks' 16 shards when the agent is
-    // released, + the idle-agents entry leaving (claim) and joining (release), - the trigger's
-    // read of the agent (a session without an agent has none).
-    assert_eq!(routed, named + 16 + 16 + 2 - 1, "{rows:?}");
+    let (named, routed, routed_16) = (rows[0].1, rows[1].1, rows[2].1);
+    // Routed, on the default single routing shard: + the capability's idle agents (one Query)
+    // when the task becomes runnable, + its routed tasks (one Query) when the agent is
+    // released, + the idle-agents entry joining again at the release (the claim takes it out in
+    // its own transaction), - the trigger's read of the agent (a session without an agent has
+    // none). The issue's bound: at most two more.
+    assert_eq!(routed, named + 1 + 1 + 1 - 1, "{rows:?}");
+    assert!(routed <= named + 2, "{rows:?}");
+    // Each lookup queries every shard: 15 more each on 16 shards.
+    assert_eq!(routed_16, routed + 15 + 15, "{rows:?}");
+}
+
+/// Raising the routing shard count on a live table keeps every entry in sight (shard 0 stays
+/// shard 0, and readers query the new count); lowering it hides the entries of the shards
+/// dropped, which is why docs/table-design.md ("Routing shards") says to drain first.
+pub async fn raising_routing_shards_keeps_every_entry_in_sight(f: Fixture) {
+    use crate::contract::{capable, routed};
+    let d = f.dynamo();
+    let with = |n| DynamoStore::new(d.client.clone(), d.table.clone()).with_routing_shards(n);
+    let stores = [("one", with(1)), ("sixteen", with(16))];
+    let mut agents = Vec::new();
+    for (name, store) in &stores {
+        for i in 0..4 {
+            let id = aid(&format!("{name}-{i}"));
+            store.register_agent(capable(id.as_str(), &["x"]), t(0)).await.unwrap();
+            let before = store.get_agent(&id).await.unwrap();
+            store
+                .report_state(&report(id.as_str(), "idle", t(1 + i)), t(1), HISTORY_TTL)
+                .await
+                .unwrap();
+            let after = store.get_agent(&id).await.unwrap().unwrap();
+            store.sync_idle_agent(before.as_ref(), &after).await.unwrap();
+            agents.push(id);
+        }
+        let s = session(&format!("{name}-0"), t(0));
+        let pending = routed(&task(&s, "fetch", TaskStatus::Pending, t(0)), "x");
+        store
+            .commit(vec![Write::CreateSession(s), Write::CreateTask(pending)])
+            .await
+            .unwrap();
+    }
+    let [(_, one), (_, sixteen)] = &stores;
+    let mut seen = sixteen.idle_agents("x", 100).await.unwrap();
+    seen.sort();
+    agents.sort();
+    assert_eq!(seen, agents, "16 shards see the entries written with 1 and with 16");
+    assert_eq!(sixteen.routed_tasks("x", t(5), 100).await.unwrap().len(), 2);
+    let by_one = one.idle_agents("x", 100).await.unwrap();
+    assert!(
+        by_one.len() < agents.len() && by_one.iter().any(|a| a.as_str().starts_with("one-")),
+        "1 shard sees its own entries, not those written to shards 1..15: {by_one:?}"
+    );
 }
 
 /// Stamps out the DynamoDB-only cases for a fixture of a DynamoDB-backed store.
@@ -881,6 +932,7 @@ macro_rules! dynamo_tests {
             stream_tail_reports_changes_with_old_and_new_images,
             request_counts_per_operation,
             requests_per_task_named_and_routed,
+            raising_routing_shards_keeps_every_entry_in_sight,
             index_attributes_are_absent_never_null,
             foreign_and_forged_cursors_are_refused,
             backfill_moves_items_written_before_issue_16_to_the_sharded_keys,

@@ -213,6 +213,12 @@ pub struct Inflight {
     pub dispatch: DispatchId,
     #[serde(with = "time::rfc3339")]
     pub since: Timestamp,
+    /// The capability the attempt was routed by (issue 18), `None` for a task of the agent's own
+    /// session. Kept on the agent so that a store keeping the idle-agents index apart from the
+    /// agent (DynamoDB) can tell, from the agent's images alone, that the claim already took
+    /// the agent's entry for this capability out of the index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routed_by: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -43,6 +43,9 @@ pub mod names {
     pub const TABLE_NAME: &str = "OPSCORE_TABLE_NAME";
     /// An explicit DynamoDB endpoint (DynamoDB Local); empty means "the AWS default".
     pub const DDB_ENDPOINT: &str = "OPSCORE_DDB_ENDPOINT";
+    /// Shards of each capability's routing lists on DynamoDB (1..=16, default 1; the same for
+    /// every function of a deployment: docs/table-design.md, "Routing shards").
+    pub const ROUTING_INDEX_SHARDS: &str = "OPSCORE_ROUTING_INDEX_SHARDS";
     pub const WEBHOOK_TOLERANCE: &str = "OPSCORE_WEBHOOK_TOLERANCE_SECONDS";
     pub const HISTORY_RETENTION_DAYS: &str = "OPSCORE_HISTORY_RETENTION_DAYS";
     pub const LEASE_SECONDS: &str = "OPSCORE_LEASE_SECONDS";
@@ -101,6 +104,8 @@ pub struct Config {
     pub agentkit_api_url: Option<String>,
     pub table_name: Option<String>,
     pub ddb_endpoint: Option<String>,
+    /// Shards of each capability's routing lists on DynamoDB (1..=16).
+    pub routing_index_shards: u8,
     /// Where the runner sends wake-ups for task timers (an SQS queue URL); `None`: the sweep only.
     pub timer_queue_url: Option<String>,
     pub webhook_tolerance: Duration,
@@ -126,6 +131,7 @@ impl Default for Config {
             agentkit_api_url: None,
             table_name: None,
             ddb_endpoint: None,
+            routing_index_shards: 1,
             timer_queue_url: None,
             webhook_tolerance: Duration::from_secs(300),
             engine: Settings::default(),
@@ -207,6 +213,17 @@ impl Config {
                 message: format!("expected an http(s) URL, got {u:?}"),
             });
         }
+        let routing_index_shards = match non_empty(names::ROUTING_INDEX_SHARDS) {
+            None => d.routing_index_shards,
+            Some(v) => v
+                .parse::<u8>()
+                .ok()
+                .filter(|n| (1..=16).contains(n))
+                .ok_or(ConfigError {
+                    name: names::ROUTING_INDEX_SHARDS,
+                    message: format!("expected a shard count 1..=16, got {v:?}"),
+                })?,
+        };
         let timer_queue_url = non_empty(names::TIMER_QUEUE_URL);
         if let Some(u) = &timer_queue_url
             && !(u.starts_with("http://") || u.starts_with("https://"))
@@ -226,6 +243,7 @@ impl Config {
             agentkit_api_url,
             table_name: non_empty(names::TABLE_NAME),
             ddb_endpoint: non_empty(names::DDB_ENDPOINT),
+            routing_index_shards,
             timer_queue_url,
             webhook_tolerance: seconds(names::WEBHOOK_TOLERANCE, d.webhook_tolerance)?,
             engine: Settings {
@@ -251,6 +269,21 @@ mod tests {
     fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn routing_index_shards_default_to_one_and_refuse_outside_1_to_16() {
+        assert_eq!(cfg(&[]).unwrap().routing_index_shards, 1);
+        assert_eq!(
+            cfg(&[(names::ROUTING_INDEX_SHARDS, " 16 ")])
+                .unwrap()
+                .routing_index_shards,
+            16
+        );
+        for bad in ["0", "17", "-1", "four", "1.5"] {
+            let e = cfg(&[(names::ROUTING_INDEX_SHARDS, bad)]).unwrap_err();
+            assert_eq!(e.name, names::ROUTING_INDEX_SHARDS, "{bad}");
+        }
     }
 
     #[test]

@@ -434,6 +434,7 @@ impl Runner {
                     inflight: Inflight {
                         dispatch: dispatch.clone(),
                         since: now,
+                        routed_by: None,
                     },
                 },
                 Write::TransitionTask {
@@ -590,6 +591,7 @@ impl Runner {
                         let to = Inflight {
                             dispatch: claimed.current_dispatch().expect("claimed holds the agent"),
                             since: now,
+                            routed_by: None,
                         };
                         let write = Write::HandOverAgent {
                             agent_id: l.task.agent_id.clone(),

@@ -189,6 +189,8 @@ pub enum Write {
     ClaimAgent { agent_id: AgentId, inflight: Inflight },
     /// [`Write::ClaimAgent`] for a task routed by `capability` (issue 18): the agent must also
     /// announce it (a registration may have changed its capabilities since the index was read).
+    /// `inflight.routed_by` names the same capability. The agent's idle-agents entry for it
+    /// leaves the index in the same write, on every store.
     ClaimAgentFor {
         agent_id: AgentId,
         inflight: Inflight,

@@ -275,17 +275,23 @@ mod tests {
     /// then idling with heartbeats: every item change the adapter writes, from its own item
     /// builders, counted on the table and on the indexes. No partition key may take more than
     /// 2 % of the writes, and the agent lists' keys take none of the heartbeats.
+    /// The routing lists at their most shards (`RoutingIndexShards` = 16): the setting a
+    /// deployment routing most of its tasks by one capability beyond ~500 tasks/s would take. At
+    /// the default (1) every routed task's writes land on one key per capability by design
+    /// (`items::MAX_ROUTING_SHARDS`).
+    const ROUTING_SHARDS: u8 = crate::items::MAX_ROUTING_SHARDS;
+
     /// An agent change as the adapter writes it: the agent item, and (routing, issue 18) the
     /// idle-agents entries that `sync_idle_agent` moves for it.
     fn record_agent(heat: &mut Heat, old: Option<&Agent>, new: &Agent, at: Timestamp) {
         heat.record(old.map(agent_item).as_ref(), Some(&agent_item(new)));
         let moved = opscore_core::store::IdleIndexMove::of(old, Some(new));
         for c in &moved.leave {
-            let gone = IdleAgentItem::new(new.id(), c, at);
+            let gone = IdleAgentItem::new(new.id(), c, at, ROUTING_SHARDS);
             heat.record(Some(&item(&gone)), None);
         }
         for c in &moved.join {
-            heat.record(None, Some(&item(&IdleAgentItem::new(new.id(), c, at))));
+            heat.record(None, Some(&item(&IdleAgentItem::new(new.id(), c, at, ROUTING_SHARDS))));
         }
     }
 
@@ -299,7 +305,7 @@ mod tests {
         assert_eq!(per[crate::items::GSI1], 1000 + 1000, "{}", heat.report());
     }
 
-    /// The same with routing (issue 18): every agent announces the same two capabilities and
+    /// The same with routing (issue 18) on 16 routing shards: every agent announces the same two capabilities and
     /// every task is routed by one of them, the worst case for the capability keys
     /// (`ROUTED#{n}#work`, `IDLE#{n}#work`, `IDLE#{n}#review`), which take every task's and
     /// every availability change's index writes.
@@ -311,10 +317,7 @@ mod tests {
         let idle = heat.writes.keys().filter(|(_, pk)| pk.starts_with("IDLE#")).count();
         assert_eq!(
             (routed, idle),
-            (
-                usize::from(crate::items::ROUTED_SHARDS),
-                2 * usize::from(crate::items::IDLE_SHARDS)
-            ),
+            (usize::from(ROUTING_SHARDS), 2 * usize::from(ROUTING_SHARDS)),
             "{}",
             heat.report()
         );
@@ -415,7 +418,7 @@ mod tests {
                     last_error: None,
                     rev: 0,
                 };
-                let mut old = item(&TaskItem::new(&t));
+                let mut old = item(&TaskItem::new(&t, ROUTING_SHARDS));
                 heat.record(None, Some(&old));
                 // claim: agent marked in flight, task dispatched with a lease timer, session
                 // started → running once.
@@ -424,6 +427,7 @@ mod tests {
                 claimed.inflight = Some(Inflight {
                     dispatch: DispatchId::parse(&format!("{}:{task}:1", session.session_id)).unwrap(),
                     since,
+                    routed_by: None,
                 });
                 record_agent(&mut heat, Some(&agent), &claimed, since);
                 agent = claimed;
@@ -432,7 +436,7 @@ mod tests {
                     t.rev += 1;
                     t.updated_at = tick();
                     t.timer_at = timer;
-                    let new = item(&TaskItem::new(t));
+                    let new = item(&TaskItem::new(t, ROUTING_SHARDS));
                     heat.record(Some(&old), Some(&new));
                     old = new;
                 };

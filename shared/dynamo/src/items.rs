@@ -53,16 +53,20 @@ pub const AGENT_SHARDS: u8 = 32;
 pub const SESSION_SHARDS: u8 = 8;
 /// Shards of the workflow list (`WORKFLOWS#{n}`): written once per definition, listed rarely.
 pub const WORKFLOW_SHARDS: u8 = 8;
-/// Shards of a capability's runnable list (`ROUTED#{n}#{capability}`, n from the session id as
-/// for timers). Every routed task joins and leaves it once per attempt; with one capability for
-/// all 1,000 agents' tasks, 16 shards keep one key near 1.1 % of the work index's writes (8 gave
-/// 2.2 %, the heat check). `routed_tasks` queries the 16 in parallel.
-pub const ROUTED_SHARDS: u8 = 16;
-/// Shards of a capability's idle agents (`IDLE#{n}#{capability}`, n = shard of the agent id).
-/// An agent's entry joins when it becomes available and leaves at its claim, once per task;
-/// `idle_agents` queries the 16 in parallel. (8 gave one key 2.96 % of the work index's writes
-/// in the heat check: agent ids hash less evenly than random session ids.)
-pub const IDLE_SHARDS: u8 = 16;
+/// The most shards a capability's two routing lists may have (`ROUTED#{n}#{capability}`, n from
+/// the session id as for timers; `IDLE#{n}#{capability}`, n = shard of the agent id). How many
+/// a deployment uses is its setting `OPSCORE_ROUTING_INDEX_SHARDS` (template parameter
+/// `RoutingIndexShards`), **1** by default: every routed task joins and leaves its capability's
+/// runnable list once per attempt and its agent's entry leaves and joins the idle list once,
+/// and one `work` partition key takes 1,000 writes/s, so one shard carries about 500 routed
+/// tasks/s per capability, a third of the table's own ceiling (docs/scale.md); and each lookup
+/// (`routed_tasks`, `idle_agents`) queries every shard, so one shard is what keeps a routed
+/// task within two requests of a named one (docs/table-design.md). 16 shards keep one key near
+/// 1.5 % of the work index's writes with every one of 1,000 agents on one capability (the heat
+/// check; 8 gave 2.96 %: agent ids hash less evenly than random session ids). Raising it on a
+/// live table is safe (shard 0 stays shard 0; readers query the new count); lowering it strands
+/// the entries of the shards dropped (docs/table-design.md says how to drain them first).
+pub const MAX_ROUTING_SHARDS: u8 = 16;
 
 /// A stable shard of an id: the first four bytes of its SHA-256, mod `shards`. Stable across
 /// builds, platforms and versions (unlike `std`'s hasher), and uniform for ids that share
@@ -164,17 +168,18 @@ pub mod keys {
     pub fn routed_pk(shard: u8, capability: &str) -> String {
         format!("ROUTED#{shard}#{capability}")
     }
-    /// The routed list shard of a session's tasks: the first byte of the (random) session UUID.
-    pub fn routed_shard(session: &SessionId) -> u8 {
+    /// The routed list shard of a session's tasks, of `shards`: the first byte of the (random)
+    /// session UUID.
+    pub fn routed_shard(session: &SessionId, shards: u8) -> u8 {
         let s = session.to_string();
-        u8::from_str_radix(&s[..2], 16).unwrap_or(0) % ROUTED_SHARDS
+        u8::from_str_radix(&s[..2], 16).unwrap_or(0) % shards.max(1)
     }
     /// `IDLE#{n}#{capability}`: a capability's idle agents, shard `n` (of the agent id).
     pub fn idle_pk(shard: u8, capability: &str) -> String {
         format!("IDLE#{shard}#{capability}")
     }
-    pub fn idle_shard(agent: &AgentId) -> u8 {
-        shard_of(agent.as_str(), IDLE_SHARDS)
+    pub fn idle_shard(agent: &AgentId, shards: u8) -> u8 {
+        shard_of(agent.as_str(), shards.max(1))
     }
     /// The sort key of an idle-agents entry in the agent's partition: `IDLE#{capability}`.
     pub fn idle_sk(capability: &str) -> String {
@@ -289,6 +294,9 @@ pub struct AgentItem {
     pub inflight: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "ts::option")]
     pub inflight_since: Option<Timestamp>,
+    /// `Inflight::routed_by`: the capability a routed attempt was claimed by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inflight_routed_by: Option<String>,
     pub gsi1pk: String,
     pub gsi1sk: String,
     pub gsi2pk: String,
@@ -359,6 +367,7 @@ impl AgentItem {
             state_version: a.current.version,
             inflight: a.inflight.as_ref().map(|i| i.dispatch.render()),
             inflight_since: a.inflight.as_ref().map(|i| i.since),
+            inflight_routed_by: a.inflight.as_ref().and_then(|i| i.routed_by.clone()),
             gsi1pk: keys::agents_pk(keys::agent_shard(&d.agent_id)),
             gsi1sk: d.agent_id.to_string(),
             gsi2pk: keys::state_gsi2pk(&d.agent_id, &a.current.state),
@@ -373,6 +382,7 @@ impl AgentItem {
                 dispatch: DispatchId::parse(&d)
                     .ok_or_else(|| StoreError::corrupt(format!("agent {}: bad inflight {d:?}", self.agent_id)))?,
                 since,
+                routed_by: self.inflight_routed_by,
             }),
             (Some(_), None) => {
                 return Err(StoreError::corrupt(format!(
@@ -627,7 +637,8 @@ pub struct TaskItem {
 }
 
 impl TaskItem {
-    pub fn new(t: &TaskInstance) -> Self {
+    /// `routing_shards`: the deployment's routing shard count (a routed task's list key).
+    pub fn new(t: &TaskInstance, routing_shards: u8) -> Self {
         let pending = t.status == TaskStatus::Pending;
         Self {
             pk: keys::session_pk(&t.session_id),
@@ -655,7 +666,7 @@ impl TaskItem {
             capability: t.capability.clone(),
             // Pending: in its agent's runnable list, or, routed, in its capability's.
             gsi2pk: pending.then(|| match &t.capability {
-                Some(c) => keys::routed_pk(keys::routed_shard(&t.session_id), c),
+                Some(c) => keys::routed_pk(keys::routed_shard(&t.session_id, routing_shards), c),
                 None => keys::runnable_pk(&t.agent_id),
             }),
             gsi2sk: pending.then(|| keys::task_index_sk(t.due_at, &t.session_id, &t.task_id)),
@@ -732,14 +743,14 @@ pub struct IdleAgentItem {
 }
 
 impl IdleAgentItem {
-    pub fn new(agent: &AgentId, capability: &str, since: Timestamp) -> Self {
+    pub fn new(agent: &AgentId, capability: &str, since: Timestamp, routing_shards: u8) -> Self {
         Self {
             pk: keys::agent_pk(agent),
             sk: keys::idle_sk(capability),
             agent_id: agent.clone(),
             capability: capability.to_owned(),
             available_since: since,
-            gsi2pk: keys::idle_pk(keys::idle_shard(agent), capability),
+            gsi2pk: keys::idle_pk(keys::idle_shard(agent, routing_shards), capability),
             gsi2sk: keys::idle_gsi2sk(since, agent),
         }
     }
@@ -850,6 +861,7 @@ mod tests {
             "stateOrder",
             "inflight",
             "inflightSince",
+            "inflightRoutedBy",
             "deregisteredAt",
             "registrationTime",
         ] {
@@ -861,6 +873,7 @@ mod tests {
         agent.inflight = Some(Inflight {
             dispatch: DispatchId::parse(&format!("{}:t1:2", SessionId::new())).unwrap(),
             since: now,
+            routed_by: Some("summarise".into()),
         });
         agent.deregistered_at = Some(now);
         let item: serde_dynamo::Item = AgentItem::from_agent(&agent).to_item().unwrap();

@@ -76,6 +76,8 @@ pub struct DynamoStore {
     client: Client,
     table: String,
     counters: Arc<Counters>,
+    /// Shards of each capability's routing lists (`items::MAX_ROUTING_SHARDS`).
+    routing_shards: u8,
 }
 
 impl std::fmt::Debug for DynamoStore {
@@ -218,13 +220,21 @@ async fn conflict_backoff(attempt: u32) {
 /// `holding` holds (what it must hold now, and anything more, with `expr`'s names and values):
 /// the one update of a claim, a claim by capability and a hand-over.
 fn take_attempt(agent_id: &AgentId, to: &opscore_core::agent::Inflight, holding: &str, expr: Expr) -> Prepared {
+    let (update, expr) = match &to.routed_by {
+        Some(c) => (
+            "SET #inflight = :to, #inflightSince = :since, #routedBy = :routedBy",
+            expr.value(":routedBy", s(c.clone())),
+        ),
+        None => ("SET #inflight = :to, #inflightSince = :since REMOVE #routedBy", expr),
+    };
     Prepared::Update {
         key: agent_key(agent_id),
-        update: "SET #inflight = :to, #inflightSince = :since".into(),
+        update: update.into(),
         condition: format!("attribute_exists(pk) AND #deregistered = :false AND #state = :idle AND {holding}"),
         expr: expr
             .name("#inflight", "inflight")
             .name("#inflightSince", "inflightSince")
+            .name("#routedBy", "inflightRoutedBy")
             .name("#deregistered", "deregistered")
             .name("#state", "state")
             .value(":to", s(to.dispatch.render()))
@@ -232,6 +242,14 @@ fn take_attempt(agent_id: &AgentId, to: &opscore_core::agent::Inflight, holding:
             .value(":false", b(false))
             .value(":idle", s(StateName::known(KnownState::Idle).as_str())),
     }
+}
+
+/// The capability whose idle-agents entry the change `old → new` took out itself: a routed claim
+/// of an agent that held nothing (`ClaimAgentFor`, which deletes the entry in its transaction).
+fn claimed_by_routing<'a>(old: Option<&Agent>, new: &'a Agent) -> Option<&'a str> {
+    let held_nothing = old.is_some_and(|o| o.inflight.is_none());
+    let routed = new.inflight.as_ref()?.routed_by.as_deref()?;
+    held_nothing.then_some(routed)
 }
 
 fn agent_key(id: &AgentId) -> RawItem {
@@ -244,7 +262,16 @@ impl DynamoStore {
             client,
             table: table_name.into(),
             counters: Arc::default(),
+            routing_shards: 1,
         }
+    }
+
+    /// The deployment's routing shard count (`OPSCORE_ROUTING_INDEX_SHARDS`, 1 by default; see
+    /// `items::MAX_ROUTING_SHARDS` for the trade-off), kept within 1..=16 (the configuration
+    /// refuses anything else). Every function of a deployment must use the same count.
+    pub fn with_routing_shards(mut self, shards: u8) -> Self {
+        self.routing_shards = shards.clamp(1, items::MAX_ROUTING_SHARDS);
+        self
     }
 
     pub fn client(&self) -> &Client {
@@ -783,12 +810,12 @@ impl DynamoStore {
                     .value(":running", s(SessionStatus::Running.as_str())),
             },
             Write::CreateTask(t) => Prepared::Put {
-                item: encode(&TaskItem::new(t))?,
+                item: encode(&TaskItem::new(t, self.routing_shards))?,
                 condition: not_exists(),
                 expr: Expr::default(),
             },
             Write::TransitionTask { from, next } => Prepared::Put {
-                item: encode(&TaskItem::new(next))?,
+                item: encode(&TaskItem::new(next, self.routing_shards))?,
                 condition: "#status = :from AND #rev = :prev".into(),
                 expr: transition(from.as_str(), next.rev),
             },
@@ -855,11 +882,12 @@ impl DynamoStore {
             ),
             Write::ReleaseAgent { agent_id, dispatch } => Prepared::Update {
                 key: agent_key(agent_id),
-                update: "REMOVE #inflight, #inflightSince".into(),
+                update: "REMOVE #inflight, #inflightSince, #routedBy".into(),
                 condition: "#inflight = :dispatch".into(),
                 expr: Expr::default()
                     .name("#inflight", "inflight")
                     .name("#inflightSince", "inflightSince")
+                    .name("#routedBy", "inflightRoutedBy")
                     .value(":dispatch", s(dispatch.render())),
             },
             // ClaimAgent's condition, with the attempt that ends in place of "holds nothing".
@@ -928,7 +956,7 @@ impl DynamoStore {
         let now = chrono::Utc::now();
         for c in &moved.join {
             ps.push(Prepared::Put {
-                item: encode(&IdleAgentItem::new(seen.id(), c, now))?,
+                item: encode(&IdleAgentItem::new(seen.id(), c, now, self.routing_shards))?,
                 // The check above is the condition; a leftover entry is simply replaced.
                 condition: String::new(),
                 expr: Expr::default(),
@@ -1345,6 +1373,19 @@ impl Store for DynamoStore {
             return Ok(());
         }
         let mut prepared = writes.iter().map(|w| self.prepare(w)).collect::<Result<Vec<_>, _>>()?;
+        // A routed claim takes the agent's idle-agents entry for its capability out in the same
+        // transaction (the agent's change then needs no `sync_idle_agent` request of its own).
+        // Last, unconditional: a cancellation's index still names one of `writes`.
+        for w in &writes {
+            if let Write::ClaimAgentFor {
+                agent_id, capability, ..
+            } = w
+            {
+                prepared.push(Prepared::Delete {
+                    key: key(keys::agent_pk(agent_id), keys::idle_sk(capability)),
+                });
+            }
+        }
         let (index, old) = if prepared.len() == 1 {
             match self.write_one(prepared.remove(0)).await {
                 Ok(()) => return Ok(()),
@@ -1495,7 +1536,7 @@ impl Store for DynamoStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let shards = (0..items::IDLE_SHARDS).map(|shard| {
+        let shards = (0..self.routing_shards).map(|shard| {
             let expr = Expr::default().value(":pk", s(keys::idle_pk(shard, capability)));
             async move {
                 self.query_all(Some(items::GSI2), "gsi2pk = :pk", expr, true, Some(limit as usize))
@@ -1525,7 +1566,7 @@ impl Store for DynamoStore {
         let due = self
             .due_in_shards(
                 (items::GSI2, "gsi2pk = :pk AND gsi2sk < :bound"),
-                items::ROUTED_SHARDS,
+                self.routing_shards,
                 |shard| keys::routed_pk(shard, capability),
                 |raw| {
                     let t = decode::<RunnableEntry>(raw, "routed entry")?;
@@ -1548,12 +1589,15 @@ impl Store for DynamoStore {
     }
 
     async fn sync_idle_agent(&self, old: Option<&Agent>, new: &Agent) -> Result<(), StoreError> {
-        let moved = IdleIndexMove::of(old, Some(new));
+        let mut moved = IdleIndexMove::of(old, Some(new));
+        // A routed claim took its capability's entry out itself (`commit`).
+        if let Some(c) = claimed_by_routing(old, new) {
+            moved.leave.retain(|l| l != c);
+        }
         if moved.is_empty() {
             return Ok(());
         }
         let mut seen = new.clone();
-        let mut moved = moved;
         for _ in 0..TRANSACTION_CANCEL_RETRIES {
             match self.move_idle_entries(&seen, &moved).await? {
                 TxOutcome::Done => return Ok(()),

@@ -26,14 +26,17 @@ use std::sync::Arc;
 
 pub type LambdaError = lambda_runtime::Error;
 
-/// The DynamoDB store named by the configuration (`OPSCORE_TABLE_NAME`, optional `OPSCORE_DDB_ENDPOINT`).
+/// The DynamoDB store named by the configuration (`OPSCORE_TABLE_NAME`, optional
+/// `OPSCORE_DDB_ENDPOINT` and `OPSCORE_ROUTING_INDEX_SHARDS`).
 pub async fn dynamo_store(config: &Config) -> Result<Arc<dyn Store>, LambdaError> {
     let table = config
         .table_name
         .clone()
         .ok_or_else(|| format!("{} is not set", names::TABLE_NAME))?;
     let client = opscore_dynamo::client_for_endpoint(config.ddb_endpoint.as_deref()).await;
-    Ok(Arc::new(opscore_dynamo::DynamoStore::new(client, table)))
+    Ok(Arc::new(
+        opscore_dynamo::DynamoStore::new(client, table).with_routing_shards(config.routing_index_shards),
+    ))
 }
 
 /// The router with each request's `x-request-id` set to the Lambda request id (so the request's

@@ -117,11 +117,16 @@ impl Runner {
         } else {
             (Write::CheckSessionOpen(l.session.session_id), l.session.clone())
         };
+        let capability = l.task.capability.clone().expect("a routed task");
         let writes = vec![
             Write::ClaimAgentFor {
                 agent_id: agent.clone(),
-                inflight: Inflight { dispatch, since: now },
-                capability: l.task.capability.clone().expect("a routed task"),
+                inflight: Inflight {
+                    dispatch,
+                    since: now,
+                    routed_by: Some(capability.clone()),
+                },
+                capability,
             },
             Write::TransitionTask {
                 from: TaskStatus::Pending,
