@@ -207,6 +207,17 @@ try {
   await page.getByText('timeout 30 s').first().waitFor();
   await shot('workflows');
 
+  step = 'start a routed session without naming an agent';
+  assert.equal(await page.getByRole('button', { name: /^Start routed session/ }).count(), 1, 'only the routed definition offers it');
+  await page.getByRole('button', { name: 'Start routed session of routed-demo 1.0' }).click();
+  await page.waitForURL(/#\/sessions\/[0-9a-f-]{36}$/);
+  await page.getByRole('heading', { level: 1, name: /^Session / }).waitFor();
+  await waitForStatus('completed');
+  await page.getByText('routed by console-routed').waitFor();
+  await shot('session-routed');
+  await page.getByRole('row').filter({ hasText: 'routed by console-routed' }).getByRole('link').click();
+  await page.getByRole('heading', { level: 1, name: 'Agent worker' }).waitFor();
+
   step = 'the keyboard reaches the views';
   await page.getByRole('link', { name: 'Agents', exact: true }).focus();
   await page.keyboard.press('Enter');

@@ -63,6 +63,7 @@ export const paths = {
   cancel: (id) => `/v1/opscore/sessions/${enc(id)}/cancel`,
   workflows: (p = {}) => `/v1/opscore/workflows${query(p)}`,
   workflow: (id, version) => `/v1/opscore/workflows/${enc(id)}${query({ version })}`,
+  startRouted: (id) => `/v1/opscore/workflows/${enc(id)}/sessions`,
 };
 
 /** Every item of a paginated list, following cursors (at most `maxPages` pages of 100). */

@@ -36,6 +36,8 @@ function s(tag, attrs, ...children) {
 }
 
 const enc = encodeURIComponent;
+/** The reserved agent id a session started without an agent is listed under. */
+const ROUTED_SESSIONS = 'opscore.routed';
 const OPEN = new Set(['started', 'running']);
 const SESSION_STATUSES = ['started', 'running', 'completed', 'failed', 'cancelled'];
 const AGENT_STATES = ['UNKNOWN', 'initializing', 'idle', 'active', 'error', 'finished'];
@@ -305,7 +307,7 @@ function sessionTable(items, empty, withAgent = true) {
       'tr',
       {},
       h('td', {}, link(`#/sessions/${enc(x.sessionId)}`, x.sessionId.slice(0, 8), `Session ${x.sessionId}`)),
-      withAgent ? h('td', {}, link(`#/agents/${enc(x.agentId)}`, x.agentId)) : null,
+      withAgent ? h('td', {}, x.agentId === ROUTED_SESSIONS ? h('span', { class: 'muted' }, 'routed') : link(`#/agents/${enc(x.agentId)}`, x.agentId)) : null,
       h('td', {}, `${x.workflowId} ${x.workflowVersion}`),
       h('td', {}, badge(x.status)),
       h('td', {}, when(x.startTime)),
@@ -387,7 +389,7 @@ export async function session(ctx, id) {
     fill(head,
       details([
         ['Status', badge(v.status)],
-        ['Agent', link(`#/agents/${enc(v.agentId)}`, v.agentId)],
+        ['Agent', v.agentId === ROUTED_SESSIONS ? h('span', {}, 'none: its tasks are routed by capability (', h('code', {}, ROUTED_SESSIONS), ')') : link(`#/agents/${enc(v.agentId)}`, v.agentId)],
         ['Workflow', link('#/workflows', `${v.workflowId} ${v.workflowVersion}`)],
         ['Started', when(v.startTime)],
         ['Ended', v.endTime ? when(v.endTime) : h('span', { class: 'muted' }, 'not yet')],
@@ -413,12 +415,18 @@ export async function session(ctx, id) {
     fill(tasks,
       table(
         'Tasks',
-        ['Task', 'Status', 'Attempts', 'Last error'],
+        ['Task', 'Agent', 'Status', 'Attempts', 'Last error'],
         v.tasks.map((t) =>
           h(
             'tr',
             {},
             h('td', {}, h('span', { class: 'id' }, t.taskId), h('div', { class: 'muted' }, t.name)),
+            h(
+              'td',
+              {},
+              t.agentId ? link(`#/agents/${enc(t.agentId)}`, t.agentId) : h('span', { class: 'muted' }, 'not claimed yet'),
+              t.capability ? h('div', { class: 'muted' }, `routed by ${t.capability}`) : null,
+            ),
             h('td', {}, badge(t.status)),
             h('td', {}, h('div', { class: 'muted' }, `${t.attempts.length} of at most ${t.maxRetries + 1}`), attemptList(t.attempts)),
             h('td', {}, t.lastError ? h('span', { class: 'error' }, t.lastError) : h('span', { class: 'muted' }, 'none')),
@@ -538,7 +546,44 @@ function graph(def, key) {
   return svg;
 }
 
-function definitionView(def, createdAt, key) {
+/** Every task routed by capability: the definition can start without naming an agent. */
+function startsWithoutAgent(def) {
+  return def.routeByCapability === true && def.tasks.length > 0 && def.tasks.every((t) => t.agentCapability);
+}
+
+/** "Start routed session" (POST /v1/opscore/workflows/{id}/sessions), then the new session. */
+function startRoutedForm(ctx, def) {
+  const error = h('p', { class: 'error', role: 'alert' });
+  return h(
+    'form',
+    {
+      class: 'run',
+      onsubmit: async (e) => {
+        e.preventDefault();
+        const button = e.target.querySelector('button');
+        button.disabled = true;
+        error.textContent = '';
+        try {
+          const started = await api(paths.startRouted(def.id), {
+            method: 'POST',
+            body: { workflowVersion: def.version },
+            headers: { 'Idempotency-Key': crypto.randomUUID() },
+          });
+          ctx.go(`#/sessions/${enc(started.sessionId)}`);
+        } catch (err) {
+          button.disabled = false;
+          if (err.status === 401) ctx.fail(err, 'The session did not start');
+          else error.textContent = `The session did not start: ${err.message}`;
+        }
+      },
+    },
+    h('button', { type: 'submit', 'aria-label': `Start routed session of ${def.id} ${def.version}` }, 'Start routed session'),
+    h('span', { class: 'muted' }, ' each task goes to an available agent announcing its capability'),
+    error,
+  );
+}
+
+function definitionView(ctx, def, createdAt, key) {
   const retry = def.retryPolicy || {};
   return h(
     'article',
@@ -559,7 +604,9 @@ function definitionView(def, createdAt, key) {
           ['Retry delay', retry.baseDelaySeconds === undefined ? '2 s doubling, at most 300 s (default)' : `${retry.baseDelaySeconds} s doubling, at most ${retry.maxDelaySeconds} s`],
           ['Dispatch timeout', seconds(def.dispatchTimeoutSeconds) || 'service default'],
           ['Task timeout', seconds(def.taskTimeoutSeconds) || 'service default'],
+          ['Runs on', def.routeByCapability ? 'any available agent announcing the task\'s capability (routed)' : 'the agent the session is started for'],
         ]),
+        startsWithoutAgent(def) ? startRoutedForm(ctx, def) : null,
         table(
           `Tasks of ${def.id} ${def.version}`,
           ['Task', 'Next', 'Timeout', 'Retries'],
@@ -594,7 +641,7 @@ export async function workflows(ctx) {
       { class: 'workflow-group' },
       h('h2', {}, `${versions[0].name} (${id})`),
       h('p', { class: 'muted' }, `${versions.length} version${versions.length === 1 ? '' : 's'}: ${versions.map((v) => v.version).join(', ')}`),
-      versions.map((w, i) => definitionView(w, w.createdAt, `${n}-${i}`)),
+      versions.map((w, i) => definitionView(ctx, w, w.createdAt, `${n}-${i}`)),
     ),
   );
   ctx.root.append(

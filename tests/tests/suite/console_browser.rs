@@ -7,7 +7,8 @@
 //! What the script finds when it starts: agents `worker` (finishes a task in 4 s),
 //! `slow-worker` (takes 10 minutes), `failing-worker` (reports `error`) and `retired-worker`
 //! (deregistered through AgentKit's signed webhook); workflows `console-demo` (fetch →
-//! summarize), `long-task` and `fails` (no retry); one session, `fails` on `failing-worker`,
+//! summarize), `long-task`, `fails` (no retry) and `routed-demo` (one task routed by
+//! `console-routed`, which only `worker` announces); one session, `fails` on `failing-worker`,
 //! already failed.
 
 use opscore_local::{Stack, StoreChoice};
@@ -56,12 +57,14 @@ async fn the_console_works_in_a_real_browser() {
     let http = reqwest::Client::new();
     let url = stack.url();
 
-    let _worker = agent(
-        &agentkit,
-        &stack,
+    // The only agent announcing `console-routed`: the routed session lands on it.
+    let _worker = SimulatedAgent::start_with(
+        &agentkit.url(),
+        &stack.url(),
         &key,
         "worker",
-        Behaviour::Complete(Duration::from_secs(4)),
+        Arc::new(Mutex::new(Behaviour::Complete(Duration::from_secs(4)))),
+        &["test_capability", "console-routed"],
     )
     .await;
     let _slow = agent(
@@ -106,6 +109,8 @@ async fn the_console_works_in_a_real_browser() {
                "tasks": [{"taskId": "wait", "name": "Wait"}]}),
         json!({"id": "fails", "name": "Fails", "version": "1.0",
                "tasks": [{"taskId": "explode", "name": "Explode", "maxRetries": 0}]}),
+        json!({"id": "routed-demo", "name": "Routed demo", "version": "1.0", "routeByCapability": true,
+               "tasks": [{"taskId": "route", "name": "Route", "agentCapability": "console-routed"}]}),
     ] {
         let r = http
             .post(format!("{url}/v1/opscore/workflows"))
