@@ -153,9 +153,21 @@ wait "$pid"
         ))
     }
 
-    /// A client for this instance, bound to the calling test's runtime.
+    /// A client for this instance, bound to the calling test's runtime. With longer timeouts
+    /// than the service's own (3 s an attempt, 8 s a call): DynamoDB Local is a JVM on the same
+    /// two cores as the build and the other tests, and a burst of 32 transactions on one item
+    /// has taken it past 8 s on a loaded machine. The tests here check what the store does, not
+    /// how fast; the timeouts themselves are checked against a frozen store in `faults.rs`.
     pub async fn client(&self) -> aws_sdk_dynamodb::Client {
-        client_for_endpoint(Some(&self.endpoint)).await
+        let patient = aws_sdk_dynamodb::config::timeout::TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .operation_attempt_timeout(Duration::from_secs(20))
+            .operation_timeout(Duration::from_secs(60))
+            .build();
+        let config = aws_sdk_dynamodb::config::Builder::from(&opscore_dynamo::sdk_config(Some(&self.endpoint)).await)
+            .timeout_config(patient)
+            .build();
+        aws_sdk_dynamodb::Client::from_conf(config)
     }
 
     /// A new, empty table of the service's design, with a name no other test uses.
