@@ -925,8 +925,24 @@ impl DynamoStore {
 
     /// One transaction: a check that the agent item is still as `seen` (the attributes that
     /// decide availability: state version, in-flight marker, deregistration, details), the
-    /// entries of `moved.leave` deleted and those of `moved.join` put, stamped now.
+    /// entries of `moved.leave` deleted and those of `moved.join` put, stamped now. A move that
+    /// only leaves has no check (below).
     async fn move_idle_entries(&self, seen: &Agent, moved: &IdleIndexMove) -> Result<TxOutcome, StoreError> {
+        if moved.join.is_empty() {
+            // Only leaving: no check. The runner handles an agent's changes in order, and only
+            // its handling of a later change puts entries back, so a delete here can never take
+            // out an entry the agent should have; checking the agent would only make the delete
+            // fail whenever the agent had reported again since `seen` (every task: it reports
+            // `active` right after its claim), costing a read, a query and a second transaction.
+            let deletes = moved
+                .leave
+                .iter()
+                .map(|c| Prepared::Delete {
+                    key: key(keys::agent_pk(seen.id()), keys::idle_sk(c)),
+                })
+                .collect();
+            return self.transact(deletes).await;
+        }
         let mut condition = "#stateVersion = :v AND #deregistered = :dereg AND #digest = :digest".to_owned();
         let mut expr = Expr::default()
             .name("#stateVersion", "stateVersion")
