@@ -176,15 +176,10 @@ impl Runner {
                     Claim::Dispatched | Claim::AgentBusy => return Ok(()),
                     Claim::NotRunnable => true,
                 },
-                Candidate::Routed(key) => match self.load(key, Source::Store).await? {
-                    Some(l) if self.claimable_capability(&l).is_some() => {
-                        match self.claim_routed(&l, agent.id()).await? {
-                            RoutedClaim::Won(claimed) => return self.send(*claimed).await,
-                            RoutedClaim::AgentTaken => return Ok(()),
-                            RoutedClaim::TaskMoved => true,
-                        }
-                    }
-                    _ => true,
+                Candidate::Routed(key) => match self.claim_candidate(key, agent.id()).await? {
+                    Some(RoutedClaim::Won(claimed)) => return self.send(*claimed).await,
+                    Some(RoutedClaim::AgentTaken) => return Ok(()),
+                    Some(RoutedClaim::TaskMoved) | None => true,
                 },
             };
             if lost && i == 0 {
@@ -195,6 +190,29 @@ impl Runner {
             i += 1;
         }
         Ok(())
+    }
+
+    /// One claim of the routed task `key` by `agent`, from the runner's recent image of it if it
+    /// has one (the stream brought it every change of the task, so it is usually current: no
+    /// read), else or if that image turns out stale, from the store. `None`: the task is not
+    /// claimable (gone, claimed, not due, its session ended), as the store says.
+    async fn claim_candidate(&self, key: &TaskKey, agent: &AgentId) -> Result<Option<RoutedClaim>, RunnerError> {
+        for source in [Source::Recent, Source::Store] {
+            let Some(l) = self.load(key, source).await? else {
+                return Ok(None);
+            };
+            if self.claimable_capability(&l).is_none() {
+                if l.recent {
+                    continue;
+                }
+                return Ok(None);
+            }
+            match self.claim_routed(&l, agent).await? {
+                RoutedClaim::TaskMoved if l.recent => continue,
+                outcome => return Ok(Some(outcome)),
+            }
+        }
+        Ok(None)
     }
 
     /// Merges an agent's own runnable tasks (oldest first, keys only) with routed ones (oldest
