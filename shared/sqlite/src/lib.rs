@@ -1066,11 +1066,14 @@ impl Store for SqliteStore {
 
     async fn commit(&self, writes: Vec<Write>) -> Result<(), CommitError> {
         let now = self.now_secs();
+        // The new images are encoded here, on the caller's thread: the writer, which every write
+        // of the store waits for, only runs the statements.
+        let encoded = writes.iter().map(encode_image).collect::<Result<Vec<_>, _>>()?;
         self.writer
             .write(move |tx| match check(tx, &writes, now)? {
                 Err(conflict) => Ok(Verdict::Undo(Err(conflict))),
                 Ok(loaded) => {
-                    apply(tx, writes, loaded, now)?;
+                    apply(tx, writes, encoded, loaded, now)?;
                     Ok(Verdict::Keep(Ok(())))
                 }
             })
@@ -1346,7 +1349,23 @@ fn check(tx: &Tx<'_>, writes: &[Write], now: i64) -> Result<Result<Vec<Replaced>
     Ok(Ok(loaded))
 }
 
-fn apply(tx: &Tx<'_>, writes: Vec<Write>, loaded: Vec<Replaced>, now: i64) -> Result<(), StoreError> {
+/// The JSON a write stores as its item's new image (a session's or a task's), if it stores one.
+fn encode_image(w: &Write) -> Result<Option<String>, StoreError> {
+    match w {
+        Write::CreateSession(s) | Write::TransitionSession { next: s, .. } => to_json(s).map(Some),
+        Write::CreateTask(t) | Write::TransitionTask { next: t, .. } => to_json(t).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// Writes what [`check`] allowed; `encoded` holds each write's [`encode_image`].
+fn apply(
+    tx: &Tx<'_>,
+    writes: Vec<Write>,
+    encoded: Vec<Option<String>>,
+    loaded: Vec<Replaced>,
+    now: i64,
+) -> Result<(), StoreError> {
     let c = tx.conn;
     let exec = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> Result<(), StoreError> {
         c.prepare_cached(sql)
@@ -1354,7 +1373,7 @@ fn apply(tx: &Tx<'_>, writes: Vec<Write>, loaded: Vec<Replaced>, now: i64) -> Re
             .map(drop)
             .map_err(sql_error)
     };
-    for (w, old) in writes.into_iter().zip(loaded) {
+    for ((w, encoded), old) in writes.into_iter().zip(encoded).zip(loaded) {
         match w {
             Write::CreateSession(s) | Write::TransitionSession { next: s, .. } => {
                 let old = match old {
@@ -1362,7 +1381,7 @@ fn apply(tx: &Tx<'_>, writes: Vec<Write>, loaded: Vec<Replaced>, now: i64) -> Re
                     _ => None,
                 };
                 let created = old.is_none();
-                let new = to_json(&s)?;
+                let new = encoded.map_or_else(|| to_json(&s), Ok)?;
                 exec(
                     "INSERT OR REPLACE INTO sessions (session_id, agent_id, started, item) VALUES (?1, ?2, ?3, ?4)",
                     &[
@@ -1406,7 +1425,7 @@ fn apply(tx: &Tx<'_>, writes: Vec<Write>, loaded: Vec<Replaced>, now: i64) -> Re
                     _ => {}
                 }
                 reindex_routed_task(tx, old.as_deref(), &t)?;
-                let new = to_json(&t)?;
+                let new = encoded.map_or_else(|| to_json(&t), Ok)?;
                 let row: [&dyn rusqlite::ToSql; 7] = [
                     &t.session_id.to_string(),
                     &t.task_id.as_str(),
