@@ -639,10 +639,29 @@ fn committed<T: Clone>(
 /// the cache.
 fn save_agent(tx: &Tx<'_>, old: Option<&Image<Agent>>, agent: &Agent) -> Result<(), StoreError> {
     let new = Image::new(to_json(agent)?, agent.clone());
-    tx.conn
-        .prepare_cached("INSERT OR REPLACE INTO agents (id, state, item) VALUES (?1, ?2, ?3)")
-        .and_then(|mut s| s.execute(params![agent.id().as_str(), agent.current.state.as_str(), &*new.raw]))
-        .map_err(sql_error)?;
+    let (id, state) = (agent.id().as_str(), agent.current.state.as_str());
+    // An agent that exists is updated, naming the state column only when it changes: a REPLACE
+    // deletes and inserts the row and its index entries, and an UPDATE naming `state` rewrites
+    // its index entry even when the value stays (most agent writes are claims, hand-overs and
+    // releases, which keep the state).
+    let updated = match old {
+        Some(o) if o.item.current.state == agent.current.state => tx
+            .conn
+            .prepare_cached("UPDATE agents SET item = ?2 WHERE id = ?1")
+            .and_then(|mut s| s.execute(params![id, &*new.raw])),
+        Some(_) => tx
+            .conn
+            .prepare_cached("UPDATE agents SET state = ?2, item = ?3 WHERE id = ?1")
+            .and_then(|mut s| s.execute(params![id, state, &*new.raw])),
+        None => Ok(0),
+    }
+    .map_err(sql_error)?;
+    if updated == 0 {
+        tx.conn
+            .prepare_cached("INSERT OR REPLACE INTO agents (id, state, item) VALUES (?1, ?2, ?3)")
+            .and_then(|mut s| s.execute(params![id, state, &*new.raw]))
+            .map_err(sql_error)?;
+    }
     let change = Change::Agent {
         old: old.map(|o| o.item.clone()),
         new: Some(new.item.clone()),
@@ -1047,11 +1066,14 @@ impl Store for SqliteStore {
 
     async fn commit(&self, writes: Vec<Write>) -> Result<(), CommitError> {
         let now = self.now_secs();
+        // The new images are encoded here, on the caller's thread: the writer, which every write
+        // of the store waits for, only runs the statements.
+        let encoded = writes.iter().map(encode_image).collect::<Result<Vec<_>, _>>()?;
         self.writer
             .write(move |tx| match check(tx, &writes, now)? {
                 Err(conflict) => Ok(Verdict::Undo(Err(conflict))),
                 Ok(loaded) => {
-                    apply(tx, writes, loaded, now)?;
+                    apply(tx, writes, encoded, loaded, now)?;
                     Ok(Verdict::Keep(Ok(())))
                 }
             })
@@ -1327,7 +1349,23 @@ fn check(tx: &Tx<'_>, writes: &[Write], now: i64) -> Result<Result<Vec<Replaced>
     Ok(Ok(loaded))
 }
 
-fn apply(tx: &Tx<'_>, writes: Vec<Write>, loaded: Vec<Replaced>, now: i64) -> Result<(), StoreError> {
+/// The JSON a write stores as its item's new image (a session's or a task's), if it stores one.
+fn encode_image(w: &Write) -> Result<Option<String>, StoreError> {
+    match w {
+        Write::CreateSession(s) | Write::TransitionSession { next: s, .. } => to_json(s).map(Some),
+        Write::CreateTask(t) | Write::TransitionTask { next: t, .. } => to_json(t).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// Writes what [`check`] allowed; `encoded` holds each write's [`encode_image`].
+fn apply(
+    tx: &Tx<'_>,
+    writes: Vec<Write>,
+    encoded: Vec<Option<String>>,
+    loaded: Vec<Replaced>,
+    now: i64,
+) -> Result<(), StoreError> {
     let c = tx.conn;
     let exec = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> Result<(), StoreError> {
         c.prepare_cached(sql)
@@ -1335,7 +1373,7 @@ fn apply(tx: &Tx<'_>, writes: Vec<Write>, loaded: Vec<Replaced>, now: i64) -> Re
             .map(drop)
             .map_err(sql_error)
     };
-    for (w, old) in writes.into_iter().zip(loaded) {
+    for ((w, encoded), old) in writes.into_iter().zip(encoded).zip(loaded) {
         match w {
             Write::CreateSession(s) | Write::TransitionSession { next: s, .. } => {
                 let old = match old {
@@ -1343,7 +1381,7 @@ fn apply(tx: &Tx<'_>, writes: Vec<Write>, loaded: Vec<Replaced>, now: i64) -> Re
                     _ => None,
                 };
                 let created = old.is_none();
-                let new = to_json(&s)?;
+                let new = encoded.map_or_else(|| to_json(&s), Ok)?;
                 exec(
                     "INSERT OR REPLACE INTO sessions (session_id, agent_id, started, item) VALUES (?1, ?2, ?3, ?4)",
                     &[
@@ -1387,20 +1425,35 @@ fn apply(tx: &Tx<'_>, writes: Vec<Write>, loaded: Vec<Replaced>, now: i64) -> Re
                     _ => {}
                 }
                 reindex_routed_task(tx, old.as_deref(), &t)?;
-                let new = to_json(&t)?;
-                exec(
-                    "INSERT OR REPLACE INTO tasks (session_id, task_id, agent_id, status, due_at, timer_at, item) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    &[
-                        &t.session_id.to_string(),
-                        &t.task_id.as_str(),
-                        &t.agent_id.as_str(),
-                        &status_column(&t),
-                        &nanos(t.due_at),
-                        &t.timer_at.map(nanos),
-                        &new,
-                    ],
-                )?;
+                let new = encoded.map_or_else(|| to_json(&t), Ok)?;
+                let row: [&dyn rusqlite::ToSql; 7] = [
+                    &t.session_id.to_string(),
+                    &t.task_id.as_str(),
+                    &t.agent_id.as_str(),
+                    &status_column(&t),
+                    &nanos(t.due_at),
+                    &t.timer_at.map(nanos),
+                    &new,
+                ];
+                // A transition updates the row it checked (cheaper than a REPLACE's delete and
+                // insert of the row and every index entry); a new task is inserted.
+                let updated = match old {
+                    Some(_) => c
+                        .prepare_cached(
+                            "UPDATE tasks SET agent_id = ?3, status = ?4, due_at = ?5, timer_at = ?6, item = ?7 \
+                             WHERE session_id = ?1 AND task_id = ?2",
+                        )
+                        .and_then(|mut s| s.execute(&row[..]))
+                        .map_err(sql_error)?,
+                    None => 0,
+                };
+                if updated == 0 {
+                    exec(
+                        "INSERT OR REPLACE INTO tasks (session_id, task_id, agent_id, status, due_at, timer_at, item) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        &row,
+                    )?;
+                }
                 let id = t.session_id;
                 let image = Image::new(new, t);
                 let change = Change::Task {
@@ -1533,6 +1586,61 @@ mod tests {
         let feed = store.read_feed(0, 10).unwrap();
         assert_eq!(feed.len(), 1, "{feed:?}");
         assert_eq!(feed[0].1.agent_id(), Some(kept.id()));
+    }
+
+    /// A job that leaves writes it wants undone (here: an undo after a write; in practice an I/O
+    /// error half-way) rolls its whole group back, as jobs run without a savepoint each: the jobs
+    /// grouped before it are answered "unavailable" and nothing of them is committed, and the
+    /// jobs behind it run in the next group.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_undone_after_writing_rolls_its_group_back_and_the_rest_runs_next() {
+        let store = Arc::new(SqliteStore::temporary().unwrap());
+        let agent = |id: &str| Agent::new(details(id), SystemClock.now());
+        // Holds the writer while the next three are queued, so that they share one group.
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let holder = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .writer
+                    .write(move |_| {
+                        started_tx.send(()).unwrap();
+                        std::thread::sleep(Duration::from_millis(300));
+                        Ok(Verdict::Keep(()))
+                    })
+                    .await
+            })
+        };
+        tokio::task::block_in_place(|| started_rx.recv()).unwrap();
+        let queued = |a: Agent, verdict: fn(()) -> Verdict<()>| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .writer
+                    .write(move |tx| {
+                        save_agent(tx, None, &a)?;
+                        Ok(verdict(()))
+                    })
+                    .await
+            })
+        };
+        let before = queued(agent("before"), Verdict::Keep);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let spoiler = queued(agent("spoiler"), Verdict::Undo);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let behind = queued(agent("behind"), Verdict::Keep);
+        holder.await.unwrap().unwrap();
+        let unavailable = |r: Result<(), StoreError>| matches!(r, Err(StoreError::Unavailable { .. }));
+        assert!(unavailable(before.await.unwrap()));
+        assert!(unavailable(spoiler.await.unwrap()));
+        behind.await.unwrap().unwrap();
+        for (id, there) in [("before", false), ("spoiler", false), ("behind", true)] {
+            let id = AgentId::parse(id).unwrap();
+            assert_eq!(store.get_agent(&id).await.unwrap().is_some(), there, "{id}");
+        }
+        let feed: Vec<_> = store.read_feed(0, 10).unwrap();
+        assert_eq!(feed.len(), 1, "{feed:?}");
+        assert_eq!(feed[0].1.agent_id().map(AgentId::as_str), Some("behind"));
     }
 
     /// After a restart the feed gives back, with its image, every change the runner acts on (an
