@@ -215,6 +215,18 @@ struct Target {
     dynamo: Option<(String, String)>,
     _embedded: Option<opscore_dynamo::embedded::EmbeddedDynamo>,
     description: String,
+    /// The SQLite store's temporary directory (`--store sqlite`), removed when the run ends.
+    /// Last: fields drop in order, so the stack is gone before its data file.
+    _data_dir: Option<TempDataDir>,
+}
+
+/// A directory removed, with what it holds, when this is dropped.
+struct TempDataDir(std::path::PathBuf);
+
+impl Drop for TempDataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn loopback_only(url: &str) -> Result<(), String> {
@@ -253,6 +265,7 @@ async fn start_target(a: &Args, rec: Arc<Recorder>) -> Result<Target, String> {
             proxy: None,
             dynamo: None,
             _embedded: None,
+            _data_dir: None,
         });
     }
     let key = format!("lt-{}", uuid::Uuid::new_v4().simple());
@@ -284,11 +297,11 @@ async fn start_target(a: &Args, rec: Arc<Recorder>) -> Result<Target, String> {
     let mut proxy = None;
     let table = format!("loadtest-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let dynamo = upstream.clone().map(|ep| (ep, table.clone()));
+    let data_dir = (upstream.is_none() && a.store == StoreArg::Sqlite)
+        .then(|| TempDataDir(std::env::temp_dir().join(format!("opscore-loadgen-{}", uuid::Uuid::new_v4().simple()))));
     let store = match upstream {
         None if a.store == StoreArg::Sqlite => StoreChoice::File {
-            path: std::env::temp_dir()
-                .join(format!("opscore-loadgen-{}", uuid::Uuid::new_v4().simple()))
-                .join("opscore.db"),
+            path: data_dir.as_ref().expect("made above for sqlite").0.join("opscore.db"),
             durability: opscore_sqlite::Durability::Process,
         },
         None => StoreChoice::Memory,
@@ -337,6 +350,7 @@ async fn start_target(a: &Args, rec: Arc<Recorder>) -> Result<Target, String> {
         dynamo,
         _embedded: embedded,
         description,
+        _data_dir: data_dir,
     })
 }
 
