@@ -63,8 +63,8 @@ for f in sorted(glob.glob(os.path.join(repo, "events", "*.json"))):
     if path.endswith("/workflows") or path.endswith("/workflow"):
         yaml = "yaml" in json.dumps(ev.get("headers") or {}).lower()
         put("workflow_definition", name, (b"\x01" if yaml else b"\x00") + raw)
-vec = os.path.join(repo, "..", "shared", "reference", "agentkit-webhook-vectors.json")
-if os.path.exists(vec):
+vec = os.path.join(repo, "events", "agentkit-webhook-vectors.json")
+if os.path.exists(vec):  # in the repo: events/ keeps the real deliveries
     for i, d in enumerate(json.load(open(vec))["deliveries"]):
         raw = d["raw_body"].encode()
         put("webhook", f"vector-{i}", b"\x01" + d["header_X-AgentKit-Signature"].encode() + b"\n" + d["header_X-AgentKit-Timestamp"].encode() + b"\n" + raw)
