@@ -64,6 +64,35 @@ struct TimerEntry {
     timer_at: Timestamp,
 }
 
+/// An index entry that names a task and the instant it is due at: what `due_in_shards` reads.
+trait DueEntry: serde::de::DeserializeOwned {
+    /// What the entry is, for a decoding error.
+    const WHAT: &'static str;
+    fn due(self) -> (Timestamp, TaskKey);
+}
+
+impl DueEntry for RunnableEntry {
+    const WHAT: &'static str = "runnable entry";
+    fn due(self) -> (Timestamp, TaskKey) {
+        let key = TaskKey {
+            session_id: self.session_id,
+            task_id: self.task_id,
+        };
+        (self.due_at, key)
+    }
+}
+
+impl DueEntry for TimerEntry {
+    const WHAT: &'static str = "timer entry";
+    fn due(self) -> (Timestamp, TaskKey) {
+        let key = TaskKey {
+            session_id: self.session_id,
+            task_id: self.task_id,
+        };
+        (self.timer_at, key)
+    }
+}
+
 /// How often the adapter resends one write that DynamoDB cancelled because another transaction
 /// held the same item (`TransactionConflict`, `TransactionInProgressException`): the same write,
 /// unchanged. Not to be confused with the core's `LOST_WRITE_RETRIES`, which re-reads and decides
@@ -551,17 +580,17 @@ impl DynamoStore {
         }
     }
 
-    /// The entries of an index's `shards` shards (partition key `pk(shard)`) whose sort key is
+    /// The entries `E` of an index's `shards` shards (partition key `pk(shard)`) whose sort key is
     /// below the due bound of `now` (`key_condition` names the attributes): every shard queried
-    /// at once for at most `limit`, each entry read by `entry` as (its instant, its task), those
-    /// due by `now` merged oldest first, the first `limit`. The timers and the routed tasks are
-    /// both read this way.
-    async fn due_in_shards(
+    /// at once for at most `limit`, those due by `now` merged oldest first, the first `limit`.
+    /// An agent's runnable tasks (one shard), the routed tasks and the timers are read this way.
+    /// An entry may lag its task (the index is eventually consistent): the claim's condition on
+    /// the task's status and revision decides.
+    async fn due_in_shards<E: DueEntry>(
         &self,
         (index, key_condition): (&str, &str),
         shards: u8,
         pk: impl Fn(u8) -> String,
-        entry: impl Fn(RawItem) -> Result<(Timestamp, TaskKey), StoreError>,
         now: Timestamp,
         limit: u32,
     ) -> Result<Vec<(Timestamp, TaskKey)>, StoreError> {
@@ -574,7 +603,7 @@ impl DynamoStore {
         });
         let mut due = Vec::new();
         for raw in futures::future::try_join_all(queries).await?.into_iter().flatten() {
-            let (at, key) = entry(raw)?;
+            let (at, key) = decode::<E>(raw, E::WHAT)?.due();
             if at <= now {
                 due.push((at, key.session_id, key.task_id));
             }
@@ -1515,37 +1544,16 @@ impl Store for DynamoStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let expr = Expr::default()
-            .value(":pk", s(keys::runnable_pk(agent)))
-            .value(":bound", s(keys::due_bound(now)));
-        let raws = self
-            .query_all(
-                Some(items::GSI2),
-                "gsi2pk = :pk AND gsi2sk < :bound",
-                expr,
-                true,
-                Some(limit as usize),
+        let due = self
+            .due_in_shards::<RunnableEntry>(
+                (items::GSI2, "gsi2pk = :pk AND gsi2sk < :bound"),
+                1,
+                |_| keys::runnable_pk(agent),
+                now,
+                limit,
             )
             .await?;
-        let mut due = Vec::new();
-        for raw in raws {
-            let t = decode::<RunnableEntry>(raw, "runnable entry")?;
-            // Keyed by milliseconds: the projected `dueAt` says whether it is due by `now`. The
-            // entry may lag the task (the index is eventually consistent); the claim's condition
-            // on the task's status and revision decides.
-            if t.due_at <= now {
-                due.push(t);
-            }
-        }
-        due.sort_by_key(|a| a.due_at);
-        Ok(due
-            .into_iter()
-            .take(limit as usize)
-            .map(|t| TaskKey {
-                session_id: t.session_id,
-                task_id: t.task_id,
-            })
-            .collect())
+        Ok(due.into_iter().map(|(_, key)| key).collect())
     }
 
     async fn idle_agents(&self, capability: &str, limit: u32) -> Result<Vec<AgentId>, StoreError> {
@@ -1580,20 +1588,10 @@ impl Store for DynamoStore {
             return Ok(Vec::new());
         }
         let due = self
-            .due_in_shards(
+            .due_in_shards::<RunnableEntry>(
                 (items::GSI2, "gsi2pk = :pk AND gsi2sk < :bound"),
                 self.routing_shards,
                 |shard| keys::routed_pk(shard, capability),
-                |raw| {
-                    let t = decode::<RunnableEntry>(raw, "routed entry")?;
-                    Ok((
-                        t.due_at,
-                        TaskKey {
-                            session_id: t.session_id,
-                            task_id: t.task_id,
-                        },
-                    ))
-                },
                 now,
                 limit,
             )
@@ -1646,20 +1644,10 @@ impl Store for DynamoStore {
             return Ok(Vec::new());
         }
         let due = self
-            .due_in_shards(
+            .due_in_shards::<TimerEntry>(
                 (items::GSI3, "gsi3pk = :pk AND gsi3sk < :bound"),
                 items::TIMER_SHARDS,
                 keys::timer_pk,
-                |raw| {
-                    let t = decode::<TimerEntry>(raw, "timer entry")?;
-                    Ok((
-                        t.timer_at,
-                        TaskKey {
-                            session_id: t.session_id,
-                            task_id: t.task_id,
-                        },
-                    ))
-                },
                 now,
                 limit,
             )
