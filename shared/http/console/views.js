@@ -243,31 +243,16 @@ export async function agent(ctx, id) {
   };
 
   const choices = wfs.items.map((w) => [`${w.id}@${w.version}`, `${w.name} (${w.id} ${w.version})`]);
-  const runError = h('p', { class: 'error', role: 'alert' });
-  const runForm = h(
-    'form',
-    {
-      class: 'run',
-      onsubmit: async (e) => {
-        e.preventDefault();
-        const value = e.target.querySelector('select').value;
-        const at = value.lastIndexOf('@');
-        const button = e.target.querySelector('button');
-        button.disabled = true;
-        runError.textContent = '';
-        try {
-          const started = await api(paths.trigger(id), {
-            method: 'POST',
-            body: { workflowDefinitionId: value.slice(0, at), workflowVersion: value.slice(at + 1) },
-            headers: { 'Idempotency-Key': crypto.randomUUID() },
-          });
-          ctx.go(`#/sessions/${enc(started.sessionId)}`);
-        } catch (err) {
-          button.disabled = false;
-          if (err.status === 401) ctx.fail(err, 'The workflow did not start');
-          else runError.textContent = `The workflow did not start: ${err.message}`;
-        }
-      },
+  const runForm = startSessionForm(
+    ctx,
+    'The workflow did not start',
+    (form) => {
+      const value = form.querySelector('select').value;
+      const at = value.lastIndexOf('@');
+      return {
+        path: paths.trigger(id),
+        body: { workflowDefinitionId: value.slice(0, at), workflowVersion: value.slice(at + 1) },
+      };
     },
     choices.length
       ? [
@@ -276,7 +261,6 @@ export async function agent(ctx, id) {
           a.deregistered ? h('p', { class: 'muted' }, 'A deregistered agent takes no workflow.') : null,
         ]
       : h('p', { class: 'empty' }, 'No workflow definition is stored yet (POST /v1/opscore/workflows).'),
-    runError,
   );
 
   ctx.root.append(
@@ -551,8 +535,12 @@ function startsWithoutAgent(def) {
   return def.routeByCapability === true && def.tasks.length > 0 && def.tasks.every((t) => t.agentCapability);
 }
 
-/** "Start routed session" (POST /v1/opscore/workflows/{id}/sessions), then the new session. */
-function startRoutedForm(ctx, def) {
+/**
+ * A form that starts a session: on submit it POSTs what `request(form)` gives ({ path, body })
+ * with a new Idempotency-Key and opens the new session. A refusal is shown under the form as
+ * "`failure`: why" (a refused key brings the key form back instead).
+ */
+function startSessionForm(ctx, failure, request, ...children) {
   const error = h('p', { class: 'error', role: 'alert' });
   return h(
     'form',
@@ -564,22 +552,33 @@ function startRoutedForm(ctx, def) {
         button.disabled = true;
         error.textContent = '';
         try {
-          const started = await api(paths.startRouted(def.id), {
+          const { path, body } = request(e.target);
+          const started = await api(path, {
             method: 'POST',
-            body: { workflowVersion: def.version },
+            body,
             headers: { 'Idempotency-Key': crypto.randomUUID() },
           });
           ctx.go(`#/sessions/${enc(started.sessionId)}`);
         } catch (err) {
           button.disabled = false;
-          if (err.status === 401) ctx.fail(err, 'The session did not start');
-          else error.textContent = `The session did not start: ${err.message}`;
+          if (err.status === 401) ctx.fail(err, failure);
+          else error.textContent = `${failure}: ${err.message}`;
         }
       },
     },
+    ...children,
+    error,
+  );
+}
+
+/** "Start routed session" (POST /v1/opscore/workflows/{id}/sessions), then the new session. */
+function startRoutedForm(ctx, def) {
+  return startSessionForm(
+    ctx,
+    'The session did not start',
+    () => ({ path: paths.startRouted(def.id), body: { workflowVersion: def.version } }),
     h('button', { type: 'submit', 'aria-label': `Start routed session of ${def.id} ${def.version}` }, 'Start routed session'),
     h('span', { class: 'muted' }, ' each task goes to an available agent announcing its capability'),
-    error,
   );
 }
 
