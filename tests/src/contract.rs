@@ -1041,15 +1041,33 @@ pub async fn hand_over_agent_conditions(f: Fixture) {
     assert_eq!(a.inflight, Some(holding(&t2, 1)));
     assert_eq!(a.current.state.as_str(), "idle");
     assert_conflict(f.store.commit(vec![hand_over(dispatch_of(&t1, 1))]).await, 0);
-    // Deregistered: no hand-over, whatever it holds.
-    f.store.deregister_agent(&aid("a1"), t(13)).await.unwrap();
-    let from_t2 = Write::HandOverAgent {
+    // Handed a task routed by a capability (issue 18): only one the agent announces.
+    let routed = |capability: &str| Write::HandOverAgent {
         agent_id: aid("a1"),
         from: dispatch_of(&t2, 1),
-        to: holding(&t1, 2),
+        to: Inflight {
+            routed_by: Some(capability.into()),
+            ..holding(&t1, 2)
+        },
     };
-    assert_conflict(f.store.commit(vec![from_t2]).await, 0);
+    assert_conflict(f.store.commit(vec![routed("classify")]).await, 0);
     assert_eq!(agent(&f, "a1").await.inflight, Some(holding(&t2, 1)));
+    f.store.commit(vec![routed("translate")]).await.unwrap();
+    let a = agent(&f, "a1").await;
+    assert_eq!(a.inflight.as_ref().map(|i| &i.dispatch), Some(&dispatch_of(&t1, 2)));
+    assert_eq!(a.inflight.and_then(|i| i.routed_by).as_deref(), Some("translate"));
+    // Deregistered: no hand-over, whatever it holds.
+    f.store.deregister_agent(&aid("a1"), t(13)).await.unwrap();
+    let from_t1 = Write::HandOverAgent {
+        agent_id: aid("a1"),
+        from: dispatch_of(&t1, 2),
+        to: holding(&t2, 2),
+    };
+    assert_conflict(f.store.commit(vec![from_t1]).await, 0);
+    assert_eq!(
+        agent(&f, "a1").await.inflight.map(|i| i.dispatch),
+        Some(dispatch_of(&t1, 2))
+    );
 }
 
 pub async fn concurrent_claims_of_one_task_have_one_winner(f: Fixture) {

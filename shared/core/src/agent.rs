@@ -256,13 +256,18 @@ impl Agent {
         !self.is_deregistered() && self.inflight.is_none() && self.current.state.is(KnownState::Idle)
     }
 
-    /// Whether the runner may give this agent, which holds `from`, its next task in the same
-    /// write ([`Write::HandOverAgent`](crate::store::Write::HandOverAgent)): as available as a
-    /// free agent, except that it still holds the attempt it has just reported finished.
-    pub fn can_hand_over(&self, from: &DispatchId) -> bool {
+    /// Whether the runner may give this agent, which holds `from`, its next task `to` in the
+    /// same write ([`Write::HandOverAgent`](crate::store::Write::HandOverAgent)): as available
+    /// as a free agent, except that it still holds the attempt it has just reported finished;
+    /// and, for a task routed by a capability, announcing it (as a routed claim requires).
+    pub fn can_hand_over(&self, from: &DispatchId, to: &Inflight) -> bool {
         !self.is_deregistered()
             && self.inflight.as_ref().is_some_and(|i| &i.dispatch == from)
             && self.current.state.is(KnownState::Idle)
+            && to
+                .routed_by
+                .as_deref()
+                .is_none_or(|c| crate::store::indexed_capabilities(self).contains(&c))
     }
 
     /// What a registration of `details` does to the agent `existing` (if any). The rule every

@@ -425,8 +425,8 @@ impl Store for InMemoryStore {
                         Some(a) if a.inflight.as_ref().is_some_and(|i| &i.dispatch == dispatch) => {}
                         _ => return conflict(None),
                     },
-                    Write::HandOverAgent { agent_id, from, .. } => match s.agents.get(agent_id) {
-                        Some(a) if a.can_hand_over(from) => {}
+                    Write::HandOverAgent { agent_id, from, to } => match s.agents.get(agent_id) {
+                        Some(a) if a.can_hand_over(from, to) => {}
                         _ => return conflict(None),
                     },
                     // As in DynamoDB, a record past its expiry counts as absent.

@@ -16,7 +16,7 @@ use crate::task::{TaskInstance, TaskKey, TaskStatus};
 use crate::time::{Clock, Timestamp, after, render};
 use crate::wake_up::{TimerQueue, TimerQueueError, WakeUp, WakeUpOutcome, wake_up_delay};
 use async_trait::async_trait;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -159,6 +159,8 @@ pub struct Runner {
     timer_queue: Option<Arc<dyn TimerQueue>>,
     /// What the runner starts from instead of reading a session again (see [`crate::images`]).
     recent: RecentImages,
+    /// When a finishing agent should look for a waiting routed task (routing.rs).
+    routing: routing::RoutingHints,
 }
 
 /// A task and the session it belongs to: read together (one query of the session's partition),
@@ -188,6 +190,7 @@ impl Runner {
             metrics: Metrics::global(),
             timer_queue: None,
             recent: RecentImages::new(images::DEFAULT_CAPACITY),
+            routing: routing::RoutingHints::default(),
         }
     }
 
@@ -337,7 +340,7 @@ impl Runner {
                 let completes =
                     |t: &TaskInstance| names_this_attempt || (reported.is_none() && t.status == TaskStatus::Running);
                 if let Some(l) = self.find_attempt(dispatch, completes).await? {
-                    self.complete(dispatch, agent.current.details.clone(), l).await?;
+                    self.complete(dispatch, agent, l).await?;
                 }
             }
             Some(KnownState::Active) if reported.is_none() || names_this_attempt => self.mark_running(dispatch).await?,
@@ -538,38 +541,65 @@ impl Runner {
     /// The attempt succeeded: task done, and the next task created or the session completed —
     /// one transaction. The agent that finished is handed the session's next task in the same
     /// transaction (claimed for it, then sent): a started session runs to its end on its agent
-    /// without a read, a claim or a wait behind later sessions between its tasks. Otherwise (no
-    /// next task, or the hand-over was refused: the agent reported again or was deregistered
-    /// meanwhile) the agent is released and the next task waits, pending, for a claim.
-    async fn complete(
-        &self,
-        dispatch: &DispatchId,
-        details: Option<Map<String, Value>>,
-        loaded: Loaded,
-    ) -> Result<(), RunnerError> {
+    /// without a read, a claim or a wait behind later sessions between its tasks. When the next
+    /// task is not its own (routed, or none) and routed tasks wait for one of its capabilities,
+    /// it is handed the oldest of them instead (routing.rs). Otherwise (or when the hand-over is
+    /// refused: the agent reported again or was deregistered meanwhile, or the routed task was
+    /// claimed) the agent is released and the next task waits, pending, for a claim.
+    async fn complete(&self, dispatch: &DispatchId, agent: &Agent, loaded: Loaded) -> Result<(), RunnerError> {
         self.fault(Step::BeforeComplete)?;
+        let details = &agent.current.details;
         let recheck = self.settings.recheck_after;
+        let next_of = |l: &Loaded, now: Timestamp| {
+            let id = l.task.next_task_id.as_ref()?;
+            let def = l.session.definition.task(id)?;
+            Some(TaskInstance::new(
+                &l.session,
+                def,
+                Value::Object(def.parameters.clone()),
+                now,
+                recheck,
+            ))
+        };
+        // The session's next task goes to this agent when it is unrouted and the agent's own.
+        let own_next = |next: &TaskInstance, l: &Loaded| next.capability.is_none() && next.agent_id == l.task.agent_id;
+        let routed = match next_of(&loaded, self.clock.now()) {
+            Some(next) if own_next(&next, &loaded) => None,
+            _ => self.routed_hand_over_for(agent, &loaded.session.session_id).await?,
+        };
         let handed_over = self
             .update_attempt(dispatch, Some(loaded), |l, now, lost| {
                 let done = l.task.succeed(now, details.clone()).ok()?;
-                let release = Write::ReleaseAgent {
-                    agent_id: l.task.agent_id.clone(),
-                    dispatch: dispatch.clone(),
+                // What the agent does next if not handed its session's next task: the waiting
+                // routed task (first try only: a conflict may be that task's), or nothing.
+                let (free, routed_writes, routed_task) = match routed.as_ref().filter(|_| lost.is_none()) {
+                    Some(r) => (
+                        Write::HandOverAgent {
+                            agent_id: l.task.agent_id.clone(),
+                            from: dispatch.clone(),
+                            to: r.inflight.clone(),
+                        },
+                        r.writes.clone(),
+                        Some(r.claimed.clone()),
+                    ),
+                    None => (
+                        Write::ReleaseAgent {
+                            agent_id: l.task.agent_id.clone(),
+                            dispatch: dispatch.clone(),
+                        },
+                        Vec::new(),
+                        None,
+                    ),
                 };
-                let next_def = l
-                    .task
-                    .next_task_id
-                    .as_ref()
-                    .and_then(|id| l.session.definition.task(id));
-                let Some(def) = next_def else {
+                let Some(next) = next_of(l, now) else {
                     let mut s = l.session.transition(SessionStatus::Completed, now).ok()?;
                     s.result = Some(json!({
                         "message": "Workflow completed",
                         "finalTaskId": l.task.task_id,
                         "output": details.clone().map(Value::Object).unwrap_or(Value::Null),
                     }));
-                    let writes = vec![
-                        release,
+                    let mut writes = vec![
+                        free,
                         Write::TransitionTask {
                             from: l.task.status,
                             next: done,
@@ -579,14 +609,11 @@ impl Runner {
                             next: s,
                         },
                     ];
-                    return Some((writes, None));
+                    writes.extend(routed_writes);
+                    return Some((writes, routed_task));
                 };
-                let next = TaskInstance::new(&l.session, def, Value::Object(def.parameters.clone()), now, recheck);
-                // A routed next task goes to the capable agent idle longest, not necessarily this one.
-                let hand_over = next.capability.is_none()
-                    && next.agent_id == l.task.agent_id
-                    && lost != Some(WriteKind::HandOverAgent);
-                let (agent_write, next, handed) = match next.claim(now, after(now, self.lease)) {
+                let hand_over = own_next(&next, l) && lost != Some(WriteKind::HandOverAgent);
+                let (agent_write, next, handed, extra) = match next.claim(now, after(now, self.lease)) {
                     Ok(claimed) if hand_over => {
                         let to = Inflight {
                             dispatch: claimed.current_dispatch().expect("claimed holds the agent"),
@@ -603,11 +630,11 @@ impl Runner {
                             task: Arc::new(claimed.clone()),
                             recent: true,
                         };
-                        (write, claimed, Some(handed))
+                        (write, claimed, Some(handed), Vec::new())
                     }
-                    _ => (release, next, None),
+                    _ => (free, next, routed_task, routed_writes),
                 };
-                let writes = vec![
+                let mut writes = vec![
                     agent_write,
                     Write::TransitionTask {
                         from: l.task.status,
@@ -616,10 +643,19 @@ impl Runner {
                     Write::CreateTask(next),
                     Write::CheckSessionOpen(l.session.session_id),
                 ];
+                writes.extend(extra);
                 Some((writes, handed))
             })
-            .await?;
-        if let Some(Some(claimed)) = handed_over {
+            .await;
+        if let Some(r) = &routed {
+            self.routing.unpick(&r.key);
+            let took_it = matches!(&handed_over, Ok(Some(Some(h))) if h.task.key() == r.key);
+            if !took_it {
+                // What this runner remembers of it may be what the losing transaction assumed.
+                self.recent.forget(&r.key.session_id);
+            }
+        }
+        if let Some(Some(claimed)) = handed_over? {
             self.send(claimed).await?;
         }
         Ok(())

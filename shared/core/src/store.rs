@@ -200,7 +200,10 @@ pub enum Write {
     ReleaseAgent { agent_id: AgentId, dispatch: DispatchId },
     /// The agent must exist, not be deregistered, be idle, and hold exactly `from`; it then holds
     /// `to`. A release and a claim in one write (one item cannot take two writes of a
-    /// transaction): the runner gives an agent that finished a task the session's next one.
+    /// transaction): the runner gives an agent that finished a task the session's next one, or
+    /// (routing, issue 18) the oldest waiting task routed by one of its capabilities. When
+    /// `to.routed_by` names a capability, the agent must also announce it, as for
+    /// [`Write::ClaimAgentFor`]; it holds no idle-agents entry, so none leaves.
     HandOverAgent {
         agent_id: AgentId,
         from: DispatchId,

@@ -325,3 +325,88 @@ async fn a_trigger_can_switch_routing_on_for_one_session() {
     let d = w.dispatches();
     assert_eq!((&d[0].agent_id, d[0].session_id), (&capable, t.session_id));
 }
+
+/// An agent that finishes a task while routed tasks wait for its capability is handed the oldest
+/// of them in the completion's own transaction: it is never released, listed idle and claimed.
+#[tokio::test]
+async fn an_agent_finishing_while_routed_tasks_wait_is_handed_the_oldest_in_its_completion() {
+    let mut w = World::new().await;
+    let worker = w.add_idle_agent(&["work"]).await;
+    let mut sessions = Vec::new();
+    for i in 0..3 {
+        sessions.push(w.trigger(chain(&format!("job{i}"), &["work"], true, json!(null))).await);
+        w.clock.advance(chrono::Duration::milliseconds(1));
+    }
+    let d = w.dispatches();
+    assert_eq!(d.len(), 1, "one agent, one task; two wait");
+    w.report_as(&worker, "active", Some(json!({"opscore_task_id": d[0].dispatch_id})))
+        .await;
+    w.calls.take();
+    w.report_as(&worker, "idle", Some(json!({"opscore_task_id": d[0].dispatch_id})))
+        .await;
+    let d = w.dispatches();
+    assert_eq!((d.len(), d[1].session_id), (2, sessions[1]), "the oldest waiting next");
+    let calls = w.calls.take();
+    assert_eq!(
+        calls.get("commit"),
+        Some(&2),
+        "the completion with the hand-over, then the dispatch's acceptance: {calls:?}"
+    );
+    assert_eq!(calls.get("idle_agents"), None, "{calls:?}");
+    assert_eq!(w.status(sessions[0]).await, SessionStatus::Completed);
+    assert_eq!(inflight(&w, &worker).await, Some(d[1].dispatch_id.clone()));
+    w.work(&d[1]).await;
+    w.work(&w.dispatches()[2].clone()).await;
+    for s in sessions {
+        assert_eq!(w.status(s).await, SessionStatus::Completed);
+    }
+    assert_eq!(inflight(&w, &worker).await, None, "released after the last");
+}
+
+/// The runner's belief that routed tasks wait is only a hint: when the waiting task is gone
+/// (cancelled) by the time the agent finishes, the agent is released and listed, and the next
+/// routed task goes to it at once.
+#[tokio::test]
+async fn a_finishing_agent_finding_no_waiting_task_is_released_and_takes_the_next_at_once() {
+    let mut w = World::new().await;
+    let worker = w.add_idle_agent(&["work"]).await;
+    let first = w.trigger(chain("first", &["work"], true, json!(null))).await;
+    let waiting = w.trigger(chain("waiting", &["work"], true, json!(null))).await;
+    assert_eq!(w.dispatches().len(), 1);
+    w.app.cancel_session(&waiting).await.unwrap();
+    w.pump().await.unwrap();
+    let d = w.dispatches();
+    w.work(&d[0]).await;
+    assert_eq!(w.status(first).await, SessionStatus::Completed);
+    assert_eq!(w.dispatches().len(), 1, "nothing was waiting any more");
+    assert_eq!(inflight(&w, &worker).await, None);
+    let later = w.trigger(chain("later", &["work"], true, json!(null))).await;
+    let d = w.dispatches();
+    assert_eq!((d.len(), &d[1].agent_id, d[1].session_id), (2, &worker, later));
+}
+
+/// An agent finishing a routed task while both a task of its own and a routed one wait takes
+/// the older: its own tasks are never passed over for routed ones handed in a completion.
+#[tokio::test]
+async fn a_finishing_agent_with_its_own_task_waiting_takes_the_older_of_own_and_routed() {
+    let mut w = World::new().await;
+    let home = w.agent.clone();
+    let mut details = opscore_core::testing::agent_details(&home, "sim");
+    details.capabilities = vec!["work".into()];
+    w.app.register_agent(details).await.unwrap();
+    w.pump().await.unwrap();
+    w.report("idle", None).await;
+    let routed_first = w.trigger(chain("r1", &["work"], true, json!(null))).await;
+    w.clock.advance(chrono::Duration::seconds(1));
+    let own = w.trigger(chain("own", &["work"], false, json!(null))).await;
+    w.clock.advance(chrono::Duration::seconds(1));
+    let routed_later = w.trigger(chain("r2", &["work"], true, json!(null))).await;
+    let d = w.dispatches();
+    assert_eq!((d.len(), d[0].session_id), (1, routed_first));
+    w.work(&d[0]).await;
+    let d = w.dispatches();
+    assert_eq!((d.len(), d[1].session_id), (2, own), "its own task is older");
+    w.work(&d[1]).await;
+    let d = w.dispatches();
+    assert_eq!((d.len(), d[2].session_id), (3, routed_later));
+}

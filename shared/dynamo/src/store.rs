@@ -919,13 +919,21 @@ impl DynamoStore {
                     .name("#routedBy", "inflightRoutedBy")
                     .value(":dispatch", s(dispatch.render())),
             },
-            // ClaimAgent's condition, with the attempt that ends in place of "holds nothing".
-            Write::HandOverAgent { agent_id, from, to } => take_attempt(
-                agent_id,
-                to,
-                "#inflight = :from",
-                Expr::default().value(":from", s(from.render())),
-            ),
+            // ClaimAgent's condition, with the attempt that ends in place of "holds nothing";
+            // handed a routed task, ClaimAgentFor's (the agent announces the capability).
+            Write::HandOverAgent { agent_id, from, to } => {
+                let expr = Expr::default().value(":from", s(from.render()));
+                match &to.routed_by {
+                    None => take_attempt(agent_id, to, "#inflight = :from", expr),
+                    Some(capability) => take_attempt(
+                        agent_id,
+                        to,
+                        "#inflight = :from AND contains(#capabilities, :capability)",
+                        expr.name("#capabilities", "capabilities")
+                            .value(":capability", s(capability.clone())),
+                    ),
+                }
+            }
         })
     }
 

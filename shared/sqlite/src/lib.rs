@@ -1319,8 +1319,8 @@ fn check(tx: &Tx<'_>, writes: &[Write], now: i64) -> Result<Result<Vec<Replaced>
                 Some(a) if a.item.inflight.as_ref().is_some_and(|i| &i.dispatch == dispatch) => Replaced::Agent(a),
                 _ => return conflict(None),
             },
-            Write::HandOverAgent { agent_id, from, .. } => match load_agent(tx, agent_id)? {
-                Some(a) if a.item.can_hand_over(from) => Replaced::Agent(a),
+            Write::HandOverAgent { agent_id, from, to } => match load_agent(tx, agent_id)? {
+                Some(a) if a.item.can_hand_over(from, to) => Replaced::Agent(a),
                 _ => return conflict(None),
             },
             Write::CreateDeliveryRecord { id, .. } => {
