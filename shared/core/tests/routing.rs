@@ -34,6 +34,16 @@ fn since(w: &World, from: usize) -> Vec<DispatchRequest> {
     w.dispatches()[from..].to_vec()
 }
 
+/// The session's own agent, registered again announcing the capability `work`.
+async fn home_announcing_work(w: &mut World) -> AgentId {
+    let home = w.agent.clone();
+    let mut details = opscore_core::testing::agent_details(&home, "sim");
+    details.capabilities = vec!["work".into()];
+    w.app.register_agent(details).await.unwrap();
+    w.pump().await.unwrap();
+    home
+}
+
 async fn inflight(w: &World, agent: &AgentId) -> Option<String> {
     w.app.agent(agent).await.unwrap().inflight.map(|i| i.dispatch.render())
 }
@@ -220,11 +230,7 @@ async fn a_capability_no_agent_has_waits_then_fails_with_dispatch_timeout_naming
 async fn an_agent_becoming_idle_takes_the_oldest_of_its_own_and_its_capabilities_tasks() {
     let mut w = World::new().await;
     // The session's agent announces the capability too; it is busy at first.
-    let home = w.agent.clone();
-    let mut details = opscore_core::testing::agent_details(&home, "sim");
-    details.capabilities = vec!["work".into()];
-    w.app.register_agent(details).await.unwrap();
-    w.pump().await.unwrap();
+    let home = home_announcing_work(&mut w).await;
     w.report("active", None).await;
     let routed = w.trigger(chain("routed", &["work"], true, json!(null))).await;
     w.clock.advance(chrono::Duration::seconds(1));
@@ -390,11 +396,7 @@ async fn a_finishing_agent_finding_no_waiting_task_is_released_and_takes_the_nex
 #[tokio::test]
 async fn a_finishing_agent_with_its_own_task_waiting_takes_the_older_of_own_and_routed() {
     let mut w = World::new().await;
-    let home = w.agent.clone();
-    let mut details = opscore_core::testing::agent_details(&home, "sim");
-    details.capabilities = vec!["work".into()];
-    w.app.register_agent(details).await.unwrap();
-    w.pump().await.unwrap();
+    home_announcing_work(&mut w).await;
     w.report("idle", None).await;
     let routed_first = w.trigger(chain("r1", &["work"], true, json!(null))).await;
     w.clock.advance(chrono::Duration::seconds(1));
