@@ -116,6 +116,8 @@ impl crate::wake_up::TimerQueue for RecordedTimerQueue {
 pub struct CountingStore {
     inner: Arc<dyn crate::store::Store>,
     calls: Mutex<std::collections::BTreeMap<&'static str, usize>>,
+    /// Holds the next commit until notified ([`Self::hold_next_commit`]).
+    hold: Mutex<Option<Arc<tokio::sync::Notify>>>,
 }
 
 impl CountingStore {
@@ -123,7 +125,16 @@ impl CountingStore {
         Self {
             inner,
             calls: Mutex::default(),
+            hold: Mutex::default(),
         }
+    }
+
+    /// The next commit waits, before it reaches the store, until the returned gate is notified:
+    /// a test makes something happen between a caller's decision and its write.
+    pub fn hold_next_commit(&self) -> Arc<tokio::sync::Notify> {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        *self.hold.lock().unwrap() = Some(gate.clone());
+        gate
     }
     fn count(&self, name: &'static str) {
         *self.calls.lock().unwrap().entry(name).or_default() += 1;
@@ -209,6 +220,10 @@ impl crate::store::Store for CountingStore {
     }
     async fn commit(&self, writes: Vec<crate::store::Write>) -> Result<(), crate::store::CommitError> {
         self.count("commit");
+        let held = self.hold.lock().unwrap().take();
+        if let Some(gate) = held {
+            gate.notified().await;
+        }
         self.inner.commit(writes).await
     }
     async fn get_session(

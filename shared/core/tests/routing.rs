@@ -412,3 +412,51 @@ async fn a_finishing_agent_with_its_own_task_waiting_takes_the_older_of_own_and_
     let d = w.dispatches();
     assert_eq!((d.len(), d[2].session_id), (3, routed_later));
 }
+
+/// Two routed tasks become runnable together with one idle agent: the first claims it and the
+/// second, finding it being claimed, leaves it alone and waits. If the first claim then fails
+/// because its own task moved (its session was cancelled meanwhile), the agent is not left idle
+/// beside the waiting task: it looks for waiting tasks as if it had just become available.
+#[tokio::test]
+async fn an_agent_skipped_for_a_claim_that_then_fails_still_takes_the_waiting_task() {
+    use opscore_core::app::DefinitionSource;
+    use opscore_core::store::Change;
+    let mut w = World::new().await;
+    let worker = w.add_idle_agent(&["work"]).await;
+    let mut tasks = Vec::new();
+    for name in ["first", "second"] {
+        let def = DefinitionSource::Inline(Box::new(chain(name, &["work"], true, json!(null))));
+        let t = w.app.trigger(&w.agent, def, None, None).await.unwrap();
+        w.clock.advance(chrono::Duration::milliseconds(1));
+        tasks.push(t.session_id);
+    }
+    let mut changes = Vec::new();
+    while let Ok(c) = w.changes.try_recv() {
+        changes.push(c);
+    }
+    let runnable = |s: SessionId| {
+        changes
+            .iter()
+            .find(|c| matches!(c, Change::Task { new: Some(t), .. } if t.session_id == s))
+            .expect("the entry task's change")
+    };
+    // The first task's claim is held until its session is cancelled; the second task runs its
+    // lookup meanwhile.
+    let gate = w.calls.hold_next_commit();
+    let (first, second) = (runnable(tasks[0]), runnable(tasks[1]));
+    let cancel_first = async {
+        tokio::task::yield_now().await;
+        w.app.cancel_session(&tasks[0]).await.unwrap();
+        gate.notify_one();
+    };
+    let (a, b, ()) = tokio::join!(w.runner.on_change(first), w.runner.on_change(second), cancel_first);
+    a.unwrap();
+    b.unwrap();
+    let d = w.dispatches();
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!((&d[0].agent_id, d[0].session_id), (&worker, tasks[1]));
+    w.pump().await.unwrap();
+    assert_eq!(w.status(tasks[0]).await, SessionStatus::Cancelled);
+    w.work(&d[0]).await;
+    assert_eq!(w.status(tasks[1]).await, SessionStatus::Completed);
+}
