@@ -1382,15 +1382,25 @@ fn apply(
                 };
                 let created = old.is_none();
                 let new = encoded.map_or_else(|| to_json(&s), Ok)?;
-                exec(
-                    "INSERT OR REPLACE INTO sessions (session_id, agent_id, started, item) VALUES (?1, ?2, ?3, ?4)",
-                    &[
-                        &s.session_id.to_string(),
-                        &s.agent_id.as_str(),
-                        &nanos(s.start_time),
-                        &new,
-                    ],
-                )?;
+                let key = s.session_id.to_string();
+                // A transition updates the item in place: a session's agent and start time never
+                // change, so its index entries stay (a REPLACE would delete and insert the row and
+                // both index entries on every transition).
+                let updated = match &old {
+                    Some(o) => {
+                        debug_assert!(o.agent_id == s.agent_id && o.start_time == s.start_time);
+                        c.prepare_cached("UPDATE sessions SET item = ?2 WHERE session_id = ?1")
+                            .and_then(|mut st| st.execute(params![key, new]))
+                            .map_err(sql_error)?
+                    }
+                    None => 0,
+                };
+                if updated == 0 {
+                    exec(
+                        "INSERT OR REPLACE INTO sessions (session_id, agent_id, started, item) VALUES (?1, ?2, ?3, ?4)",
+                        &[&key, &s.agent_id.as_str(), &nanos(s.start_time), &new],
+                    )?;
+                }
                 let id = s.session_id;
                 let image = Image::new(new, s);
                 let change = Change::Session {
